@@ -1,0 +1,438 @@
+//! The audit rule model: `audits/*.yaml` parsed into typed [`Rule`]s.
+//!
+//! A rule has a unique name, a severity and exactly one kind. Rules that check single rows
+//! (`not_null`, `accepted_values`, `range`, `expression`) and `row_count` are evaluated together
+//! in one aggregate scan; `unique` and `sql` rules run as their own queries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::conf::{ConfError, line_of_key};
+
+/// What a failing rule does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Blocks publish.
+    #[default]
+    Error,
+    /// Reported only.
+    Warn,
+}
+
+/// The kinds of rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleKind {
+    /// None of the columns may be NULL.
+    NotNull(Vec<String>),
+    /// No two rows share these columns (rows with a NULL in them are not compared).
+    Unique(Vec<String>),
+    /// Non-NULL values of the column are in the list (values are SQL literals).
+    AcceptedValues { column: String, values: Vec<String> },
+    /// Non-NULL values of the column are within `[min, max]` (SQL literals, both optional).
+    Range {
+        column: String,
+        min: Option<String>,
+        max: Option<String>,
+    },
+    /// The number of staged rows is within `[min, max]`.
+    RowCount { min: Option<u64>, max: Option<u64> },
+    /// A boolean SQL expression; rows where it is false or NULL fail.
+    Expression(String),
+    /// A read-only query; every row it returns fails.
+    Sql(String),
+}
+
+impl RuleKind {
+    /// The YAML key of this kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::NotNull(_) => "not_null",
+            RuleKind::Unique(_) => "unique",
+            RuleKind::AcceptedValues { .. } => "accepted_values",
+            RuleKind::Range { .. } => "range",
+            RuleKind::RowCount { .. } => "row_count",
+            RuleKind::Expression(_) => "expression",
+            RuleKind::Sql(_) => "sql",
+        }
+    }
+}
+
+/// One validated audit rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub severity: Severity,
+    pub kind: RuleKind,
+    /// The rule file and the line where the rule starts, for error messages.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Rule {
+    /// `file:line` of the rule.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFile {
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    severity: Severity,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    not_null: Option<Vec<String>>,
+    unique: Option<Vec<String>>,
+    accepted_values: Option<RawAcceptedValues>,
+    range: Option<RawRange>,
+    row_count: Option<RawRowCount>,
+    expression: Option<String>,
+    sql: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcceptedValues {
+    column: String,
+    values: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    column: String,
+    #[serde(default)]
+    min: Option<serde_yaml::Value>,
+    #[serde(default)]
+    max: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRowCount {
+    #[serde(default)]
+    min: Option<u64>,
+    #[serde(default)]
+    max: Option<u64>,
+}
+
+/// One parsed rule file.
+#[derive(Debug, Clone)]
+pub struct RuleFile {
+    pub path: PathBuf,
+    /// The file's bytes, hashed into every run id.
+    pub text: String,
+    pub rules: Vec<Rule>,
+}
+
+const KINDS: &str = "not_null, unique, accepted_values, range, row_count, expression or sql";
+
+impl RuleFile {
+    /// Parses and validates one rule file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfError> {
+        if text.trim().is_empty() {
+            return Err(ConfError::at(path, 1, "empty rule file: expected `rules:` with a list of rules"));
+        }
+        let raw: RawRuleFile =
+            serde_yaml::from_str(text).map_err(|e| ConfError::yaml(path, &e))?;
+        let starts = rule_lines(text);
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let line = starts.get(i).copied().unwrap_or(1);
+            rules.push(validate(path, text, line, r)?);
+        }
+        Ok(RuleFile {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            rules,
+        })
+    }
+}
+
+/// Lines where list items under `rules:` begin (one per rule, in order).
+fn rule_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut indent: Option<usize> = None;
+    let mut in_rules = false;
+    for (i, l) in text.lines().enumerate() {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let ind = l.len() - trimmed.len();
+        if ind == 0 && !trimmed.starts_with('-') {
+            in_rules = trimmed.starts_with("rules:");
+            continue;
+        }
+        if in_rules && trimmed.starts_with('-') {
+            match indent {
+                None => {
+                    indent = Some(ind);
+                    out.push(i + 1);
+                }
+                Some(x) if x == ind => out.push(i + 1),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn literal(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(format!("'{}'", s.replace('\'', "''"))),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, ConfError> {
+    let name = r.name.trim().to_string();
+    let err = |msg: String| ConfError::at(path, line, format!("rule `{name}`: {msg}"));
+    if name.is_empty() {
+        return Err(ConfError::at(path, line, "rule name is empty"));
+    }
+    let mut kinds: Vec<RuleKind> = Vec::new();
+    let nonempty = |cols: Vec<String>, what: &str| -> Result<Vec<String>, ConfError> {
+        if cols.is_empty() || cols.iter().any(|c| c.trim().is_empty()) {
+            Err(err(format!("{what}: expected a list of column names")))
+        } else {
+            Ok(cols)
+        }
+    };
+    if let Some(c) = r.not_null {
+        kinds.push(RuleKind::NotNull(nonempty(c, "not_null")?));
+    }
+    if let Some(c) = r.unique {
+        kinds.push(RuleKind::Unique(nonempty(c, "unique")?));
+    }
+    if let Some(a) = r.accepted_values {
+        if a.values.is_empty() {
+            return Err(err("accepted_values.values: expected at least one value".into()));
+        }
+        let values = a
+            .values
+            .iter()
+            .map(|v| literal(v).ok_or_else(|| err("accepted_values.values: expected strings, numbers or booleans".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        kinds.push(RuleKind::AcceptedValues {
+            column: a.column,
+            values,
+        });
+    }
+    if let Some(rg) = r.range {
+        let bound = |v: Option<serde_yaml::Value>, which: &str| -> Result<Option<String>, ConfError> {
+            match v {
+                None | Some(serde_yaml::Value::Null) => Ok(None),
+                Some(v) => literal(&v)
+                    .map(Some)
+                    .ok_or_else(|| err(format!("range.{which}: expected a number, a date or a string"))),
+            }
+        };
+        let min = bound(rg.min, "min")?;
+        let max = bound(rg.max, "max")?;
+        if min.is_none() && max.is_none() {
+            return Err(err("range: expected min, max or both".into()));
+        }
+        kinds.push(RuleKind::Range {
+            column: rg.column,
+            min,
+            max,
+        });
+    }
+    if let Some(rc) = r.row_count {
+        if rc.min.is_none() && rc.max.is_none() {
+            return Err(err("row_count: expected min, max or both".into()));
+        }
+        if let (Some(a), Some(b)) = (rc.min, rc.max) {
+            if a > b {
+                return Err(err(format!("row_count: min {a} is above max {b}")));
+            }
+        }
+        kinds.push(RuleKind::RowCount {
+            min: rc.min,
+            max: rc.max,
+        });
+    }
+    if let Some(e) = r.expression {
+        if e.trim().is_empty() {
+            return Err(err("expression: expected a boolean SQL expression".into()));
+        }
+        kinds.push(RuleKind::Expression(e.trim().to_string()));
+    }
+    if let Some(q) = r.sql {
+        if q.trim().is_empty() {
+            return Err(err("sql: expected a SELECT query".into()));
+        }
+        kinds.push(RuleKind::Sql(q.trim().trim_end_matches(';').to_string()));
+    }
+    let _ = text;
+    match kinds.len() {
+        1 => Ok(Rule {
+            name,
+            severity: r.severity,
+            kind: kinds.pop().expect("one kind"),
+            file: path.to_path_buf(),
+            line,
+        }),
+        0 => Err(err(format!("expected one of {KINDS}"))),
+        _ => Err(err(format!(
+            "has {} kinds ({}); a rule has exactly one",
+            kinds.len(),
+            kinds.iter().map(RuleKind::name).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Every rule of a job, with names unique across its files.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    files: Vec<RuleFile>,
+}
+
+impl RuleSet {
+    /// Checks that rule names are unique across files.
+    pub fn new(files: Vec<RuleFile>) -> Result<Self, ConfError> {
+        let mut seen: BTreeMap<&str, &Rule> = BTreeMap::new();
+        for rule in files.iter().flat_map(|f| &f.rules) {
+            if let Some(first) = seen.insert(&rule.name, rule) {
+                return Err(ConfError::at(
+                    &rule.file,
+                    rule.line,
+                    format!(
+                        "rule name `{}` is already used at {}; names must be unique within a job",
+                        rule.name,
+                        first.location()
+                    ),
+                ));
+            }
+        }
+        Ok(RuleSet { files })
+    }
+
+    /// All rules, in file order.
+    pub fn rules(&self) -> Vec<&Rule> {
+        self.files.iter().flat_map(|f| &f.rules).collect()
+    }
+
+    /// The rule files.
+    pub fn files(&self) -> &[RuleFile] {
+        &self.files
+    }
+}
+
+/// Line of `key:` in a rule file, for errors found after parsing.
+pub fn line_in(text: &str, key: &str) -> usize {
+    line_of_key(text, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = "rules:
+  - name: order_id_present
+    not_null: [order_id, customer_id]
+  - name: one_row_per_order
+    unique: [order_id]
+  - name: known_status
+    accepted_values: {column: status, values: [placed, shipped, returned]}
+  - name: sane_amount
+    range: {column: amount, min: 0, max: 100000}
+  - name: not_empty
+    row_count: {min: 1}
+  - name: positive_amount
+    expression: amount > 0
+  - name: no_future_orders
+    severity: warn
+    sql: SELECT * FROM staged WHERE order_date > DATE '2030-01-01'
+";
+
+    #[test]
+    fn parses_every_kind_with_its_line() {
+        let f = RuleFile::parse(Path::new("a.yaml"), RULES).unwrap();
+        let kinds: Vec<_> = f.rules.iter().map(|r| r.kind.name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "not_null",
+                "unique",
+                "accepted_values",
+                "range",
+                "row_count",
+                "expression",
+                "sql"
+            ]
+        );
+        assert_eq!(f.rules[0].line, 2);
+        assert_eq!(f.rules[6].line, 14);
+        assert_eq!(f.rules[6].severity, Severity::Warn);
+        assert_eq!(
+            f.rules[2].kind,
+            RuleKind::AcceptedValues {
+                column: "status".into(),
+                values: vec!["'placed'".into(), "'shipped'".into(), "'returned'".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn two_kinds_in_one_rule_is_an_error_at_its_line() {
+        let text = "rules:\n  - name: a\n    not_null: [x]\n  - name: b\n    not_null: [x]\n    unique: [x]\n";
+        let err = RuleFile::parse(Path::new("r.yaml"), text).unwrap_err().to_string();
+        assert!(err.starts_with("r.yaml:4: rule `b`: has 2 kinds"), "{err}");
+    }
+
+    #[test]
+    fn no_kind_unknown_key_and_bad_severity() {
+        let err = RuleFile::parse(Path::new("r.yaml"), "rules:\n  - name: a\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected one of not_null"), "{err}");
+        let err = RuleFile::parse(Path::new("r.yaml"), "rules:\n  - name: a\n    not_nul: [x]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.yaml:3:") && err.contains("unknown field `not_nul`"), "{err}");
+        let err = RuleFile::parse(
+            Path::new("r.yaml"),
+            "rules:\n  - name: a\n    severity: fatal\n    not_null: [x]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("r.yaml:3:") && err.contains("unknown variant `fatal`"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_across_files_are_refused() {
+        let a = RuleFile::parse(Path::new("a.yaml"), "rules:\n  - name: x\n    not_null: [c]\n").unwrap();
+        let b = RuleFile::parse(Path::new("b.yaml"), "rules:\n  - name: y\n    not_null: [c]\n  - name: x\n    unique: [c]\n").unwrap();
+        let err = RuleSet::new(vec![a, b]).unwrap_err().to_string();
+        assert!(err.starts_with("b.yaml:4:") && err.contains("a.yaml:2"), "{err}");
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        let text = "rules:\n  - name: a\n    accepted_values: {column: s, values: [\"o'k\", 3, true]}\n";
+        let f = RuleFile::parse(Path::new("r.yaml"), text).unwrap();
+        assert_eq!(
+            f.rules[0].kind,
+            RuleKind::AcceptedValues {
+                column: "s".into(),
+                values: vec!["'o''k'".into(), "3".into(), "true".into()]
+            }
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Compiling and running rules against the tables registered in a session (`staged`,
+//! `published`).
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use datafusion::prelude::SessionContext;
+use futures::future::try_join_all;
+
+use super::report::RuleResult;
+use super::rule::{Rule, RuleKind};
+use super::sql;
+use super::AuditError;
+use crate::table::{self, TableError};
+
+/// Table name of the staged data in rule SQL.
+pub const STAGED: &str = "staged";
+/// Table name of the current published version in rule SQL.
+pub const PUBLISHED: &str = "published";
+
+/// Every query a rule will run, for compiling.
+fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
+    match &rule.kind {
+        RuleKind::Unique(cols) => vec![
+            sql::unique_count_query(cols, STAGED),
+            sql::unique_sample_query(cols, STAGED, 1),
+        ],
+        RuleKind::Sql(q) => vec![sql::sql_count_query(q)],
+        RuleKind::RowCount { .. } => vec![],
+        kind => {
+            let pred = sql::failing_predicate(kind).expect("row-level kind");
+            vec![
+                sql::aggregate_query(&[rule], STAGED),
+                sql::sample_query(&pred, STAGED, key, 1),
+            ]
+        }
+    }
+}
+
+/// Plans every rule against the registered tables without reading data, and reports every
+/// problem at once: `file:line: rule `name` (kind): what is wrong`.
+pub async fn compile(ctx: &SessionContext, rules: &[&Rule], key: &[String]) -> Result<(), AuditError> {
+    let mut problems = Vec::new();
+    for rule in rules {
+        let own_sql = match &rule.kind {
+            RuleKind::Sql(q) => Some(q.as_str()),
+            RuleKind::Expression(e) => Some(e.as_str()),
+            _ => None,
+        };
+        if let Some(text) = own_sql {
+            let probe = match &rule.kind {
+                RuleKind::Expression(e) => format!("SELECT 1 FROM {STAGED} WHERE {e}"),
+                _ => text.to_string(),
+            };
+            if let Err(e) = table::check_single_query(&probe) {
+                problems.push(problem(rule, &e.to_string()));
+                continue;
+            }
+        }
+        for q in rule_queries(rule, key) {
+            if let Err(e) = table::plan_query(ctx, &q).await {
+                problems.push(problem(rule, &e.to_string()));
+                break;
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AuditError::Compile { problems })
+    }
+}
+
+fn problem(rule: &Rule, message: &str) -> String {
+    let message = message
+        .trim_start_matches("query failed: ")
+        .trim_start_matches("query refused: ");
+    let first = message.lines().next().unwrap_or_default();
+    format!(
+        "{}: rule `{}` ({}): {first}",
+        rule.location(),
+        rule.name,
+        rule.kind.name()
+    )
+}
+
+async fn query(ctx: &SessionContext, rule: &str, sql: &str) -> Result<Vec<RecordBatch>, AuditError> {
+    let exec = |e: TableError| AuditError::Execute {
+        rule: rule.to_string(),
+        message: e.to_string(),
+    };
+    let df = table::plan_query(ctx, sql).await.map_err(exec)?;
+    table::collect(df).await.map_err(exec)
+}
+
+fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| b.column(col).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+        .unwrap_or(0)
+        .max(0) as u64
+}
+
+/// Sample rows as JSON objects (NULLs explicit) and as a text table.
+fn samples(batches: &[RecordBatch]) -> (Vec<serde_json::Value>, String) {
+    let batches: Vec<RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+    if batches.is_empty() {
+        return (Vec::new(), String::new());
+    }
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+        for b in &batches {
+            let _ = w.write(b);
+        }
+        let _ = w.finish();
+    }
+    let rows = serde_json::from_slice::<Vec<serde_json::Value>>(&buf).unwrap_or_default();
+    let table = arrow::util::pretty::pretty_format_batches(&batches)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    (rows, table)
+}
+
+fn result(rule: &Rule, failing: u64, checked: u64, message: String) -> RuleResult {
+    RuleResult {
+        name: rule.name.clone(),
+        kind: rule.kind.name().to_string(),
+        severity: rule.severity,
+        passed: failing == 0,
+        failing_rows: failing,
+        checked_rows: checked,
+        message,
+        defined_at: rule.location(),
+        samples: Vec::new(),
+        sample_table: String::new(),
+    }
+}
+
+fn describe(kind: &RuleKind) -> String {
+    match kind {
+        RuleKind::NotNull(cols) => format!("have a NULL in {}", cols.join(", ")),
+        RuleKind::AcceptedValues { column, values } => {
+            format!("have {column} outside [{}]", values.join(", "))
+        }
+        RuleKind::Range { column, min, max } => format!(
+            "have {column} outside [{}, {}]",
+            min.as_deref().unwrap_or("-inf"),
+            max.as_deref().unwrap_or("+inf")
+        ),
+        RuleKind::Expression(e) => format!("are not TRUE for `{e}`"),
+        RuleKind::Unique(cols) => format!("share their {} with another row", cols.join(", ")),
+        RuleKind::Sql(_) => "were returned by the rule's query".into(),
+        RuleKind::RowCount { .. } => String::new(),
+    }
+}
+
+/// Runs every rule over the registered `staged` table. Row-level rules share one scan.
+pub async fn run(
+    ctx: &SessionContext,
+    rules: &[&Rule],
+    key: &[String],
+    sample_limit: usize,
+) -> Result<Vec<RuleResult>, AuditError> {
+    let agg_rules: Vec<&Rule> = rules.iter().copied().filter(|r| sql::in_aggregate(r)).collect();
+    let mut by_name: std::collections::HashMap<String, RuleResult> = Default::default();
+
+    let agg = query(ctx, "(row-level rules)", &sql::aggregate_query(&agg_rules, STAGED)).await?;
+    let rows = int_at(&agg, 0);
+    let mut sample_jobs = Vec::new();
+    for (i, rule) in agg_rules.iter().enumerate() {
+        if let RuleKind::RowCount { min, max } = &rule.kind {
+            let low = min.is_some_and(|m| rows < m);
+            let high = max.is_some_and(|m| rows > m);
+            let message = if low {
+                format!("row count {rows} is below the minimum {}", min.unwrap_or(0))
+            } else if high {
+                format!("row count {rows} is above the maximum {}", max.unwrap_or(0))
+            } else {
+                format!("row count {rows} is within bounds")
+            };
+            let mut r = result(rule, 0, rows, message);
+            r.passed = !(low || high);
+            by_name.insert(rule.name.clone(), r);
+            continue;
+        }
+        let failing = int_at(&agg, i + 1);
+        let message = format!("{failing} of {rows} rows {}", describe(&rule.kind));
+        by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
+        if failing > 0 && sample_limit > 0 {
+            let pred = sql::failing_predicate(&rule.kind).expect("row-level kind");
+            sample_jobs.push((rule.name.clone(), sql::sample_query(&pred, STAGED, key, sample_limit)));
+        }
+    }
+
+    let own = rules.iter().copied().filter(|r| !sql::in_aggregate(r)).map(|rule| async move {
+        match &rule.kind {
+            RuleKind::Unique(cols) => {
+                let counts = query(ctx, &rule.name, &sql::unique_count_query(cols, STAGED)).await?;
+                let failing = int_at(&counts, 0);
+                let groups = int_at(&counts, 1);
+                let message = format!(
+                    "{failing} of {rows} rows {} ({groups} duplicated values)",
+                    describe(&rule.kind)
+                );
+                let sample = (failing > 0 && sample_limit > 0)
+                    .then(|| sql::unique_sample_query(cols, STAGED, sample_limit));
+                Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
+            }
+            RuleKind::Sql(q) => {
+                let counts = query(ctx, &rule.name, &sql::sql_count_query(q)).await?;
+                let failing = int_at(&counts, 0);
+                let message = format!("{failing} rows {}", describe(&rule.kind));
+                let sample = (failing > 0 && sample_limit > 0).then(|| sql::sql_sample_query(q, sample_limit));
+                Ok((result(rule, failing, rows, message), sample))
+            }
+            _ => unreachable!("aggregate rules are handled above"),
+        }
+    });
+    for (r, sample) in try_join_all(own).await? {
+        if let Some(q) = sample {
+            sample_jobs.push((r.name.clone(), q));
+        }
+        by_name.insert(r.name.clone(), r);
+    }
+
+    let fetched = try_join_all(sample_jobs.iter().map(|(name, q)| async move {
+        Ok::<_, AuditError>((name.clone(), query(ctx, name, q).await?))
+    }))
+    .await?;
+    for (name, batches) in fetched {
+        if let Some(r) = by_name.get_mut(&name) {
+            let (rows, table) = samples(&batches);
+            r.samples = rows;
+            r.sample_table = table;
+        }
+    }
+    Ok(rules
+        .iter()
+        .filter_map(|r| by_name.remove(&r.name))
+        .collect())
+}

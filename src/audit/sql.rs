@@ -1,0 +1,141 @@
+//! Rules to SQL. Column names from YAML are quoted identifiers; `expression` and `sql` rules are
+//! the author's own SQL, checked to be a single read-only query before use.
+
+use super::rule::{Rule, RuleKind};
+
+/// A double-quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// For a row-level rule: the predicate that is TRUE for a failing row (never NULL).
+pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
+    match kind {
+        RuleKind::NotNull(cols) => Some(format!(
+            "({})",
+            cols.iter()
+                .map(|c| format!("{} IS NULL", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        )),
+        RuleKind::AcceptedValues { column, values } => Some(format!(
+            "({c} IS NOT NULL AND {c} NOT IN ({}))",
+            values.join(", "),
+            c = ident(column)
+        )),
+        RuleKind::Range { column, min, max } => {
+            let c = ident(column);
+            let mut out_of = Vec::new();
+            if let Some(min) = min {
+                out_of.push(format!("{c} < {min}"));
+            }
+            if let Some(max) = max {
+                out_of.push(format!("{c} > {max}"));
+            }
+            Some(format!("({c} IS NOT NULL AND ({}))", out_of.join(" OR ")))
+        }
+        RuleKind::Expression(e) => Some(format!("(({e}) IS NOT TRUE)")),
+        RuleKind::Unique(_) | RuleKind::RowCount { .. } | RuleKind::Sql(_) => None,
+    }
+}
+
+/// True for rules evaluated in the shared aggregate scan.
+pub fn in_aggregate(rule: &Rule) -> bool {
+    failing_predicate(&rule.kind).is_some() || matches!(rule.kind, RuleKind::RowCount { .. })
+}
+
+/// One scan for all row-level rules: column 0 is the row count, column `i + 1` the failing-row
+/// count of `rules[i]` (0 for `row_count` rules, which are judged on column 0).
+pub fn aggregate_query(rules: &[&Rule], table: &str) -> String {
+    let mut cols = vec!["CAST(COUNT(*) AS BIGINT) AS \"__rows\"".to_string()];
+    for (i, r) in rules.iter().enumerate() {
+        let expr = match failing_predicate(&r.kind) {
+            Some(p) => format!("CAST(COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0) AS BIGINT)"),
+            None => "CAST(0 AS BIGINT)".to_string(),
+        };
+        cols.push(format!("{expr} AS \"r{i}\""));
+    }
+    format!("SELECT {} FROM {table}", cols.join(", "))
+}
+
+fn order_by(key: &[String]) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ORDER BY {}",
+            key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// Sample rows failing a row-level rule, in key order.
+pub fn sample_query(predicate: &str, table: &str, key: &[String], limit: usize) -> String {
+    format!(
+        "SELECT * FROM {table} WHERE {predicate}{} LIMIT {limit}",
+        order_by(key)
+    )
+}
+
+fn duplicates(cols: &[String], table: &str) -> String {
+    let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let not_null = cols
+        .iter()
+        .map(|c| format!("{} IS NOT NULL", ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT {list}, CAST(COUNT(*) AS BIGINT) AS duplicate_rows FROM {table} WHERE {not_null} \
+         GROUP BY {list} HAVING COUNT(*) > 1"
+    )
+}
+
+/// Rows that share their `unique` columns with another row: (failing rows, duplicate groups).
+pub fn unique_count_query(cols: &[String], table: &str) -> String {
+    format!(
+        "SELECT CAST(COALESCE(SUM(duplicate_rows), 0) AS BIGINT), CAST(COUNT(*) AS BIGINT) FROM ({})",
+        duplicates(cols, table)
+    )
+}
+
+/// Sample duplicate groups with their row counts, in key order.
+pub fn unique_sample_query(cols: &[String], table: &str, limit: usize) -> String {
+    format!("{}{} LIMIT {limit}", duplicates(cols, table), order_by(cols))
+}
+
+/// Rows returned by a `sql` rule.
+pub fn sql_count_query(query: &str) -> String {
+    format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({query}) AS failing")
+}
+
+/// Sample rows of a `sql` rule.
+pub fn sql_sample_query(query: &str, limit: usize) -> String {
+    format!("SELECT * FROM ({query}) AS failing LIMIT {limit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates() {
+        assert_eq!(
+            failing_predicate(&RuleKind::NotNull(vec!["a".into(), "b\"c".into()])).unwrap(),
+            "(\"a\" IS NULL OR \"b\"\"c\" IS NULL)"
+        );
+        assert_eq!(
+            failing_predicate(&RuleKind::Range {
+                column: "x".into(),
+                min: Some("0".into()),
+                max: None
+            })
+            .unwrap(),
+            "(\"x\" IS NOT NULL AND (\"x\" < 0))"
+        );
+        assert_eq!(
+            failing_predicate(&RuleKind::Expression("a > 0".into())).unwrap(),
+            "((a > 0) IS NOT TRUE)"
+        );
+        assert!(failing_predicate(&RuleKind::Unique(vec!["a".into()])).is_none());
+    }
+}

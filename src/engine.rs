@@ -1,0 +1,151 @@
+//! The DataFusion side of `wap`: one way to build a session, and a table made of an explicit list
+//! of files (staged files, a published version, the source objects).
+//!
+//! Stores are registered under fixed `wap://` URLs so that DataFusion reads through the very
+//! `Arc<dyn ObjectStore>` the job was given (wrapped or not):
+//! `wap://table/` is the table root, `wap://source/` the root of the source's store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use object_store::{ObjectMeta, ObjectStore};
+
+/// URL under which the table store is registered.
+pub const TABLE_URL: &str = "wap://table/";
+/// URL under which the source store is registered.
+pub const SOURCE_URL: &str = "wap://source/";
+
+/// Default memory budget for one job's queries (sorts spill to disk beyond it).
+pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
+
+/// Settings for a session.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Memory pool size in bytes shared by sorts and writers; sorts spill beyond it.
+    pub memory_limit: usize,
+    /// Rows per batch inside DataFusion.
+    pub batch_size: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            batch_size: 8192,
+        }
+    }
+}
+
+/// A session with the table store (and optionally the source store) registered.
+pub fn session(
+    options: &EngineOptions,
+    table: Arc<dyn ObjectStore>,
+    source: Option<Arc<dyn ObjectStore>>,
+) -> DfResult<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_batch_size(options.batch_size)
+        .with_information_schema(false);
+    // Keep the reservation a sort holds back for merging small relative to tight budgets.
+    let reserve = (options.memory_limit / 8).min(10 << 20);
+    config.options_mut().execution.sort_spill_reservation_bytes = reserve;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_object_store(&url::Url::parse(TABLE_URL).expect("static url"), table);
+    if let Some(source) = source {
+        ctx.register_object_store(&url::Url::parse(SOURCE_URL).expect("static url"), source);
+    }
+    Ok(ctx)
+}
+
+/// SQL options for user SQL (audit rules, `wap query`): queries only.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A table made of an explicit list of files in one registered store. Reading it makes no
+/// listing request: the files and their sizes are known (from a manifest or a listing done once).
+#[derive(Debug)]
+pub struct FilesTable {
+    schema: SchemaRef,
+    format: Arc<dyn FileFormat>,
+    store_url: ObjectStoreUrl,
+    files: Vec<ObjectMeta>,
+}
+
+impl FilesTable {
+    /// A table over `files` (paths inside the store registered at `store_url`).
+    pub fn new(
+        schema: SchemaRef,
+        format: Arc<dyn FileFormat>,
+        store_url: &str,
+        files: Vec<ObjectMeta>,
+    ) -> DfResult<Self> {
+        Ok(FilesTable {
+            schema,
+            format,
+            store_url: ObjectStoreUrl::parse(store_url)?,
+            files,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for FilesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.files.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        let target = state.config().target_partitions().max(1);
+        let files: Vec<PartitionedFile> = self
+            .files
+            .iter()
+            .cloned()
+            .map(PartitionedFile::from)
+            .collect();
+        let groups = FileGroup::new(files).split_files(target);
+        let source = self.format.file_source(Arc::clone(&self.schema).into());
+        let conf = FileScanConfigBuilder::new(self.store_url.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        self.format.create_physical_plan(state, conf).await
+    }
+}

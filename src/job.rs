@@ -1,0 +1,397 @@
+//! A job run: the three phases in order, and the read-side commands over the same table.
+//!
+//! ```text
+//!  list source ─► run id ─► already published? ──yes──► unchanged (no data read)
+//!                               │ no
+//!                               ▼
+//!  plan transform + compile rules (config errors stop here, nothing written)
+//!                               ▼
+//!  write staging/<run_id>/ ─► audit staged ─► report.json ─► failed? ──► audit_failed (exit 3)
+//!                                                              │ passed
+//!                                                              ▼
+//!                                               publish (commit manifest, swap pointer)
+//! ```
+//!
+//! The run id is a hash of everything that determines the output: job name, job and rule file
+//! contents, logical date, and each source object's path, size and ETag. Same inputs, same run id,
+//! same staged bytes, and a re-run finds its own work already published.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::prelude::{DataFrame, SessionContext};
+use object_store::{ObjectMeta, ObjectStore};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::audit::{self, AuditReport};
+use crate::conf::JobConf;
+use crate::engine::{self, EngineOptions};
+use crate::manifest::{AuditSummary, Manifest, Partition};
+use crate::publish::{Proposal, PublishError, PublishOptions, PublishOutcome, Publisher};
+use crate::store::Location;
+use crate::table;
+use crate::versions;
+use crate::write::{self, WriteOptions};
+use crate::{Error, Result};
+
+/// Tunables of a job run.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub engine: EngineOptions,
+    pub write: WriteOptions,
+    pub publish: PublishOptions,
+    /// Failing rows kept per failing rule.
+    pub sample_limit: usize,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            engine: EngineOptions::default(),
+            write: WriteOptions::default(),
+            publish: PublishOptions::default(),
+            sample_limit: 10,
+        }
+    }
+}
+
+/// Whether a run may publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Write, audit and publish (`wap run`).
+    Publish,
+    /// Write and audit only (`wap audit`).
+    AuditOnly,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A new version was published.
+    Published,
+    /// The table already holds this run's output; nothing was written.
+    Unchanged,
+    /// An error-severity rule failed; nothing was published.
+    AuditFailed,
+    /// `wap audit` only: every error-severity rule passed.
+    AuditPassed,
+    /// Another publisher replaced the same partitions first; nothing was published.
+    Conflict,
+}
+
+impl Status {
+    /// The process exit code for this status.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Published | Status::Unchanged | Status::AuditPassed => crate::exit_code::OK,
+            Status::AuditFailed => crate::exit_code::AUDIT_FAILED,
+            Status::Conflict => crate::exit_code::CONFLICT,
+        }
+    }
+}
+
+/// The result of `run`, `audit` or `rollback` (the `--json` output).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub status: Status,
+    /// Current version after the run (0: never published).
+    pub version: u64,
+    pub run_id: String,
+    pub logical_date: String,
+    /// Rows staged by the run (for a rollback: rows of the restored version).
+    pub rows: u64,
+    /// Hive paths of the partitions the run produced.
+    pub partitions: Vec<String>,
+    pub audits: Vec<AuditSummary>,
+    /// Where the full audit report is, relative to the table root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    /// Why a run did not publish (conflict details).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The audit report, for rendering.
+    #[serde(skip)]
+    pub audit_report: Option<AuditReport>,
+}
+
+/// Validates a logical date: `YYYY-MM-DD`, a real day.
+pub fn parse_date(date: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .ok()
+        .filter(|d| d.format("%Y-%m-%d").to_string() == date)
+        .ok_or_else(|| Error::Usage(format!("--date `{date}` is not a date: expected YYYY-MM-DD, e.g. 2024-01-31")))
+}
+
+/// The run id of a job run: a hash of what determines its output, never a uuid or a clock.
+pub fn run_id(conf: &JobConf, date: &str, source: &[ObjectMeta]) -> String {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, value: &[u8]| {
+        h.update(name.as_bytes());
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value);
+    };
+    field("wap-run", b"1");
+    field("name", conf.name.as_bytes());
+    field("conf", conf.text.as_bytes());
+    for f in conf.rules.files() {
+        field("rules", f.text.as_bytes());
+    }
+    field("date", date.as_bytes());
+    for o in source {
+        field("object", o.location.as_ref().as_bytes());
+        field("size", &o.size.to_le_bytes());
+        let tag = o
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| o.last_modified.timestamp_nanos_opt().unwrap_or(0).to_string());
+        field("etag", tag.as_bytes());
+    }
+    let digest = h.finalize();
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A configured job bound to its table store.
+#[derive(Debug, Clone)]
+pub struct Job {
+    conf: JobConf,
+    table: Arc<dyn ObjectStore>,
+    options: JobOptions,
+}
+
+impl Job {
+    /// Opens the table the configuration names.
+    pub fn open(conf: JobConf, options: JobOptions) -> Result<Self> {
+        let table = Location::parse(&conf.table)?.scoped()?;
+        Ok(Job::with_store(conf, table, options))
+    }
+
+    /// A job over an explicit table store (tests wrap stores this way).
+    pub fn with_store(conf: JobConf, table: Arc<dyn ObjectStore>, options: JobOptions) -> Self {
+        Job {
+            conf,
+            table,
+            options,
+        }
+    }
+
+    /// The configuration.
+    pub fn conf(&self) -> &JobConf {
+        &self.conf
+    }
+
+    /// The table store (rooted at the table).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.table
+    }
+
+    fn session(&self, source: Option<Arc<dyn ObjectStore>>) -> Result<SessionContext> {
+        engine::session(&self.options.engine, Arc::clone(&self.table), source)
+            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))
+    }
+
+    /// Runs the job for one logical date.
+    pub async fn run(&self, date: &str, mode: Mode) -> Result<RunOutcome> {
+        parse_date(date)?;
+        let conf = &self.conf;
+        let source = write::list_source(conf, date).await?;
+        let run_id = run_id(conf, date, &source.objects);
+        let span = tracing::info_span!("run", job = %conf.name, run_id = %run_id, date);
+        let _enter = span.enter();
+        let current = versions::current(&self.table).await?;
+        let current_version = current.as_ref().map_or(0, |m| m.version);
+
+        if mode == Mode::Publish {
+            if let Some(done) = self.already_published(&run_id, current.as_ref()).await? {
+                info!(version = current_version, "run already published; nothing to do");
+                return Ok(done);
+            }
+        }
+
+        // Plan everything before writing anything.
+        let ctx = self.session(Some(Arc::clone(&source.store)))?;
+        let df = write::plan_transform(&ctx, conf, date, &source).await?;
+        let schema = write::table_schema(df.schema().inner());
+        table::register_version(&ctx, audit::run::PUBLISHED, current.as_ref(), Arc::clone(&schema))?;
+        table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
+        let rules = conf.rules.rules();
+        audit::run::compile(&ctx, &rules, &conf.key).await?;
+
+        // Phase 1.
+        let staged = {
+            let _w = tracing::info_span!("write").entered();
+            write::write_staging(&ctx, df, conf, &run_id, &self.table, &self.options.write, &source.location).await?
+        };
+        info!(rows = staged.rows, partitions = staged.partitions.len(), "staged");
+
+        // Phase 2.
+        ctx.deregister_table(audit::run::STAGED)
+            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))?;
+        let files = table::files_table(Arc::clone(&staged.schema), staged.objects())?;
+        ctx.register_table(audit::run::STAGED, Arc::new(files))
+            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))?;
+        let results = audit::run::run(&ctx, &rules, &conf.key, self.options.sample_limit).await?;
+        let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
+        let report = AuditReport::new(&conf.name, &run_id, date, staged.rows, partitions.clone(), results);
+        report.save(&self.table).await?;
+        let mut outcome = RunOutcome {
+            status: Status::AuditPassed,
+            version: current_version,
+            run_id: run_id.clone(),
+            logical_date: date.to_string(),
+            rows: staged.rows,
+            partitions,
+            audits: report.summaries(),
+            report: Some(crate::manifest::report_path(&run_id).to_string()),
+            message: None,
+            audit_report: Some(report.clone()),
+        };
+        if !report.passed() {
+            outcome.status = Status::AuditFailed;
+            return Ok(outcome);
+        }
+        if mode == Mode::AuditOnly {
+            return Ok(outcome);
+        }
+
+        // Phase 3.
+        let proposal = Proposal::Replace {
+            run_id: run_id.clone(),
+            logical_date: date.to_string(),
+            table: conf.name.clone(),
+            schema: staged.schema.as_ref().clone(),
+            partition_by: conf.partition_by.clone(),
+            key: conf.key.clone(),
+            partitions: staged
+                .partitions
+                .iter()
+                .map(|p| Partition {
+                    path: p.path.clone(),
+                    values: conf.partition_by.iter().cloned().zip(p.values.iter().cloned()).collect(),
+                    rows: p.rows,
+                    files: p.files.clone(),
+                    run_id: run_id.clone(),
+                    logical_date: date.to_string(),
+                })
+                .collect(),
+            audits: report.summaries(),
+        };
+        self.publish(proposal, outcome).await
+    }
+
+    async fn publish(&self, proposal: Proposal, mut outcome: RunOutcome) -> Result<RunOutcome> {
+        let publisher = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
+        match publisher.publish(&proposal).await {
+            Ok(PublishOutcome::Published { version }) => {
+                outcome.status = Status::Published;
+                outcome.version = version;
+            }
+            Ok(PublishOutcome::Unchanged { version }) => {
+                outcome.status = Status::Unchanged;
+                outcome.version = version;
+            }
+            Err(e @ (PublishError::Conflict { version, .. } | PublishError::RollbackConflict { version, .. })) => {
+                outcome.status = Status::Conflict;
+                outcome.version = version;
+                outcome.message = Some(e.to_string());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(outcome)
+    }
+
+    /// The outcome of a re-run whose partitions the current version already holds from this very
+    /// run id, found from its report and the manifest alone (no data is read).
+    async fn already_published(&self, run_id: &str, current: Option<&Manifest>) -> Result<Option<RunOutcome>> {
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let report = AuditReport::load(&self.table, run_id)
+            .await
+            .map_err(|e| Error::Audit(audit::AuditError::Execute {
+                rule: "(report)".into(),
+                message: e.to_string(),
+            }))?;
+        let Some(report) = report.filter(|r| r.passed() && !r.partitions.is_empty()) else {
+            return Ok(None);
+        };
+        let all_ours = report
+            .partitions
+            .iter()
+            .all(|p| current.partitions.get(p).is_some_and(|q| q.run_id == run_id));
+        if !all_ours {
+            return Ok(None);
+        }
+        Ok(Some(RunOutcome {
+            status: Status::Unchanged,
+            version: current.version,
+            run_id: run_id.to_string(),
+            logical_date: report.logical_date.clone(),
+            rows: report.rows,
+            partitions: report.partitions.clone(),
+            audits: report.summaries(),
+            report: Some(crate::manifest::report_path(run_id).to_string()),
+            message: None,
+            audit_report: Some(report),
+        }))
+    }
+
+    /// Publishes a new version whose content equals version `to`.
+    pub async fn rollback(&self, to: u64) -> Result<RunOutcome> {
+        let latest = versions::latest_version(&self.table).await?;
+        if to == 0 || to > latest {
+            return Err(Error::Usage(format!(
+                "--to {to}: no such version (versions are 1 to {latest})"
+            )));
+        }
+        let target = versions::read_manifest(&self.table, to).await?;
+        let run_id = {
+            let mut h = Sha256::new();
+            h.update(format!("wap-rollback/1 to={to} from={latest}"));
+            let d = h.finalize();
+            format!("rollback-{}", d[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
+        };
+        let outcome = RunOutcome {
+            status: Status::Published,
+            version: latest,
+            run_id: run_id.clone(),
+            logical_date: String::new(),
+            rows: target.rows(),
+            partitions: target.partitions.keys().cloned().collect(),
+            audits: target.audits.clone(),
+            report: None,
+            message: None,
+            audit_report: None,
+        };
+        self.publish(Proposal::Restore { run_id, target }, outcome).await
+    }
+
+    /// Every version, newest first.
+    pub async fn log(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for v in versions::list_versions(&self.table).await?.into_iter().rev() {
+            out.push(versions::read_manifest(&self.table, v).await?);
+        }
+        Ok(out)
+    }
+
+    /// One version (default: current).
+    pub async fn show(&self, version: Option<u64>) -> Result<Manifest> {
+        match version {
+            Some(v) => Ok(versions::read_manifest(&self.table, v).await?),
+            None => versions::current(&self.table)
+                .await?
+                .ok_or_else(|| table::TableError::Empty { table: self.conf.table.clone() }.into()),
+        }
+    }
+
+    /// Plans a read-only query over a version (default: current), registered under the job's name.
+    pub async fn query(&self, version: Option<u64>, sql: &str) -> Result<DataFrame> {
+        let manifest = self.show(version).await?;
+        let ctx = self.session(None)?;
+        table::register_version(&ctx, &self.conf.name, Some(&manifest), manifest.schema_ref())?;
+        Ok(table::plan_query(&ctx, sql).await?)
+    }
+}

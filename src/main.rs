@@ -1,0 +1,374 @@
+//! The `wap` command line: arguments, rendering and exit codes. All behaviour lives in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use wap::conf::JobConf;
+use wap::job::{Job, JobOptions, Mode, RunOutcome, Status};
+use wap::manifest::Manifest;
+use wap::{Error, exit_code};
+
+/// Write-Audit-Publish for lakehouse tables on object storage.
+#[derive(Parser)]
+#[command(name = "wap", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write, audit and publish one logical date.
+    Run {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write and audit one logical date; never publishes.
+    Audit {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List versions, newest first.
+    Log {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one version: partitions, files, rows, run.
+    Show {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a read-only SQL query over a version; the table is named after the job.
+    Query {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        sql: String,
+    },
+    /// Publish a new version whose content equals version N.
+    Rollback {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        to: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit_code::CONFIG as u8 } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit_code::FAILURE as u8);
+        }
+    };
+    let code = match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn job(conf: &PathBuf) -> Result<Job, Error> {
+    let conf = JobConf::load(conf)?;
+    Job::open(conf, JobOptions::default())
+}
+
+async fn execute(command: Command) -> Result<i32, Error> {
+    match command {
+        Command::Run { conf, date, json } => {
+            let outcome = job(&conf)?.run(&date, Mode::Publish).await?;
+            Ok(render_outcome(&outcome, json))
+        }
+        Command::Audit { conf, date, json } => {
+            let outcome = job(&conf)?.run(&date, Mode::AuditOnly).await?;
+            Ok(render_outcome(&outcome, json))
+        }
+        Command::Rollback { conf, to, json } => {
+            let outcome = job(&conf)?.rollback(to).await?;
+            Ok(render_outcome(&outcome, json))
+        }
+        Command::Log { conf, json } => {
+            let versions = job(&conf)?.log().await?;
+            render_log(&versions, json);
+            Ok(exit_code::OK)
+        }
+        Command::Show { conf, version, json } => {
+            let manifest = job(&conf)?.show(version).await?;
+            render_show(&manifest, json);
+            Ok(exit_code::OK)
+        }
+        Command::Query {
+            conf,
+            version,
+            format,
+            sql,
+        } => {
+            let df = job(&conf)?.query(version, &sql).await?;
+            query_output(df, format).await?;
+            Ok(exit_code::OK)
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}
+
+fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
+    if json {
+        print_json(outcome);
+    } else {
+        let mut out = String::new();
+        match outcome.status {
+            Status::Published => out.push_str(&format!(
+                "published version {} (run {}): {} rows in {} partition(s)\n",
+                outcome.version,
+                outcome.run_id,
+                outcome.rows,
+                outcome.partitions.len()
+            )),
+            Status::Unchanged => out.push_str(&format!(
+                "unchanged: version {} already holds run {}; nothing published\n",
+                outcome.version, outcome.run_id
+            )),
+            Status::AuditPassed => out.push_str(&format!(
+                "audit passed (run {}): {} rows in {} partition(s); nothing published\n",
+                outcome.run_id,
+                outcome.rows,
+                outcome.partitions.len()
+            )),
+            Status::AuditFailed => out.push_str(&format!(
+                "audit FAILED (run {}): nothing published; current version is still {}\n",
+                outcome.run_id, outcome.version
+            )),
+            Status::Conflict => out.push_str(&format!(
+                "conflict: {}\n",
+                outcome.message.as_deref().unwrap_or("another publisher won")
+            )),
+        }
+        if let Some(report) = &outcome.audit_report {
+            for r in &report.rules {
+                let mark = match (r.passed, r.blocks()) {
+                    (true, _) => "pass",
+                    (false, true) => "FAIL",
+                    (false, false) => "warn",
+                };
+                out.push_str(&format!("  [{mark}] {:<28} {}\n", r.name, r.message));
+                if !r.passed && !r.sample_table.is_empty() {
+                    out.push_str(&format!("         sample failing rows ({}):\n", r.defined_at));
+                    for line in r.sample_table.lines() {
+                        out.push_str(&format!("         {line}\n"));
+                    }
+                }
+            }
+            if let Some(path) = &outcome.report {
+                out.push_str(&format!("  report: {path}\n"));
+            }
+        }
+        let stream = if outcome.status.exit_code() == 0 {
+            &mut std::io::stdout() as &mut dyn Write
+        } else {
+            &mut std::io::stderr() as &mut dyn Write
+        };
+        let _ = stream.write_all(out.as_bytes());
+    }
+    outcome.status.exit_code()
+}
+
+#[derive(serde::Serialize)]
+struct LogEntry<'a> {
+    version: u64,
+    parent: u64,
+    kind: wap::manifest::ChangeKind,
+    run_id: &'a str,
+    logical_date: &'a str,
+    partitions: &'a [String],
+    rows: u64,
+    published_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restored_version: Option<u64>,
+}
+
+fn render_log(versions: &[Manifest], json: bool) {
+    let entries: Vec<LogEntry> = versions
+        .iter()
+        .map(|m| LogEntry {
+            version: m.version,
+            parent: m.parent,
+            kind: m.change.kind,
+            run_id: &m.change.run_id,
+            logical_date: &m.change.logical_date,
+            partitions: &m.change.partitions,
+            rows: m.rows(),
+            published_at: &m.change.published_at,
+            restored_version: m.change.restored_version,
+        })
+        .collect();
+    if json {
+        print_json(&entries);
+        return;
+    }
+    if entries.is_empty() {
+        println!("no versions yet");
+    }
+    for e in entries {
+        let what = match e.restored_version {
+            Some(v) => format!("rollback to version {v}"),
+            None => format!("run {} for {}", e.run_id, e.logical_date),
+        };
+        println!(
+            "version {:>4}  {}  {}  {} rows  changed: {}",
+            e.version,
+            e.published_at,
+            what,
+            e.rows,
+            e.partitions.join(", ")
+        );
+    }
+}
+
+fn render_show(m: &Manifest, json: bool) {
+    if json {
+        print_json(m);
+        return;
+    }
+    println!("version {} (parent {}) of table {}", m.version, m.parent, m.table);
+    println!("published {} by {:?} {}", m.change.published_at, m.change.kind, m.change.run_id);
+    println!(
+        "schema: {}",
+        m.schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("watermarks: {:?}", m.watermarks);
+    println!("{} rows in {} partition(s):", m.rows(), m.partitions.len());
+    for p in m.partitions.values() {
+        println!(
+            "  {:<40} {:>10} rows {:>12} bytes  run {} ({})",
+            if p.path.is_empty() { "(table)" } else { &p.path },
+            p.rows,
+            p.bytes(),
+            p.run_id,
+            p.logical_date
+        );
+        for f in &p.files {
+            println!("      {} ({} rows, {} bytes)", f.path, f.rows, f.size);
+        }
+    }
+    if !m.audits.is_empty() {
+        println!("audits:");
+        for a in &m.audits {
+            println!(
+                "  {} {} ({}): {} failing rows",
+                if a.passed { "pass" } else { "fail" },
+                a.name,
+                a.severity,
+                a.failing_rows
+            );
+        }
+    }
+}
+
+async fn query_output(df: datafusion::prelude::DataFrame, format: Format) -> Result<(), Error> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::Table(wap::table::TableError::Execute {
+            message: e.to_string(),
+        })
+    };
+    match format {
+        Format::Table => {
+            let batches = df.collect().await.map_err(|e| err(&e))?;
+            let table = arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| err(&e))?;
+            println!("{table}");
+        }
+        Format::Csv => {
+            let mut stream = df.execute_stream().await.map_err(|e| err(&e))?;
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::stdout().lock());
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+            }
+        }
+        Format::Json => {
+            let batches = df.collect().await.map_err(|e| err(&e))?;
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+                for b in &batches {
+                    w.write(b).map_err(|e| err(&e))?;
+                }
+                w.finish().map_err(|e| err(&e))?;
+            }
+            if buf.is_empty() {
+                buf.extend_from_slice(b"[]");
+            }
+            println!("{}", String::from_utf8_lossy(&buf));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Phase 3, publish: make staged partitions current by committing a new immutable manifest and
+//! moving the pointer. Files are referenced in place, never copied: publish costs the same few
+//! requests whatever the data size.
+//!
+//! ```text
+//!  read pointer (B, ETag) ─► read manifest B ─► build B+1 ─► create manifest B+1 (put-if-absent)
+//!                                                   ▲               │ ok: committed
+//!                                                   │ rebase        ▼
+//!              AlreadyExists: other run, disjoint ──┘        swap pointer (CAS on ETag) ─► done
+//!              AlreadyExists: our run id  ─────────────────────────►┘
+//!              AlreadyExists: other run, same partitions ─► Conflict (nothing changed)
+//! ```
+//!
+//! Invariants:
+//! - Creating `_wap/manifests/{v}.json` with put-if-absent is the commit point: exactly one writer
+//!   wins each version. The pointer only ever names a committed version; readers probe past it.
+//! - A version replaces only the partitions its run produced (dynamic partition overwrite);
+//!   watermarks and the audit summary travel in the same manifest, so they move atomically with
+//!   the data.
+//! - Publishing content the base version already holds (same run id, same files) writes nothing.
+//! - This is the only module that writes under `_wap/manifests` or `_wap/current`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::Schema;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use tracing::{info, warn};
+
+use crate::manifest::{self, AuditSummary, Change, ChangeKind, Manifest, Partition, Pointer};
+use crate::versions::{self, PointerRead, VersionsError};
+
+/// Errors of phase 3.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error(
+        "publish conflict: version {version} (run {other_run}) already replaced partition(s) {} \
+         that this run also replaces; nothing was published\n\
+         help: re-run the job so that it audits and publishes on top of version {version}",
+        partitions.join(", ")
+    )]
+    Conflict {
+        version: u64,
+        other_run: String,
+        partitions: Vec<String>,
+    },
+    #[error(
+        "rollback conflict: version {version} (run {other_run}) was published while rolling back; \
+         nothing was published\nhelp: check `wap log` and run the rollback again"
+    )]
+    RollbackConflict { version: u64, other_run: String },
+    #[error(
+        "schema change refused: {message}; partitions this run does not replace would no longer \
+         read\nhelp: keep the column's type, add columns instead, or re-run every partition"
+    )]
+    SchemaChange { message: String },
+    #[error("unable to {phase} {path}: {source}")]
+    Storage {
+        phase: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error(transparent)]
+    Versions(#[from] VersionsError),
+    #[error("gave up publishing after {attempts} attempts: other writers kept committing first")]
+    Exhausted { attempts: u32 },
+}
+
+impl PublishError {
+    /// True for a conflict with another publisher (exit code 4).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Conflict { .. } | PublishError::RollbackConflict { .. } | PublishError::Exhausted { .. }
+        )
+    }
+
+    /// True when the change itself is not allowed (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, PublishError::SchemaChange { .. })
+    }
+}
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub enum Proposal {
+    /// Replace (or add) the run's partitions, keep the others.
+    Replace {
+        run_id: String,
+        logical_date: String,
+        table: String,
+        schema: Schema,
+        partition_by: Vec<String>,
+        key: Vec<String>,
+        partitions: Vec<Partition>,
+        audits: Vec<AuditSummary>,
+    },
+    /// Make the content of an older version current again.
+    Restore { run_id: String, target: Manifest },
+}
+
+impl Proposal {
+    fn run_id(&self) -> &str {
+        match self {
+            Proposal::Replace { run_id, .. } | Proposal::Restore { run_id, .. } => run_id,
+        }
+    }
+}
+
+/// How a publish ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// A new version was committed.
+    Published { version: u64 },
+    /// The current version already holds this content; nothing was written.
+    Unchanged { version: u64 },
+}
+
+/// Retry settings.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Most manifests tried before giving up (each lost race is one attempt).
+    pub max_attempts: u32,
+    /// First backoff after a lost race; doubles, capped at one second.
+    pub backoff: Duration,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            max_attempts: 32,
+            backoff: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Commits versions of one table.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    store: Arc<dyn ObjectStore>,
+    options: PublishOptions,
+}
+
+fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
+    for f in old.fields() {
+        match new.field_with_name(f.name()) {
+            Err(_) => return Err(format!("column `{}` would be dropped", f.name())),
+            Ok(n) if n.data_type() != f.data_type() => {
+                return Err(format!(
+                    "column `{}` would change type from {} to {}",
+                    f.name(),
+                    f.data_type(),
+                    n.data_type()
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl Publisher {
+    /// A publisher for the table whose root is `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, options: PublishOptions) -> Self {
+        Publisher { store, options }
+    }
+
+    /// Builds the manifest that would follow `base`, or `None` if `base` already holds it.
+    fn next(&self, base: Option<&Manifest>, proposal: &Proposal) -> Result<Option<Manifest>, PublishError> {
+        let version = base.map_or(0, |b| b.version) + 1;
+        let published_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match proposal {
+            Proposal::Replace {
+                run_id,
+                logical_date,
+                table,
+                schema,
+                partition_by,
+                key,
+                partitions,
+                audits,
+            } => {
+                if partitions.is_empty() {
+                    return Ok(None);
+                }
+                let unchanged = base.is_some_and(|b| {
+                    partitions.iter().all(|p| {
+                        b.partitions
+                            .get(&p.path)
+                            .is_some_and(|q| q.run_id == p.run_id && q.files == p.files)
+                    })
+                });
+                if unchanged {
+                    return Ok(None);
+                }
+                let mut all = base.map(|b| b.partitions.clone()).unwrap_or_default();
+                let ours: BTreeSet<&str> = partitions.iter().map(|p| p.path.as_str()).collect();
+                let kept = all.keys().any(|k| !ours.contains(k.as_str()));
+                if let (Some(b), true) = (base, kept) {
+                    compatible(&b.schema, schema).map_err(|message| PublishError::SchemaChange { message })?;
+                }
+                for p in partitions {
+                    all.insert(p.path.clone(), p.clone());
+                }
+                let mut watermarks = base.map(|b| b.watermarks.clone()).unwrap_or_default();
+                let max = watermarks
+                    .get("max_logical_date")
+                    .filter(|m| m.as_str() > logical_date.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| logical_date.clone());
+                watermarks.insert("max_logical_date".into(), max);
+                watermarks.insert("last_logical_date".into(), logical_date.clone());
+                Ok(Some(Manifest {
+                    format: manifest::FORMAT.into(),
+                    version,
+                    parent: version - 1,
+                    table: table.clone(),
+                    schema: schema.clone(),
+                    partition_by: partition_by.clone(),
+                    key: key.clone(),
+                    partitions: all,
+                    watermarks,
+                    change: Change {
+                        kind: ChangeKind::Run,
+                        run_id: run_id.clone(),
+                        logical_date: logical_date.clone(),
+                        partitions: ours.iter().map(|s| s.to_string()).collect(),
+                        restored_version: None,
+                        published_at,
+                    },
+                    audits: audits.clone(),
+                    checksum: String::new(),
+                }))
+            }
+            Proposal::Restore { run_id, target } => {
+                let base_parts = base.map(|b| b.partitions.clone()).unwrap_or_default();
+                if base.is_some_and(|b| b.partitions == target.partitions && b.schema == target.schema) {
+                    return Ok(None);
+                }
+                let changed: BTreeSet<String> = base_parts
+                    .iter()
+                    .filter(|(k, v)| target.partitions.get(*k) != Some(v))
+                    .map(|(k, _)| k.clone())
+                    .chain(
+                        target
+                            .partitions
+                            .iter()
+                            .filter(|(k, v)| base_parts.get(*k) != Some(v))
+                            .map(|(k, _)| k.clone()),
+                    )
+                    .collect();
+                Ok(Some(Manifest {
+                    version,
+                    parent: version - 1,
+                    change: Change {
+                        kind: ChangeKind::Rollback,
+                        run_id: run_id.clone(),
+                        logical_date: String::new(),
+                        partitions: changed.into_iter().collect(),
+                        restored_version: Some(target.version),
+                        published_at,
+                    },
+                    checksum: String::new(),
+                    ..target.clone()
+                }))
+            }
+        }
+    }
+
+    /// Publishes `proposal`: commits a new version on top of the current one, rebasing past
+    /// versions that touched other partitions, or reports a conflict.
+    pub async fn publish(&self, proposal: &Proposal) -> Result<PublishOutcome, PublishError> {
+        let run_id = proposal.run_id().to_string();
+        let pointer = versions::read_pointer(&self.store).await?;
+        let mut base_version = pointer.as_ref().map_or(0, |p| p.pointer.version);
+        let mut base = match base_version {
+            0 => None,
+            v => Some(versions::read_manifest(&self.store, v).await?),
+        };
+        let mut backoff = self.options.backoff;
+        for attempt in 1..=self.options.max_attempts {
+            let span = tracing::info_span!("publish attempt", run_id = %run_id, base = base_version, attempt);
+            let _guard = span.enter();
+            let Some(next) = self.next(base.as_ref(), proposal)? else {
+                info!(version = base_version, "content already published; nothing to do");
+                return Ok(PublishOutcome::Unchanged { version: base_version });
+            };
+            let version = next.version;
+            let path = manifest::manifest_path(version);
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(next.encode()), opts)
+                .await
+            {
+                Ok(_) => {
+                    info!(version, "committed manifest");
+                    drop(_guard);
+                    self.swap_pointer(pointer, version, &run_id).await;
+                    return Ok(PublishOutcome::Published { version });
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let other = versions::read_manifest(&self.store, version).await?;
+                    if other.change.run_id == run_id {
+                        // An earlier attempt of ours landed (for example a write that timed out).
+                        info!(version, "manifest already committed by this run");
+                        drop(_guard);
+                        self.swap_pointer(pointer, version, &run_id).await;
+                        return Ok(PublishOutcome::Published { version });
+                    }
+                    match proposal {
+                        Proposal::Restore { .. } => {
+                            return Err(PublishError::RollbackConflict {
+                                version,
+                                other_run: other.change.run_id,
+                            });
+                        }
+                        Proposal::Replace { partitions, .. } => {
+                            let theirs: BTreeSet<&str> =
+                                other.change.partitions.iter().map(String::as_str).collect();
+                            let overlap: Vec<String> = partitions
+                                .iter()
+                                .filter(|p| theirs.contains(p.path.as_str()))
+                                .map(|p| p.path.clone())
+                                .collect();
+                            if !overlap.is_empty() {
+                                return Err(PublishError::Conflict {
+                                    version,
+                                    other_run: other.change.run_id,
+                                    partitions: overlap,
+                                });
+                            }
+                        }
+                    }
+                    info!(version, other_run = %other.change.run_id, "lost the race; rebasing");
+                    base_version = version;
+                    base = Some(other);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(source) => {
+                    return Err(PublishError::Storage {
+                        phase: "commit manifest",
+                        path: path.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(PublishError::Exhausted {
+            attempts: self.options.max_attempts,
+        })
+    }
+
+    /// Moves the pointer to `version`. The version is committed already, so a failure here only
+    /// leaves the pointer behind, which readers and the next writer walk past.
+    async fn swap_pointer(&self, mut read: Option<PointerRead>, version: u64, run_id: &str) {
+        let path = manifest::pointer_path();
+        let body = Pointer::new(version, run_id).encode();
+        for _ in 0..self.options.max_attempts {
+            let mode = match &read {
+                Some(p) => PutMode::Update(p.version.clone()),
+                None => PutMode::Create,
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(body.clone()), opts)
+                .await
+            {
+                Ok(_) => return,
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    // No compare-and-swap here (local filesystem): an atomic overwrite. Racing
+                    // writers may leave it behind the newest version; readers probe forward.
+                    let opts = PutOptions {
+                        mode: PutMode::Overwrite,
+                        ..Default::default()
+                    };
+                    if let Err(e) = self.store.put_opts(&path, PutPayload::from(body), opts).await {
+                        warn!(version, error = %e, "could not move {path}; readers will probe past it");
+                    }
+                    return;
+                }
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                    match versions::read_pointer(&self.store).await {
+                        Ok(Some(p)) if p.pointer.version >= version => return,
+                        Ok(now) => read = now,
+                        Err(e) => {
+                            warn!(version, error = %e, "could not re-read {path}; readers will probe past it");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(version, error = %e, "could not move {path}; readers will probe past it");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Reading a table's version history from storage: the pointer, the manifests, and the probe that
+//! finds versions committed after the pointer was last moved.
+//!
+//! The commit point of a version is the creation of its manifest (put-if-absent); `_wap/current`
+//! is a hint that is moved afterwards. A process that dies between the two leaves a committed
+//! version the pointer does not name yet, so readers start at the pointer and probe forward
+//! (one HEAD in the common case) until a version is missing. Reading the current version costs
+//! pointer + probe + manifest, whatever the history length.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
+
+use crate::manifest::{self, Manifest, ManifestError, Pointer};
+
+/// Most versions a reader walks past a stale pointer before giving up.
+const MAX_PROBE: u64 = 10_000;
+
+/// Errors reading versions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VersionsError {
+    #[error("unable to {op} {path}: {source}")]
+    Storage {
+        op: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("version {version} does not exist (current version: {current})")]
+    NoSuchVersion { version: u64, current: u64 },
+}
+
+impl VersionsError {
+    /// True when the caller asked for something that is not there.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, VersionsError::NoSuchVersion { .. })
+    }
+
+    pub(crate) fn storage(op: &'static str, path: &object_store::path::Path, source: object_store::Error) -> Self {
+        VersionsError::Storage {
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+/// The pointer as read, with what a compare-and-swap needs.
+#[derive(Debug, Clone)]
+pub struct PointerRead {
+    pub pointer: Pointer,
+    pub version: UpdateVersion,
+}
+
+/// Reads `_wap/current`; `None` for a table that has never been published.
+pub async fn read_pointer(store: &Arc<dyn ObjectStore>) -> Result<Option<PointerRead>, VersionsError> {
+    let path = manifest::pointer_path();
+    let got = match store.get(&path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(VersionsError::storage("read", &path, e)),
+    };
+    let version = UpdateVersion {
+        e_tag: got.meta.e_tag.clone(),
+        version: got.meta.version.clone(),
+    };
+    let bytes = got
+        .bytes()
+        .await
+        .map_err(|e| VersionsError::storage("read", &path, e))?;
+    Ok(Some(PointerRead {
+        pointer: Pointer::decode(&bytes)?,
+        version,
+    }))
+}
+
+/// Reads and verifies the manifest of `version`.
+pub async fn read_manifest(store: &Arc<dyn ObjectStore>, version: u64) -> Result<Manifest, VersionsError> {
+    let path = manifest::manifest_path(version);
+    let got = match store.get(&path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => {
+            let current = latest_version(store).await.unwrap_or(0);
+            return Err(VersionsError::NoSuchVersion { version, current });
+        }
+        Err(e) => return Err(VersionsError::storage("read manifest", &path, e)),
+    };
+    let bytes = got
+        .bytes()
+        .await
+        .map_err(|e| VersionsError::storage("read manifest", &path, e))?;
+    Ok(Manifest::decode(&path, &bytes, version)?)
+}
+
+/// True when the manifest of `version` exists (one HEAD).
+pub async fn manifest_exists(store: &Arc<dyn ObjectStore>, version: u64) -> Result<bool, VersionsError> {
+    let path = manifest::manifest_path(version);
+    match store.head(&path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(VersionsError::storage("probe", &path, e)),
+    }
+}
+
+/// The newest committed version (0 when none): the pointer, then a probe forward.
+pub async fn latest_version(store: &Arc<dyn ObjectStore>) -> Result<u64, VersionsError> {
+    let mut version = read_pointer(store).await?.map_or(0, |p| p.pointer.version);
+    let limit = version + MAX_PROBE;
+    while version < limit && manifest_exists(store, version + 1).await? {
+        version += 1;
+    }
+    Ok(version)
+}
+
+/// The current version's manifest, `None` for a table never published.
+pub async fn current(store: &Arc<dyn ObjectStore>) -> Result<Option<Manifest>, VersionsError> {
+    match latest_version(store).await? {
+        0 => Ok(None),
+        v => Ok(Some(read_manifest(store, v).await?)),
+    }
+}
+
+/// Every committed version, ascending (one listing).
+pub async fn list_versions(store: &Arc<dyn ObjectStore>) -> Result<Vec<u64>, VersionsError> {
+    let prefix = manifest::manifests_prefix();
+    let mut listing = store.list(Some(&prefix));
+    let mut out = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| VersionsError::storage("list", &prefix, e))?;
+        if let Some(v) = manifest::version_of(&meta.location) {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}

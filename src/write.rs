@@ -1,0 +1,781 @@
+//! Phase 1, write: source → transform SQL → Hive-style Parquet partitions under
+//! `staging/<run_id>/`.
+//!
+//! Invariants:
+//! - Nothing outside `staging/<run_id>/` is touched; a failure at any point leaves production as
+//!   it was (staged objects are garbage until a manifest references them).
+//! - File names and bytes are a function of the run's inputs: rows are sorted by partition
+//!   columns, key and then every other column; batches are re-cut to a fixed size before the
+//!   Parquet writer sees them; writer properties are fixed. A re-run writes the same bytes.
+//! - Data streams: a spilling sort feeds one partition writer at a time, whose buffered row group
+//!   is accounted in the session's memory pool.
+//! - The transform may not call non-deterministic functions (`now()`, `random()`, …): the logical
+//!   date comes in as `{date}`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::BatchCoalescer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::array_value_to_string;
+use bytes::Bytes;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::prelude::{DataFrame, SessionContext, ident};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use object_store::buffered::BufWriter;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::conf::{JobConf, SourceFormat};
+use crate::engine::{self, FilesTable};
+use crate::manifest::DataFile;
+use crate::store::{Location, StoreError, object_path};
+
+/// Rows per batch handed to the Parquet writer (fixed, so that page boundaries are too).
+const WRITE_BATCH_ROWS: usize = 8192;
+/// Rows per row group.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// A row group is closed early when its buffered size reaches this.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+/// Upload buffer: files below this size go up in one PUT, larger ones in multipart.
+const UPLOAD_CAPACITY: usize = 10 << 20;
+
+/// Errors of phase 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("source {location} matched no objects (for date {date})")]
+    SourceNotFound { location: String, date: String },
+    #[error(transparent)]
+    Location(#[from] StoreError),
+    #[error("unable to list source {location}: {source}")]
+    ListSource {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error("unable to read the schema of source {location}: {source}")]
+    SourceSchema {
+        location: String,
+        source: DataFusionError,
+    },
+    #[error("{conf}: transform does not plan against the source: {message}")]
+    Transform { conf: String, message: String },
+    #[error(
+        "{conf}: transform calls `{function}`, which gives a different answer on every run; \
+         use {{date}} (the logical date) instead so that re-runs write the same data"
+    )]
+    NonDeterministic { conf: String, function: String },
+    #[error("{conf}: {message}")]
+    Columns { conf: String, message: String },
+    #[error("writing staging for run {run_id} failed while reading source {location}: {source}")]
+    Execute {
+        run_id: String,
+        location: String,
+        source: DataFusionError,
+    },
+    #[error("unable to write staged file {path}: {message}")]
+    Upload { path: String, message: String },
+}
+
+impl WriteError {
+    /// True when the job configuration (not the data or the store) is at fault.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Location(_)
+                | WriteError::Transform { .. }
+                | WriteError::NonDeterministic { .. }
+                | WriteError::Columns { .. }
+        )
+    }
+}
+
+/// The source objects of one run, listed once: they make the run id and the `source` table.
+#[derive(Debug, Clone)]
+pub struct SourceObjects {
+    pub store: Arc<dyn ObjectStore>,
+    /// Objects, sorted by path.
+    pub objects: Vec<ObjectMeta>,
+    /// The location as configured, with the date filled in.
+    pub location: String,
+}
+
+fn glob_start(path: &str) -> Option<usize> {
+    path.find(['*', '?', '['])
+}
+
+fn hidden(meta: &ObjectMeta) -> bool {
+    meta.location
+        .filename()
+        .is_some_and(|f| f.starts_with('.') || f.starts_with('_'))
+}
+
+/// Lists the source objects for a date: a file, a folder (recursively, skipping hidden `.`/`_`
+/// files) or a glob (`*`, `?`, `[…]`).
+pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, WriteError> {
+    let location = conf.source.path_for(date);
+    let loc = Location::parse(&location)?;
+    let list_err = |source| WriteError::ListSource {
+        location: location.clone(),
+        source,
+    };
+    let mut objects = Vec::new();
+    if let Some(g) = glob_start(&loc.path) {
+        let dir = loc.path[..g].rsplit_once('/').map_or("", |(d, _)| d);
+        let pattern = glob::Pattern::new(&loc.path).map_err(|e| {
+            WriteError::Location(StoreError::Invalid {
+                location: location.clone(),
+                reason: format!("bad glob: {e}"),
+            })
+        })?;
+        let prefix = object_path(dir).map_err(|reason| StoreError::Invalid {
+            location: location.clone(),
+            reason,
+        })?;
+        let mut listing = loc.store.list(Some(&prefix));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(list_err)?;
+            if pattern.matches(meta.location.as_ref()) && !hidden(&meta) {
+                objects.push(meta);
+            }
+        }
+    } else {
+        let path = object_path(&loc.path).map_err(|reason| StoreError::Invalid {
+            location: location.clone(),
+            reason,
+        })?;
+        match loc.store.head(&path).await {
+            Ok(meta) if !location.ends_with('/') => objects.push(meta),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                let mut listing = loc.store.list(Some(&path));
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.map_err(list_err)?;
+                    if !hidden(&meta) {
+                        objects.push(meta);
+                    }
+                }
+            }
+            Err(e) => return Err(list_err(e)),
+        }
+    }
+    if objects.is_empty() {
+        return Err(WriteError::SourceNotFound {
+            location,
+            date: date.to_string(),
+        });
+    }
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(SourceObjects {
+        store: loc.store,
+        objects,
+        location,
+    })
+}
+
+fn source_format(conf: &JobConf) -> Arc<dyn FileFormat> {
+    match conf.source.format {
+        SourceFormat::Csv => {
+            let o = &conf.source.csv;
+            let mut f = CsvFormat::default()
+                .with_has_header(o.has_header)
+                .with_delimiter(o.delimiter)
+                .with_quote(o.quote)
+                .with_escape(o.escape)
+                .with_comment(o.comment);
+            if let Some(r) = &o.null_regex {
+                f = f.with_null_regex(Some(r.clone()));
+            }
+            Arc::new(f)
+        }
+        SourceFormat::Json => Arc::new(JsonFormat::default()),
+        SourceFormat::Parquet => Arc::new(ParquetFormat::default()),
+    }
+}
+
+/// Registers the source as table `source` and plans the transform. Fails on an unknown column,
+/// bad SQL or a non-deterministic function, before anything is written.
+pub async fn plan_transform(
+    ctx: &SessionContext,
+    conf: &JobConf,
+    date: &str,
+    source: &SourceObjects,
+) -> Result<DataFrame, WriteError> {
+    let format = source_format(conf);
+    let schema = format
+        .infer_schema(&ctx.state(), &source.store, &source.objects)
+        .await
+        .map_err(|e| WriteError::SourceSchema {
+            location: source.location.clone(),
+            source: e,
+        })?;
+    let table = FilesTable::new(schema, format, engine::SOURCE_URL, source.objects.clone())
+        .map_err(|e| WriteError::SourceSchema {
+            location: source.location.clone(),
+            source: e,
+        })?;
+    ctx.register_table("source", Arc::new(table))
+        .map_err(|e| WriteError::SourceSchema {
+            location: source.location.clone(),
+            source: e,
+        })?;
+    let conf_name = conf.path.display().to_string();
+    let sql = conf.transform_for(date);
+    let plan = ctx
+        .state()
+        .create_logical_plan(&sql)
+        .await
+        .map_err(|e| WriteError::Transform {
+            conf: conf_name.clone(),
+            message: e.strip_backtrace().to_string(),
+        })?;
+    engine::read_only()
+        .verify_plan(&plan)
+        .map_err(|e| WriteError::Transform {
+            conf: conf_name.clone(),
+            message: format!("expected one SELECT query: {}", e.strip_backtrace()),
+        })?;
+    if let Some(function) = non_deterministic_call(&plan) {
+        return Err(WriteError::NonDeterministic {
+            conf: conf_name,
+            function,
+        });
+    }
+    let df = DataFrame::new(ctx.state(), plan);
+    check_columns(conf, df.schema().inner())?;
+    Ok(df)
+}
+
+/// The first non-deterministic (volatile or per-query stable) function the plan calls.
+fn non_deterministic_call(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility != Volatility::Immutable {
+                        found = Some(format!("{}()", f.name()));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+fn partition_type_ok(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Decimal128(_, _)
+            | DataType::Timestamp(_, _)
+    )
+}
+
+fn check_columns(conf: &JobConf, schema: &Schema) -> Result<(), WriteError> {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let err = |message: String| WriteError::Columns {
+        conf: conf.path.display().to_string(),
+        message,
+    };
+    for (what, cols) in [("partition_by", &conf.partition_by), ("key", &conf.key)] {
+        for c in cols {
+            let Ok(field) = schema.field_with_name(c) else {
+                return Err(err(format!(
+                    "{what}: column `{c}` is not in the transform's output (columns: {})",
+                    names.join(", ")
+                )));
+            };
+            if what == "partition_by" && !partition_type_ok(field.data_type()) {
+                return Err(err(format!(
+                    "partition_by: column `{c}` has type {}; partition by a string, integer, decimal, date, timestamp or boolean column",
+                    field.data_type()
+                )));
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &names {
+        if !seen.insert(*n) {
+            return Err(err(format!("transform output has column `{n}` twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The schema that is written and published: field metadata dropped, every field nullable (so
+/// that runs whose inference differs only in nullability stay compatible).
+pub fn table_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Escapes one partition value for a Hive path segment. Injective, and the result can never be
+/// `.`, `..` or contain `/`: every byte outside `[A-Za-z0-9._-]` becomes `%XX`, a value made only
+/// of dots has its dots escaped, NULL is `__HIVE_DEFAULT_PARTITION__` and the empty string is
+/// `__EMPTY__` (a literal value equal to either has its first `_` escaped).
+pub fn escape_value(value: Option<&str>) -> String {
+    const NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+    const EMPTY: &str = "__EMPTY__";
+    let Some(v) = value else {
+        return NULL.to_string();
+    };
+    if v.is_empty() {
+        return EMPTY.to_string();
+    }
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.bytes().all(|b| b == b'.') {
+        out = out.replace('.', "%2E");
+    }
+    if out == NULL || out == EMPTY {
+        out.replace_range(0..1, "%5F");
+    }
+    out
+}
+
+/// The Hive path of a partition: `col=value/col2=value2`.
+pub fn hive_path(columns: &[String], values: &[Option<String>]) -> String {
+    columns
+        .iter()
+        .zip(values)
+        .map(|(c, v)| format!("{}={}", escape_value(Some(c)), escape_value(v.as_deref())))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One partition written to staging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedPartition {
+    /// Hive path, e.g. `order_date=2024-01-02`.
+    pub path: String,
+    /// Partition values in `partition_by` order; `None` is NULL.
+    pub values: Vec<Option<String>>,
+    pub rows: u64,
+    /// Files with paths relative to the table root.
+    pub files: Vec<DataFile>,
+}
+
+/// Everything phase 1 produced.
+#[derive(Debug, Clone)]
+pub struct StagedRun {
+    pub run_id: String,
+    pub schema: SchemaRef,
+    pub partitions: Vec<StagedPartition>,
+    pub rows: u64,
+}
+
+impl StagedRun {
+    /// Every staged file as object metadata, for reading them back.
+    pub fn objects(&self) -> Vec<ObjectMeta> {
+        self.partitions
+            .iter()
+            .flat_map(|p| &p.files)
+            .map(|f| crate::table::object_meta(f))
+            .collect()
+    }
+}
+
+/// Options of the writer.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Rows per file before a partition rolls over to `part-00001`, …
+    pub max_rows_per_file: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            max_rows_per_file: 10_000_000,
+        }
+    }
+}
+
+/// Streams the transform's output, sorted, into one Parquet file (or a few) per partition under
+/// `staging/<run_id>/`.
+pub async fn write_staging(
+    ctx: &SessionContext,
+    df: DataFrame,
+    conf: &JobConf,
+    run_id: &str,
+    table: &Arc<dyn ObjectStore>,
+    options: &WriteOptions,
+    source_location: &str,
+) -> Result<StagedRun, WriteError> {
+    let exec_err = |source: DataFusionError| WriteError::Execute {
+        run_id: run_id.to_string(),
+        location: source_location.to_string(),
+        source,
+    };
+    let out_schema = df.schema().inner().clone();
+    let schema = table_schema(&out_schema);
+    let mut order: Vec<String> = conf.partition_by.clone();
+    order.extend(conf.key.iter().cloned());
+    for f in out_schema.fields() {
+        if !order.contains(f.name()) && !f.data_type().is_nested() {
+            order.push(f.name().clone());
+        }
+    }
+    let sort: Vec<_> = order
+        .iter()
+        .map(|c| ident(c).sort(true, true))
+        .collect();
+    let df = df.sort(sort).map_err(exec_err)?;
+    let mut stream = df.execute_stream().await.map_err(exec_err)?;
+
+    let part_idx: Vec<usize> = conf
+        .partition_by
+        .iter()
+        .map(|c| out_schema.index_of(c).expect("checked in plan_transform"))
+        .collect();
+    let key_idx: Vec<usize> = conf
+        .key
+        .iter()
+        .map(|c| out_schema.index_of(c).expect("checked in plan_transform"))
+        .collect();
+
+    let pool = &ctx.runtime_env().memory_pool;
+    let reservation = MemoryConsumer::new(format!("wap writer {run_id}")).register(pool);
+    let mut writer = PartitionWriter {
+        table: Arc::clone(table),
+        schema: Arc::clone(&schema),
+        run_id: run_id.to_string(),
+        key_idx,
+        options: options.clone(),
+        reservation,
+        current: None,
+        done: Vec::new(),
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(exec_err)?;
+        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+            .map_err(|e| exec_err(e.into()))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let ranges = if part_idx.is_empty() {
+            vec![0..batch.num_rows()]
+        } else {
+            let cols: Vec<ArrayRef> = part_idx.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+            arrow::compute::partition(&cols)
+                .map_err(|e| exec_err(e.into()))?
+                .ranges()
+        };
+        for range in ranges {
+            let values: Vec<Option<String>> = part_idx
+                .iter()
+                .map(|&i| value_at(batch.column(i), range.start))
+                .collect();
+            writer
+                .write(&values, batch.slice(range.start, range.end - range.start), &conf.partition_by)
+                .await?;
+        }
+    }
+    writer.finish_partition().await?;
+    writer.reservation.free();
+    let rows = writer.done.iter().map(|p| p.rows).sum();
+    Ok(StagedRun {
+        run_id: run_id.to_string(),
+        schema,
+        partitions: writer.done,
+        rows,
+    })
+}
+
+fn value_at(array: &ArrayRef, idx: usize) -> Option<String> {
+    if array.is_null(idx) {
+        None
+    } else {
+        Some(array_value_to_string(array, idx).unwrap_or_default())
+    }
+}
+
+struct OpenPartition {
+    values: Vec<Option<String>>,
+    path: String,
+    part: usize,
+    rows: u64,
+    files: Vec<DataFile>,
+    file: Option<OpenFile>,
+}
+
+struct OpenFile {
+    path: String,
+    writer: AsyncArrowWriter<HashingWriter>,
+    coalescer: BatchCoalescer,
+    rows: u64,
+    key_min: Vec<Option<String>>,
+    key_max: Vec<Option<String>>,
+}
+
+struct PartitionWriter {
+    table: Arc<dyn ObjectStore>,
+    schema: SchemaRef,
+    run_id: String,
+    key_idx: Vec<usize>,
+    options: WriteOptions,
+    reservation: MemoryReservation,
+    current: Option<OpenPartition>,
+    done: Vec<StagedPartition>,
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+        .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl PartitionWriter {
+    async fn write(
+        &mut self,
+        values: &[Option<String>],
+        batch: RecordBatch,
+        columns: &[String],
+    ) -> Result<(), WriteError> {
+        if self.current.as_ref().is_none_or(|c| c.values != values) {
+            self.finish_partition().await?;
+            self.current = Some(OpenPartition {
+                values: values.to_vec(),
+                path: hive_path(columns, values),
+                part: 0,
+                rows: 0,
+                files: Vec::new(),
+                file: None,
+            });
+        }
+        let mut batch = batch;
+        while batch.num_rows() > 0 {
+            let open = self.current.as_mut().expect("opened above");
+            if open.file.is_none() {
+                let rel = if open.path.is_empty() {
+                    format!("staging/{}/part-{:05}.parquet", self.run_id, open.part)
+                } else {
+                    format!("staging/{}/{}/part-{:05}.parquet", self.run_id, open.path, open.part)
+                };
+                let location = object_path(&rel).map_err(|message| WriteError::Upload {
+                    path: rel.clone(),
+                    message,
+                })?;
+                let sink = HashingWriter {
+                    inner: BufWriter::with_capacity(Arc::clone(&self.table), location, UPLOAD_CAPACITY),
+                    hasher: Sha256::new(),
+                    size: 0,
+                };
+                let writer = AsyncArrowWriter::try_new(sink, Arc::clone(&self.schema), Some(writer_properties()))
+                    .map_err(|e| WriteError::Upload {
+                        path: rel.clone(),
+                        message: e.to_string(),
+                    })?;
+                open.file = Some(OpenFile {
+                    path: rel,
+                    writer,
+                    coalescer: BatchCoalescer::new(Arc::clone(&self.schema), WRITE_BATCH_ROWS),
+                    rows: 0,
+                    key_min: Vec::new(),
+                    key_max: Vec::new(),
+                });
+            }
+            let file = open.file.as_mut().expect("opened above");
+            let room = (self.options.max_rows_per_file - file.rows) as usize;
+            let take = room.min(batch.num_rows());
+            let head = batch.slice(0, take);
+            batch = batch.slice(take, batch.num_rows() - take);
+            if file.rows == 0 {
+                file.key_min = self.key_idx.iter().map(|&i| value_at(head.column(i), 0)).collect();
+            }
+            file.key_max = self
+                .key_idx
+                .iter()
+                .map(|&i| value_at(head.column(i), take - 1))
+                .collect();
+            file.rows += take as u64;
+            let upload_err = |e: arrow::error::ArrowError| WriteError::Upload {
+                path: file.path.clone(),
+                message: e.to_string(),
+            };
+            file.coalescer.push_batch(head).map_err(upload_err)?;
+            while let Some(b) = file.coalescer.next_completed_batch() {
+                file.writer.write(&b).await.map_err(|e| WriteError::Upload {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            let held = file.writer.memory_size() + file.coalescer.size();
+            self.reservation.try_resize(held).map_err(|e| WriteError::Upload {
+                path: file.path.clone(),
+                message: format!("memory budget exceeded while buffering a row group: {e}"),
+            })?;
+            if file.rows >= self.options.max_rows_per_file {
+                self.finish_file().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_file(&mut self) -> Result<(), WriteError> {
+        let Some(open) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let Some(mut file) = open.file.take() else {
+            return Ok(());
+        };
+        let err = |path: &str, e: &dyn std::fmt::Display| WriteError::Upload {
+            path: path.to_string(),
+            message: e.to_string(),
+        };
+        file.coalescer
+            .finish_buffered_batch()
+            .map_err(|e| err(&file.path, &e))?;
+        while let Some(b) = file.coalescer.next_completed_batch() {
+            file.writer.write(&b).await.map_err(|e| err(&file.path, &e))?;
+        }
+        let mut writer = file.writer;
+        writer.finish().await.map_err(|e| err(&file.path, &e))?;
+        let sink = writer.into_inner();
+        let sha256 = sink
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        open.files.push(DataFile {
+            path: file.path,
+            size: sink.size,
+            rows: file.rows,
+            sha256,
+            key_min: file.key_min,
+            key_max: file.key_max,
+        });
+        open.rows += file.rows;
+        open.part += 1;
+        self.reservation.free();
+        Ok(())
+    }
+
+    async fn finish_partition(&mut self) -> Result<(), WriteError> {
+        self.finish_file().await?;
+        if let Some(open) = self.current.take() {
+            if open.rows > 0 {
+                self.done.push(StagedPartition {
+                    path: open.path,
+                    values: open.values,
+                    rows: open.rows,
+                    files: open.files,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Uploads through object_store's `BufWriter` (single PUT or multipart) while hashing the bytes.
+struct HashingWriter {
+    inner: BufWriter,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.hasher.update(&bs);
+        self.size += bs.len() as u64;
+        Box::pin(async move {
+            self.inner
+                .put(bs)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            self.inner
+                .shutdown()
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_is_safe_and_injective() {
+        let cases = [
+            None,
+            Some(""),
+            Some("."),
+            Some(".."),
+            Some("a/b"),
+            Some("a%2Fb"),
+            Some("x=y"),
+            Some("with space"),
+            Some("ünï"),
+            Some("__HIVE_DEFAULT_PARTITION__"),
+            Some("__EMPTY__"),
+            Some("2024-01-02"),
+        ];
+        let escaped: Vec<String> = cases.iter().map(|c| escape_value(*c)).collect();
+        for e in &escaped {
+            assert!(!e.contains('/') && e != "." && e != ".." && !e.is_empty(), "{e}");
+            assert!(object_path(&format!("t/c={e}")).is_ok(), "{e}");
+        }
+        let unique: std::collections::BTreeSet<_> = escaped.iter().collect();
+        assert_eq!(unique.len(), cases.len(), "{escaped:?}");
+        assert_eq!(escape_value(Some("2024-01-02")), "2024-01-02");
+        assert_eq!(escape_value(Some("a/b")), "a%2Fb");
+        assert_eq!(escape_value(Some("..")), "%2E%2E");
+        assert_eq!(
+            hive_path(&["d".into(), "c".into()], &[Some("1".into()), None]),
+            "d=1/c=__HIVE_DEFAULT_PARTITION__"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The behaviours issue #2 requires of a job run, through the library.
+
+use wap::job::{Mode, Status};
+
+use crate::fixture::{Fixture, query, rows};
+
+const DAY1: &[crate::fixture::Order] = &[
+    (1003, 17, "42.50", "placed"),
+    (1001, 12, "19.99", "shipped"),
+    (1002, 17, "5.00", "returned"),
+];
+const DAY2: &[crate::fixture::Order] = &[(2002, 40, "7.00", "placed"), (2001, 12, "33.00", "shipped")];
+/// Fails `known_status`, `positive_amount`, `sane_amount` and `one_row_per_order`.
+const BAD: &[crate::fixture::Order] = &[
+    (3001, 12, "8.75", "placed"),
+    (3002, 40, "-5.00", "placed"),
+    (3003, 41, "18.40", "lost"),
+    (3002, 40, "-5.00", "placed"),
+];
+
+#[tokio::test]
+async fn same_date_twice_is_unchanged_and_new_input_replaces_only_its_partition() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    let job = f.job();
+
+    let first = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(first.status, Status::Published);
+    assert_eq!(first.version, 1);
+    assert_eq!(first.rows, 3);
+    assert_eq!(first.partitions, ["order_date=2024-01-01"]);
+    let second = job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!(second.version, 2);
+
+    let before = f.listing();
+    let again = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(again.status, Status::Unchanged);
+    assert_eq!(again.version, 2);
+    assert_eq!(again.run_id, first.run_id, "same input, same run id");
+    assert_eq!(f.listing(), before, "an unchanged re-run writes nothing");
+    assert_eq!(job.log().await.unwrap().len(), 2);
+
+    // New input for day 1: exactly that partition is replaced.
+    let v2 = job.show(Some(2)).await.unwrap();
+    f.orders("2024-01-01", &[(1001, 12, "20.00", "shipped"), (1009, 12, "1.00", "placed")]);
+    let third = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(third.status, Status::Published);
+    assert_eq!(third.version, 3);
+    assert_ne!(third.run_id, first.run_id);
+    let v3 = job.show(None).await.unwrap();
+    assert_eq!(v3.partitions["order_date=2024-01-02"], v2.partitions["order_date=2024-01-02"]);
+    assert_ne!(v3.partitions["order_date=2024-01-01"], v2.partitions["order_date=2024-01-01"]);
+    assert_eq!(v3.change.partitions, ["order_date=2024-01-01"]);
+    assert_eq!(
+        rows(&job, None).await,
+        [
+            "1001|20.00|shipped|2024-01-01",
+            "1009|1.00|placed|2024-01-01",
+            "2001|33.00|shipped|2024-01-02",
+            "2002|7.00|placed|2024-01-02",
+        ]
+    );
+    assert_eq!(v3.watermarks["max_logical_date"], "2024-01-02");
+}
+
+#[tokio::test]
+async fn staged_files_are_sorted_by_key_and_byte_identical_on_rerun() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::AuditOnly).await.unwrap();
+    assert_eq!(out.status, Status::AuditPassed);
+    let file = f
+        .table_dir()
+        .join(format!("staging/{}/order_date=2024-01-01/part-00000.parquet", out.run_id));
+    let bytes = std::fs::read(&file).unwrap();
+    // Rows inside the file are in key order.
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes.clone()))
+        .unwrap()
+        .build()
+        .unwrap();
+    let ids: Vec<String> = reader
+        .flat_map(|b| {
+            let b = b.unwrap();
+            (0..b.num_rows())
+                .map(|i| arrow::util::display::array_value_to_string(b.column(0), i).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids, ["1001", "1002", "1003"]);
+    // A second audit of the same input writes the very same bytes.
+    std::fs::remove_file(&file).unwrap();
+    let again = job.run("2024-01-01", Mode::AuditOnly).await.unwrap();
+    assert_eq!(again.run_id, out.run_id);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    // `audit` never publishes.
+    assert!(job.log().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn audit_failure_leaves_production_exactly_as_it_was() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-03", BAD);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let before_rows = rows(&job, None).await;
+    let before_manifest = job.show(None).await.unwrap();
+    let before_files = f.listing();
+
+    let out = job.run("2024-01-03", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::AuditFailed);
+    assert_eq!(out.status.exit_code(), 3);
+    assert_eq!(out.version, 1);
+    let report = out.audit_report.as_ref().unwrap();
+    let failed: Vec<(&str, u64)> = report
+        .rules
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| (r.name.as_str(), r.failing_rows))
+        .collect();
+    assert_eq!(
+        failed,
+        [("one_row_per_order", 2), ("known_status", 1), ("sane_amount", 2), ("positive_amount", 2)]
+    );
+    let status_rule = report.rules.iter().find(|r| r.name == "known_status").unwrap();
+    assert_eq!(status_rule.samples.len(), 1);
+    assert_eq!(status_rule.samples[0]["status"], "lost");
+    assert_eq!(status_rule.samples[0]["order_id"], 3003);
+    assert!(status_rule.sample_table.contains("lost"));
+    let dup = report.rules.iter().find(|r| r.name == "one_row_per_order").unwrap();
+    assert_eq!(dup.samples[0]["duplicate_rows"], 2);
+
+    // The full report is stored.
+    let stored = f.table_dir().join(format!("_wap/runs/{}/report.json", out.run_id));
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(stored).unwrap()).unwrap();
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["rules"].as_array().unwrap().len(), 7);
+
+    // Production: same version, same files, same rows.
+    assert_eq!(job.show(None).await.unwrap(), before_manifest);
+    assert_eq!(rows(&job, None).await, before_rows);
+    let after_files = f.listing();
+    for (k, v) in &before_files {
+        assert_eq!(after_files.get(k), Some(v), "{k} changed");
+    }
+    for k in after_files.keys().filter(|k| !before_files.contains_key(*k)) {
+        assert!(k.contains(&out.run_id), "the failed run wrote {k} outside its own folders");
+    }
+    assert_eq!(job.log().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn warn_rules_report_but_do_not_block() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    std::fs::write(
+        f.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - name: big_orders\n    severity: warn\n    expression: amount < 40\n",
+    )
+    .unwrap();
+    let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published);
+    let a = &out.audits[0];
+    assert_eq!((a.name.as_str(), a.passed, a.failing_rows, a.severity.as_str()), ("big_orders", false, 1, "warn"));
+}
+
+#[tokio::test]
+async fn query_never_sees_unpublished_staging_and_reads_old_versions() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    f.orders("2024-01-03", BAD);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    job.run("2024-01-02", Mode::AuditOnly).await.unwrap();
+    job.run("2024-01-03", Mode::Publish).await.unwrap();
+    let staged_runs = std::fs::read_dir(f.table_dir().join("staging")).unwrap().count();
+    assert_eq!(staged_runs, 3, "three runs staged data");
+    assert_eq!(rows(&job, None).await.len(), 3, "only version 1 is visible");
+
+    job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!(rows(&job, None).await.len(), 5);
+    assert_eq!(rows(&job, Some(1)).await.len(), 3);
+    let counts = query(&job, Some(1), "SELECT count(*) AS n, min(order_date) AS d FROM orders").await;
+    assert!(counts.contains("| 3 | 2024-01-01 |"), "{counts}");
+    let err = job.query(Some(9), "SELECT 1").await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("version 9 does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn rollback_restores_the_rows_of_an_older_version() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let v1_rows = rows(&job, None).await;
+    job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_ne!(rows(&job, None).await, v1_rows);
+
+    let back = job.rollback(1).await.unwrap();
+    assert_eq!(back.status, Status::Published);
+    assert_eq!(back.version, 3);
+    assert_eq!(rows(&job, None).await, v1_rows);
+    let v3 = job.show(None).await.unwrap();
+    assert_eq!(v3.change.restored_version, Some(1));
+    assert_eq!(v3.partitions, job.show(Some(1)).await.unwrap().partitions);
+    assert_eq!(v3.watermarks["max_logical_date"], "2024-01-01");
+    // History is kept and the pointer only moves forward.
+    assert_eq!(rows(&job, Some(2)).await.len(), 5);
+    // Rolling back again to the same content publishes nothing.
+    let again = job.rollback(1).await.unwrap();
+    assert_eq!(again.status, Status::Unchanged);
+    assert_eq!(again.version, 3);
+    let err = job.rollback(7).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    // Re-running day 2 after the rollback publishes it again.
+    let out = job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!((out.status, out.version), (Status::Published, 4));
+    assert_eq!(rows(&job, None).await.len(), 5);
+}
+
+#[tokio::test]
+async fn bad_inputs_give_clear_errors_and_change_nothing() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let before = f.listing();
+
+    // A date that is not a date.
+    let err = job.run("2024-13-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("not a date"), "{err}");
+    let err = job.run("2024-1-2", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+
+    // A missing source path.
+    let err = job.run("2024-02-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    let msg = err.to_string();
+    assert!(msg.contains("data/orders/2024-02-01/") && msg.contains("matched no objects"), "{msg}");
+
+    // A CSV with a malformed row.
+    f.raw(
+        "2024-01-04",
+        "orders.csv",
+        "order_id,customer_id,amount,status,order_ts\n1,2,3.00,placed,2024-01-04T00:00:00\n2,3,4.00,placed,2024-01-04T00:00:00,extra\n",
+    );
+    let err = job.run("2024-01-04", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("2024-01-04") && msg.to_lowercase().contains("csv"), "{msg}");
+
+    // A source whose columns do not match the transform.
+    f.raw(
+        "2024-01-05",
+        "orders.csv",
+        "order_id,customer_id,total,status,order_ts\n1,2,3.00,placed,2024-01-05T00:00:00\n",
+    );
+    let err = job.run("2024-01-05", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("orders.yaml") && msg.contains("amount"), "{msg}");
+
+    assert_eq!(f.listing(), before, "a failed run must not touch the table");
+    assert_eq!(rows(&job, None).await.len(), 3);
+
+    // A conf pointing at a missing audit file.
+    f.edit_conf("../audits/orders.yaml", "../audits/missing.yaml");
+    let err = wap::conf::JobConf::load(&f.conf).unwrap_err();
+    let err = wap::Error::from(err);
+    assert_eq!(err.exit_code(), 2);
+    let msg = err.to_string();
+    assert!(msg.contains("orders.yaml:14:") && msg.contains("missing.yaml"), "{msg}");
+}
+
+#[tokio::test]
+async fn rules_that_do_not_compile_are_config_errors_before_any_write() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    std::fs::write(
+        f.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - name: typo\n    not_null: [ordr_id]\n  - name: bad_sql\n    sql: SELEC * FROM staged\n  - name: writes\n    sql: DROP TABLE staged\n  - name: sneaky\n    expression: amount > 0) OR (1=1\n  - name: fine\n    unique: [order_id]\n",
+    )
+    .unwrap();
+    let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("audits/orders.yaml:2: rule `typo` (not_null)") && msg.contains("ordr_id"), "{msg}");
+    assert!(msg.contains("audits/orders.yaml:4: rule `bad_sql` (sql)"), "{msg}");
+    assert!(msg.contains("audits/orders.yaml:6: rule `writes` (sql)") && msg.contains("not a query"), "{msg}");
+    assert!(msg.contains("rule `sneaky`"), "{msg}");
+    assert!(!msg.contains("rule `fine`"), "{msg}");
+    assert!(!f.table_dir().join("staging").exists(), "nothing may be written");
+}
+
+#[tokio::test]
+async fn transform_may_not_read_the_clock() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.edit_conf("FROM source", "FROM source WHERE order_ts < now()");
+    let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("now()"), "{err}");
+
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.edit_conf("FROM source", "FROM source WHERE CAST(order_ts AS DATE) = DATE '{date}'");
+    let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.rows, 3);
+}
+
+#[tokio::test]
+async fn hostile_partition_values_stay_inside_the_table() {
+    let f = Fixture::new();
+    f.edit_conf("partition_by: [order_date]", "partition_by: [status]");
+    f.orders(
+        "2024-01-01",
+        &[
+            (1, 1, "1.00", "../../escape"),
+            (2, 1, "1.00", "a/b"),
+            (3, 1, "1.00", "x=y%20z"),
+            (4, 1, "1.00", ".."),
+            (5, 1, "1.00", "ünï côdé"),
+        ],
+    );
+    std::fs::write(f.dir.path().join("audits/orders.yaml"), "rules: []\n").unwrap();
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.partitions.len(), 5, "{:?}", out.partitions);
+    for p in &out.partitions {
+        assert!(!p.contains('/') && !p.contains(".."), "{p}");
+    }
+    // Nothing was written outside the table folder.
+    let outside: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut outside: Vec<String> = outside.into_iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    outside.sort();
+    assert_eq!(outside, ["audits", "conf", "data", "lake"]);
+    let got = query(&job, None, "SELECT status FROM orders ORDER BY order_id").await;
+    for v in ["../../escape", "a/b", "x=y%20z", "..", "ünï côdé"] {
+        assert!(got.contains(v), "{v} missing in {got}");
+    }
+}

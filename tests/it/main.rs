@@ -1,0 +1,7 @@
+//! Integration tests, in one binary so the crate links once.
+
+mod cli;
+mod fixture;
+mod job;
+mod publish;
+mod store;

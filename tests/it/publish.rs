@@ -1,0 +1,209 @@
+//! The publish protocol on its own: request counts, races, and faults around the commit point.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use wap::manifest::{DataFile, Partition};
+use wap::publish::{Proposal, PublishError, PublishOptions, PublishOutcome, Publisher};
+use wap::versions;
+
+use crate::store::{FaultKind, RecordingStore};
+
+fn partition(path: &str, run_id: &str, files: usize) -> Partition {
+    Partition {
+        path: path.to_string(),
+        values: [("d".to_string(), Some(path.trim_start_matches("d=").to_string()))].into(),
+        rows: files as u64 * 10,
+        files: (0..files)
+            .map(|i| DataFile {
+                path: format!("staging/{run_id}/{path}/part-{i:05}.parquet"),
+                size: 1000,
+                rows: 10,
+                sha256: format!("{i:064x}"),
+                key_min: vec![Some("1".into())],
+                key_max: vec![Some("10".into())],
+            })
+            .collect(),
+        run_id: run_id.to_string(),
+        logical_date: "2024-01-01".into(),
+    }
+}
+
+fn proposal(run_id: &str, partitions: Vec<Partition>) -> Proposal {
+    Proposal::Replace {
+        run_id: run_id.to_string(),
+        logical_date: "2024-01-01".into(),
+        table: "t".into(),
+        schema: Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("d", DataType::Utf8, true),
+        ]),
+        partition_by: vec!["d".into()],
+        key: vec!["id".into()],
+        partitions,
+        audits: vec![],
+    }
+}
+
+fn publisher(store: &Arc<dyn ObjectStore>) -> Publisher {
+    Publisher::new(Arc::clone(store), PublishOptions::default())
+}
+
+#[tokio::test]
+async fn publish_costs_a_constant_number_of_requests() {
+    let mut counts = Vec::new();
+    for (parts, files) in [(1, 1), (10, 10), (1000, 20)] {
+        let rec = RecordingStore::new(Arc::new(InMemory::new()));
+        let store: Arc<dyn ObjectStore> = rec.clone();
+        let p = publisher(&store);
+        let first: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r1", files)).collect();
+        assert_eq!(p.publish(&proposal("r1", first)).await.unwrap(), PublishOutcome::Published { version: 1 });
+        let first_count = rec.requests().len();
+        rec.clear();
+        let second: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r2", files)).collect();
+        assert_eq!(p.publish(&proposal("r2", second)).await.unwrap(), PublishOutcome::Published { version: 2 });
+        let ops: Vec<_> = rec.requests().iter().map(|r| format!("{} {}", r.op, r.path)).collect();
+        counts.push((first_count, ops.len()));
+        assert_eq!(
+            ops,
+            [
+                "get _wap/current",
+                "get _wap/manifests/00000000000000000001.json",
+                "put _wap/manifests/00000000000000000002.json",
+                "put _wap/current",
+            ]
+        );
+    }
+    assert!(counts.iter().all(|c| *c == counts[0]), "{counts:?}");
+    assert_eq!(counts[0], (3, 4));
+}
+
+#[tokio::test]
+async fn concurrent_publishers_of_different_partitions_all_land() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    publisher(&store)
+        .publish(&proposal("base", vec![partition("d=base", "base", 1)]))
+        .await
+        .unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        set.spawn(async move {
+            let run = format!("run{i}");
+            publisher(&store)
+                .publish(&proposal(&run, vec![partition(&format!("d={i}"), &run, 2)]))
+                .await
+        });
+    }
+    let mut versions_won = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r.unwrap().unwrap() {
+            PublishOutcome::Published { version } => versions_won.push(version),
+            other => panic!("{other:?}"),
+        }
+    }
+    versions_won.sort();
+    assert_eq!(versions_won, (2..=9).collect::<Vec<_>>(), "one writer per version");
+    let current = versions::current(&store).await.unwrap().unwrap();
+    assert_eq!(current.version, 9);
+    assert_eq!(current.partitions.len(), 9, "no lost update");
+}
+
+#[tokio::test]
+async fn publishers_of_the_same_partition_one_wins_the_other_conflicts() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    publisher(&store)
+        .publish(&proposal("base", vec![partition("d=1", "base", 1)]))
+        .await
+        .unwrap();
+    let a = publisher(&store);
+    let b = publisher(&store);
+    let pa = proposal("a", vec![partition("d=1", "a", 1), partition("d=2", "a", 1)]);
+    let pb = proposal("b", vec![partition("d=1", "b", 1)]);
+    let (ra, rb) = tokio::join!(a.publish(&pa), b.publish(&pb));
+    let (won, lost) = match (ra, rb) {
+        (Ok(w), Err(l)) => (("a", w), l),
+        (Err(l), Ok(w)) => (("b", w), l),
+        other => panic!("expected one winner: {other:?}"),
+    };
+    assert_eq!(won.1, PublishOutcome::Published { version: 2 });
+    assert!(matches!(lost, PublishError::Conflict { version: 2, .. }), "{lost}");
+    assert!(lost.is_conflict());
+    let msg = lost.to_string();
+    assert!(msg.contains("d=1") && msg.contains("help:"), "{msg}");
+    let current = versions::current(&store).await.unwrap().unwrap();
+    assert_eq!(current.version, 2);
+    assert_eq!(current.change.run_id, won.0);
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_pointer_swap_is_found_by_readers_and_rolled_forward() {
+    let rec = RecordingStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = rec.clone();
+    publisher(&store)
+        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .await
+        .unwrap();
+    rec.fail_next("put", "_wap/current", FaultKind::Before);
+    let out = publisher(&store)
+        .publish(&proposal("r2", vec![partition("d=2", "r2", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(out, PublishOutcome::Published { version: 2 });
+    let pointer = versions::read_pointer(&store).await.unwrap().unwrap();
+    assert_eq!(pointer.pointer.version, 1, "the pointer was left behind");
+    let current = versions::current(&store).await.unwrap().unwrap();
+    assert_eq!(current.version, 2, "readers probe past the pointer");
+    assert_eq!(current.partitions.len(), 2);
+
+    publisher(&store)
+        .publish(&proposal("r3", vec![partition("d=3", "r3", 1)]))
+        .await
+        .unwrap();
+    let pointer = versions::read_pointer(&store).await.unwrap().unwrap();
+    assert_eq!(pointer.pointer.version, 3, "the next writer moved it forward");
+    assert_eq!(versions::current(&store).await.unwrap().unwrap().partitions.len(), 3);
+}
+
+#[tokio::test]
+async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
+    let rec = RecordingStore::new(Arc::new(InMemory::new()));
+    let store: Arc<dyn ObjectStore> = rec.clone();
+    // The manifest write lands, but the caller sees an error.
+    rec.fail_next("put", "_wap/manifests/", FaultKind::After);
+    let err = publisher(&store)
+        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("commit manifest _wap/manifests/00000000000000000001.json"), "{err}");
+    // The committed version is visible: readers never see a partial one.
+    assert_eq!(versions::current(&store).await.unwrap().unwrap().version, 1);
+    // The retry converges to one clean publish: no second version.
+    let out = publisher(&store)
+        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(out, PublishOutcome::Published { version: 1 });
+    assert_eq!(versions::list_versions(&store).await.unwrap(), [1]);
+    assert_eq!(versions::read_pointer(&store).await.unwrap().unwrap().pointer.version, 1);
+}
+
+#[tokio::test]
+async fn incompatible_schema_changes_are_refused() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    publisher(&store)
+        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .await
+        .unwrap();
+    let Proposal::Replace { schema, .. } = proposal("x", vec![]) else { unreachable!() };
+    let mut retyped = proposal("r2", vec![partition("d=2", "r2", 1)]);
+    if let Proposal::Replace { schema: s, .. } = &mut retyped {
+        *s = Schema::new(vec![Field::new("id", DataType::Utf8, true), schema.field(1).clone()]);
+    }
+    let err = publisher(&store).publish(&retyped).await.unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("`id` would change type"), "{err}");
+    assert_eq!(versions::latest_version(&store).await.unwrap(), 1);
+}
