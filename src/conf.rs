@@ -327,13 +327,18 @@ pub fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The 1-based line where `key:` first appears in a YAML text (1 when not found).
+/// The 1-based line where `key:` first appears in a YAML text, in block or flow style
+/// (1 when not found).
 pub fn line_of_key(text: &str, key: &str) -> usize {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     text.lines()
         .position(|l| {
-            let l = l.trim_start().trim_start_matches("- ");
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            let code = l.split(" #").next().unwrap_or(l);
+            code.match_indices(key).any(|(i, _)| {
+                let before_ok = code[..i].chars().next_back().is_none_or(|c| !is_word(c));
+                let rest = &code[i + key.len()..];
+                before_ok && rest.trim_start().starts_with(':')
+            })
         })
         .map_or(1, |i| i + 1)
 }

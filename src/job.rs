@@ -278,12 +278,12 @@ impl Job {
                 .collect(),
             audits: report.summaries(),
         };
-        self.publish(proposal, outcome).await
+        self.publish(proposal, current_version, outcome).await
     }
 
-    async fn publish(&self, proposal: Proposal, mut outcome: RunOutcome) -> Result<RunOutcome> {
+    async fn publish(&self, proposal: Proposal, base: u64, mut outcome: RunOutcome) -> Result<RunOutcome> {
         let publisher = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
-        match publisher.publish(&proposal).await {
+        match publisher.publish(&proposal, Some(base)).await {
             Ok(PublishOutcome::Published { version }) => {
                 outcome.status = Status::Published;
                 outcome.version = version;
@@ -365,7 +365,7 @@ impl Job {
             message: None,
             audit_report: None,
         };
-        self.publish(Proposal::Restore { run_id, target }, outcome).await
+        self.publish(Proposal::Restore { run_id, target }, latest, outcome).await
     }
 
     /// Every version, newest first.

@@ -269,12 +269,13 @@ impl Publisher {
         }
     }
 
-    /// Publishes `proposal`: commits a new version on top of the current one, rebasing past
-    /// versions that touched other partitions, or reports a conflict.
-    pub async fn publish(&self, proposal: &Proposal) -> Result<PublishOutcome, PublishError> {
+    /// Publishes `proposal` on top of version `base` (the version the run audited against;
+    /// `None`: whatever is current). Versions committed after `base` are walked one by one: a
+    /// version that replaced any partition we replace is a conflict, others are rebased onto.
+    pub async fn publish(&self, proposal: &Proposal, base: Option<u64>) -> Result<PublishOutcome, PublishError> {
         let run_id = proposal.run_id().to_string();
         let pointer = versions::read_pointer(&self.store).await?;
-        let mut base_version = pointer.as_ref().map_or(0, |p| p.pointer.version);
+        let mut base_version = base.unwrap_or_else(|| pointer.as_ref().map_or(0, |p| p.pointer.version));
         let mut base = match base_version {
             0 => None,
             v => Some(versions::read_manifest(&self.store, v).await?),

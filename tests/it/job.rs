@@ -333,7 +333,8 @@ async fn hostile_partition_values_stay_inside_the_table() {
     let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(out.partitions.len(), 5, "{:?}", out.partitions);
     for p in &out.partitions {
-        assert!(!p.contains('/') && !p.contains(".."), "{p}");
+        let value = p.strip_prefix("status=").unwrap();
+        assert!(!value.contains('/') && value != ".." && value != ".", "{p}");
     }
     // Nothing was written outside the table folder.
     let outside: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

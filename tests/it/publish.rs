@@ -51,6 +51,17 @@ fn publisher(store: &Arc<dyn ObjectStore>) -> Publisher {
     Publisher::new(Arc::clone(store), PublishOptions::default())
 }
 
+/// Publishing on top of whatever is current.
+trait PublishNow {
+    async fn publish_now(&self, p: &Proposal) -> Result<PublishOutcome, PublishError>;
+}
+
+impl PublishNow for Publisher {
+    async fn publish_now(&self, p: &Proposal) -> Result<PublishOutcome, PublishError> {
+        self.publish(p, None).await
+    }
+}
+
 #[tokio::test]
 async fn publish_costs_a_constant_number_of_requests() {
     let mut counts = Vec::new();
@@ -59,11 +70,11 @@ async fn publish_costs_a_constant_number_of_requests() {
         let store: Arc<dyn ObjectStore> = rec.clone();
         let p = publisher(&store);
         let first: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r1", files)).collect();
-        assert_eq!(p.publish(&proposal("r1", first)).await.unwrap(), PublishOutcome::Published { version: 1 });
+        assert_eq!(p.publish_now(&proposal("r1", first)).await.unwrap(), PublishOutcome::Published { version: 1 });
         let first_count = rec.requests().len();
         rec.clear();
         let second: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r2", files)).collect();
-        assert_eq!(p.publish(&proposal("r2", second)).await.unwrap(), PublishOutcome::Published { version: 2 });
+        assert_eq!(p.publish_now(&proposal("r2", second)).await.unwrap(), PublishOutcome::Published { version: 2 });
         let ops: Vec<_> = rec.requests().iter().map(|r| format!("{} {}", r.op, r.path)).collect();
         counts.push((first_count, ops.len()));
         assert_eq!(
@@ -84,7 +95,7 @@ async fn publish_costs_a_constant_number_of_requests() {
 async fn concurrent_publishers_of_different_partitions_all_land() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     publisher(&store)
-        .publish(&proposal("base", vec![partition("d=base", "base", 1)]))
+        .publish_now(&proposal("base", vec![partition("d=base", "base", 1)]))
         .await
         .unwrap();
     let mut set = tokio::task::JoinSet::new();
@@ -93,7 +104,7 @@ async fn concurrent_publishers_of_different_partitions_all_land() {
         set.spawn(async move {
             let run = format!("run{i}");
             publisher(&store)
-                .publish(&proposal(&run, vec![partition(&format!("d={i}"), &run, 2)]))
+                .publish(&proposal(&run, vec![partition(&format!("d={i}"), &run, 2)]), Some(1))
                 .await
         });
     }
@@ -115,14 +126,14 @@ async fn concurrent_publishers_of_different_partitions_all_land() {
 async fn publishers_of_the_same_partition_one_wins_the_other_conflicts() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     publisher(&store)
-        .publish(&proposal("base", vec![partition("d=1", "base", 1)]))
+        .publish_now(&proposal("base", vec![partition("d=1", "base", 1)]))
         .await
         .unwrap();
     let a = publisher(&store);
     let b = publisher(&store);
     let pa = proposal("a", vec![partition("d=1", "a", 1), partition("d=2", "a", 1)]);
     let pb = proposal("b", vec![partition("d=1", "b", 1)]);
-    let (ra, rb) = tokio::join!(a.publish(&pa), b.publish(&pb));
+    let (ra, rb) = tokio::join!(a.publish(&pa, Some(1)), b.publish(&pb, Some(1)));
     let (won, lost) = match (ra, rb) {
         (Ok(w), Err(l)) => (("a", w), l),
         (Err(l), Ok(w)) => (("b", w), l),
@@ -143,12 +154,12 @@ async fn a_crash_between_commit_and_pointer_swap_is_found_by_readers_and_rolled_
     let rec = RecordingStore::new(Arc::new(InMemory::new()));
     let store: Arc<dyn ObjectStore> = rec.clone();
     publisher(&store)
-        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap();
     rec.fail_next("put", "_wap/current", FaultKind::Before);
     let out = publisher(&store)
-        .publish(&proposal("r2", vec![partition("d=2", "r2", 1)]))
+        .publish_now(&proposal("r2", vec![partition("d=2", "r2", 1)]))
         .await
         .unwrap();
     assert_eq!(out, PublishOutcome::Published { version: 2 });
@@ -159,7 +170,7 @@ async fn a_crash_between_commit_and_pointer_swap_is_found_by_readers_and_rolled_
     assert_eq!(current.partitions.len(), 2);
 
     publisher(&store)
-        .publish(&proposal("r3", vec![partition("d=3", "r3", 1)]))
+        .publish_now(&proposal("r3", vec![partition("d=3", "r3", 1)]))
         .await
         .unwrap();
     let pointer = versions::read_pointer(&store).await.unwrap().unwrap();
@@ -174,7 +185,7 @@ async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
     // The manifest write lands, but the caller sees an error.
     rec.fail_next("put", "_wap/manifests/", FaultKind::After);
     let err = publisher(&store)
-        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("commit manifest _wap/manifests/00000000000000000001.json"), "{err}");
@@ -182,7 +193,7 @@ async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
     assert_eq!(versions::current(&store).await.unwrap().unwrap().version, 1);
     // The retry converges to one clean publish: no second version.
     let out = publisher(&store)
-        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap();
     assert_eq!(out, PublishOutcome::Published { version: 1 });
@@ -194,7 +205,7 @@ async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
 async fn incompatible_schema_changes_are_refused() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     publisher(&store)
-        .publish(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap();
     let Proposal::Replace { schema, .. } = proposal("x", vec![]) else { unreachable!() };
@@ -202,7 +213,7 @@ async fn incompatible_schema_changes_are_refused() {
     if let Proposal::Replace { schema: s, .. } = &mut retyped {
         *s = Schema::new(vec![Field::new("id", DataType::Utf8, true), schema.field(1).clone()]);
     }
-    let err = publisher(&store).publish(&retyped).await.unwrap_err();
+    let err = publisher(&store).publish(&retyped, None).await.unwrap_err();
     assert!(err.is_config(), "{err}");
     assert!(err.to_string().contains("`id` would change type"), "{err}");
     assert_eq!(versions::latest_version(&store).await.unwrap(), 1);
