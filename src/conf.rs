@@ -194,11 +194,18 @@ impl JobConf {
             return Err(ConfError::at(
                 path,
                 line("name"),
-                format!("name: `{}` is reserved for audit SQL; choose another", raw.name),
+                format!(
+                    "name: `{}` is reserved for audit SQL; choose another",
+                    raw.name
+                ),
             ));
         }
         if raw.table.trim().is_empty() {
-            return Err(ConfError::at(path, line("table"), "table: expected a URL or a path"));
+            return Err(ConfError::at(
+                path,
+                line("table"),
+                "table: expected a URL or a path",
+            ));
         }
         if raw.key.is_empty() {
             return Err(ConfError::at(
@@ -223,7 +230,9 @@ impl JobConf {
             return Err(ConfError::at(
                 path,
                 line("key"),
-                format!("key: `{c}` is also a partition column; the key identifies rows within a partition"),
+                format!(
+                    "key: `{c}` is also a partition column; the key identifies rows within a partition"
+                ),
             ));
         }
         let csv = match raw.source.format {
@@ -243,7 +252,11 @@ impl JobConf {
             }
         };
         if raw.source.path.trim().is_empty() {
-            return Err(ConfError::at(path, line("path"), "source.path: expected a location"));
+            return Err(ConfError::at(
+                path,
+                line("path"),
+                "source.path: expected a location",
+            ));
         }
         let transform = raw
             .transform
@@ -253,14 +266,16 @@ impl JobConf {
         let mut rule_files = Vec::new();
         for audit in &raw.audits {
             let audit_path = resolve_local(&base, audit);
-            let audit_text =
-                std::fs::read_to_string(&audit_path).map_err(|e| {
-                    ConfError::at(
-                        path,
-                        line_of_value(&text, audit).unwrap_or_else(|| line("audits")),
-                        format!("audits: cannot read rule file {}: {e}", audit_path.display()),
-                    )
-                })?;
+            let audit_text = std::fs::read_to_string(&audit_path).map_err(|e| {
+                ConfError::at(
+                    path,
+                    line_of_value(&text, audit).unwrap_or_else(|| line("audits")),
+                    format!(
+                        "audits: cannot read rule file {}: {e}",
+                        audit_path.display()
+                    ),
+                )
+            })?;
             rule_files.push(RuleFile::parse(&audit_path, &audit_text)?);
         }
         let rules = RuleSet::new(rule_files)?;
@@ -308,7 +323,11 @@ fn csv_options(
             "escape" => csv.escape = Some(byte(v).ok_or_else(|| err("one ASCII character"))?),
             "comment" => csv.comment = Some(byte(v).ok_or_else(|| err("one ASCII character"))?),
             "null_regex" => {
-                csv.null_regex = Some(v.as_str().ok_or_else(|| err("a regular expression"))?.into())
+                csv.null_regex = Some(
+                    v.as_str()
+                        .ok_or_else(|| err("a regular expression"))?
+                        .into(),
+                )
             }
             _ => {
                 return Err(err(
@@ -452,12 +471,20 @@ mod tests {
         let err = JobConf::load(&p).unwrap_err().to_string();
         assert!(err.contains("missing field `key`"), "{err}");
 
-        let p = write(dir.path(), "b.yaml", &GOOD.replace("has_header: true", "has_header: 3"));
+        let p = write(
+            dir.path(),
+            "b.yaml",
+            &GOOD.replace("has_header: true", "has_header: 3"),
+        );
         let err = JobConf::load(&p).unwrap_err().to_string();
         assert!(err.contains("b.yaml:8:"), "{err}");
         assert!(err.contains("has_header: expected true or false"), "{err}");
 
-        let p = write(dir.path(), "c.yaml", &GOOD.replace("format: csv", "format: xls"));
+        let p = write(
+            dir.path(),
+            "c.yaml",
+            &GOOD.replace("format: csv", "format: xls"),
+        );
         let err = JobConf::load(&p).unwrap_err().to_string();
         assert!(err.contains("c.yaml:6:"), "{err}");
         assert!(err.contains("unknown variant `xls`"), "{err}");
@@ -475,7 +502,10 @@ mod tests {
 
     #[test]
     fn urls_stay_urls() {
-        assert_eq!(resolve_location(Path::new("/x"), "memory://t"), "memory://t");
+        assert_eq!(
+            resolve_location(Path::new("/x"), "memory://t"),
+            "memory://t"
+        );
         assert_eq!(resolve_location(Path::new("/x"), "s3://b/p/"), "s3://b/p/");
         assert_eq!(resolve_location(Path::new("/x/y"), "../d/"), "/x/d/");
         assert!(!is_url("/tmp/a://b"));

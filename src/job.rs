@@ -23,7 +23,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::audit::{self, AuditReport};
 use crate::conf::JobConf;
@@ -122,7 +122,11 @@ pub fn parse_date(date: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(date, "%Y-%m-%d")
         .ok()
         .filter(|d| d.format("%Y-%m-%d").to_string() == date)
-        .ok_or_else(|| Error::Usage(format!("--date `{date}` is not a date: expected YYYY-MM-DD, e.g. 2024-01-31")))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--date `{date}` is not a date: expected YYYY-MM-DD, e.g. 2024-01-31"
+            ))
+        })
 }
 
 /// The run id of a job run: a hash of what determines its output, never a uuid or a clock.
@@ -143,10 +147,12 @@ pub fn run_id(conf: &JobConf, date: &str, source: &[ObjectMeta]) -> String {
     for o in source {
         field("object", o.location.as_ref().as_bytes());
         field("size", &o.size.to_le_bytes());
-        let tag = o
-            .e_tag
-            .clone()
-            .unwrap_or_else(|| o.last_modified.timestamp_nanos_opt().unwrap_or(0).to_string());
+        let tag = o.e_tag.clone().unwrap_or_else(|| {
+            o.last_modified
+                .timestamp_nanos_opt()
+                .unwrap_or(0)
+                .to_string()
+        });
         field("etag", tag.as_bytes());
     }
     let digest = h.finalize();
@@ -188,8 +194,11 @@ impl Job {
     }
 
     fn session(&self, source: Option<Arc<dyn ObjectStore>>) -> Result<SessionContext> {
-        engine::session(&self.options.engine, Arc::clone(&self.table), source)
-            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))
+        engine::session(&self.options.engine, Arc::clone(&self.table), source).map_err(|e| {
+            Error::Table(table::TableError::Query {
+                message: e.to_string(),
+            })
+        })
     }
 
     /// Runs the job for one logical date.
@@ -199,42 +208,89 @@ impl Job {
         let source = write::list_source(conf, date).await?;
         let run_id = run_id(conf, date, &source.objects);
         let span = tracing::info_span!("run", job = %conf.name, run_id = %run_id, date);
-        let _enter = span.enter();
+        self.run_phases(date, mode, source, run_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_phases(
+        &self,
+        date: &str,
+        mode: Mode,
+        source: write::SourceObjects,
+        run_id: String,
+    ) -> Result<RunOutcome> {
+        let conf = &self.conf;
         let current = versions::current(&self.table).await?;
         let current_version = current.as_ref().map_or(0, |m| m.version);
 
-        if mode == Mode::Publish {
-            if let Some(done) = self.already_published(&run_id, current.as_ref()).await? {
-                info!(version = current_version, "run already published; nothing to do");
-                return Ok(done);
-            }
+        if mode == Mode::Publish
+            && let Some(done) = self.already_published(&run_id, current.as_ref()).await?
+        {
+            info!(
+                version = current_version,
+                "run already published; nothing to do"
+            );
+            return Ok(done);
         }
 
         // Plan everything before writing anything.
         let ctx = self.session(Some(Arc::clone(&source.store)))?;
         let df = write::plan_transform(&ctx, conf, date, &source).await?;
         let schema = write::table_schema(df.schema().inner());
-        table::register_version(&ctx, audit::run::PUBLISHED, current.as_ref(), Arc::clone(&schema))?;
+        table::register_version(
+            &ctx,
+            audit::run::PUBLISHED,
+            current.as_ref(),
+            Arc::clone(&schema),
+        )?;
         table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
         let rules = conf.rules.rules();
         audit::run::compile(&ctx, &rules, &conf.key).await?;
 
         // Phase 1.
-        let staged = {
-            let _w = tracing::info_span!("write").entered();
-            write::write_staging(&ctx, df, conf, &run_id, &self.table, &self.options.write, &source.location).await?
-        };
-        info!(rows = staged.rows, partitions = staged.partitions.len(), "staged");
+        let staged = write::write_staging(
+            &ctx,
+            df,
+            conf,
+            &run_id,
+            &self.table,
+            &self.options.write,
+            &source.location,
+        )
+        .instrument(tracing::info_span!("write"))
+        .await?;
+        info!(
+            rows = staged.rows,
+            partitions = staged.partitions.len(),
+            "staged"
+        );
 
         // Phase 2.
-        ctx.deregister_table(audit::run::STAGED)
-            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))?;
+        ctx.deregister_table(audit::run::STAGED).map_err(|e| {
+            Error::Table(table::TableError::Query {
+                message: e.to_string(),
+            })
+        })?;
         let files = table::files_table(Arc::clone(&staged.schema), staged.objects())?;
         ctx.register_table(audit::run::STAGED, Arc::new(files))
-            .map_err(|e| Error::Table(table::TableError::Query { message: e.to_string() }))?;
-        let results = audit::run::run(&ctx, &rules, &conf.key, self.options.sample_limit).await?;
+            .map_err(|e| {
+                Error::Table(table::TableError::Query {
+                    message: e.to_string(),
+                })
+            })?;
+        let results = audit::run::run(&ctx, &rules, &conf.key, self.options.sample_limit)
+            .instrument(tracing::info_span!("audit"))
+            .await?;
         let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
-        let report = AuditReport::new(&conf.name, &run_id, date, staged.rows, partitions.clone(), results);
+        let report = AuditReport::new(
+            &conf.name,
+            &run_id,
+            date,
+            staged.rows,
+            partitions.clone(),
+            results,
+        );
         report.save(&self.table).await?;
         let mut outcome = RunOutcome {
             status: Status::AuditPassed,
@@ -269,7 +325,12 @@ impl Job {
                 .iter()
                 .map(|p| Partition {
                     path: p.path.clone(),
-                    values: conf.partition_by.iter().cloned().zip(p.values.iter().cloned()).collect(),
+                    values: conf
+                        .partition_by
+                        .iter()
+                        .cloned()
+                        .zip(p.values.iter().cloned())
+                        .collect(),
                     rows: p.rows,
                     files: p.files.clone(),
                     run_id: run_id.clone(),
@@ -281,9 +342,19 @@ impl Job {
         self.publish(proposal, current_version, outcome).await
     }
 
-    async fn publish(&self, proposal: Proposal, base: u64, mut outcome: RunOutcome) -> Result<RunOutcome> {
+    async fn publish(
+        &self,
+        proposal: Proposal,
+        base: u64,
+        mut outcome: RunOutcome,
+    ) -> Result<RunOutcome> {
         let publisher = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
-        match publisher.publish(&proposal, Some(base)).await {
+        let span = tracing::info_span!("publish", base);
+        match publisher
+            .publish(&proposal, Some(base))
+            .instrument(span)
+            .await
+        {
             Ok(PublishOutcome::Published { version }) => {
                 outcome.status = Status::Published;
                 outcome.version = version;
@@ -292,7 +363,10 @@ impl Job {
                 outcome.status = Status::Unchanged;
                 outcome.version = version;
             }
-            Err(e @ (PublishError::Conflict { version, .. } | PublishError::RollbackConflict { version, .. })) => {
+            Err(
+                e @ (PublishError::Conflict { version, .. }
+                | PublishError::RollbackConflict { version, .. }),
+            ) => {
                 outcome.status = Status::Conflict;
                 outcome.version = version;
                 outcome.message = Some(e.to_string());
@@ -304,23 +378,29 @@ impl Job {
 
     /// The outcome of a re-run whose partitions the current version already holds from this very
     /// run id, found from its report and the manifest alone (no data is read).
-    async fn already_published(&self, run_id: &str, current: Option<&Manifest>) -> Result<Option<RunOutcome>> {
+    async fn already_published(
+        &self,
+        run_id: &str,
+        current: Option<&Manifest>,
+    ) -> Result<Option<RunOutcome>> {
         let Some(current) = current else {
             return Ok(None);
         };
-        let report = AuditReport::load(&self.table, run_id)
-            .await
-            .map_err(|e| Error::Audit(audit::AuditError::Execute {
+        let report = AuditReport::load(&self.table, run_id).await.map_err(|e| {
+            Error::Audit(audit::AuditError::Execute {
                 rule: "(report)".into(),
                 message: e.to_string(),
-            }))?;
+            })
+        })?;
         let Some(report) = report.filter(|r| r.passed() && !r.partitions.is_empty()) else {
             return Ok(None);
         };
-        let all_ours = report
-            .partitions
-            .iter()
-            .all(|p| current.partitions.get(p).is_some_and(|q| q.run_id == run_id));
+        let all_ours = report.partitions.iter().all(|p| {
+            current
+                .partitions
+                .get(p)
+                .is_some_and(|q| q.run_id == run_id)
+        });
         if !all_ours {
             return Ok(None);
         }
@@ -351,7 +431,13 @@ impl Job {
             let mut h = Sha256::new();
             h.update(format!("wap-rollback/1 to={to} from={latest}"));
             let d = h.finalize();
-            format!("rollback-{}", d[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
+            format!(
+                "rollback-{}",
+                d[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
         };
         let outcome = RunOutcome {
             status: Status::Published,
@@ -365,13 +451,18 @@ impl Job {
             message: None,
             audit_report: None,
         };
-        self.publish(Proposal::Restore { run_id, target }, latest, outcome).await
+        self.publish(Proposal::Restore { run_id, target }, latest, outcome)
+            .await
     }
 
     /// Every version, newest first.
     pub async fn log(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
-        for v in versions::list_versions(&self.table).await?.into_iter().rev() {
+        for v in versions::list_versions(&self.table)
+            .await?
+            .into_iter()
+            .rev()
+        {
             out.push(versions::read_manifest(&self.table, v).await?);
         }
         Ok(out)
@@ -381,9 +472,12 @@ impl Job {
     pub async fn show(&self, version: Option<u64>) -> Result<Manifest> {
         match version {
             Some(v) => Ok(versions::read_manifest(&self.table, v).await?),
-            None => versions::current(&self.table)
-                .await?
-                .ok_or_else(|| table::TableError::Empty { table: self.conf.table.clone() }.into()),
+            None => versions::current(&self.table).await?.ok_or_else(|| {
+                table::TableError::Empty {
+                    table: self.conf.table.clone(),
+                }
+                .into()
+            }),
         }
     }
 
@@ -391,7 +485,12 @@ impl Job {
     pub async fn query(&self, version: Option<u64>, sql: &str) -> Result<DataFrame> {
         let manifest = self.show(version).await?;
         let ctx = self.session(None)?;
-        table::register_version(&ctx, &self.conf.name, Some(&manifest), manifest.schema_ref())?;
+        table::register_version(
+            &ctx,
+            &self.conf.name,
+            Some(&manifest),
+            manifest.schema_ref(),
+        )?;
         Ok(table::plan_query(&ctx, sql).await?)
     }
 }

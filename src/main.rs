@@ -106,11 +106,18 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit_code::CONFIG as u8 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                exit_code::CONFIG as u8
+            } else {
+                0
+            });
         }
     };
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -151,7 +158,11 @@ async fn execute(command: Command) -> Result<i32, Error> {
             render_log(&versions, json);
             Ok(exit_code::OK)
         }
-        Command::Show { conf, version, json } => {
+        Command::Show {
+            conf,
+            version,
+            json,
+        } => {
             let manifest = job(&conf)?.show(version).await?;
             render_show(&manifest, json);
             Ok(exit_code::OK)
@@ -170,7 +181,10 @@ async fn execute(command: Command) -> Result<i32, Error> {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }
 
 fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
@@ -202,7 +216,10 @@ fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
             )),
             Status::Conflict => out.push_str(&format!(
                 "conflict: {}\n",
-                outcome.message.as_deref().unwrap_or("another publisher won")
+                outcome
+                    .message
+                    .as_deref()
+                    .unwrap_or("another publisher won")
             )),
         }
         if let Some(report) = &outcome.audit_report {
@@ -214,7 +231,10 @@ fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
                 };
                 out.push_str(&format!("  [{mark}] {:<28} {}\n", r.name, r.message));
                 if !r.passed && !r.sample_table.is_empty() {
-                    out.push_str(&format!("         sample failing rows ({}):\n", r.defined_at));
+                    out.push_str(&format!(
+                        "         sample failing rows ({}):\n",
+                        r.defined_at
+                    ));
                     for line in r.sample_table.lines() {
                         out.push_str(&format!("         {line}\n"));
                     }
@@ -291,8 +311,14 @@ fn render_show(m: &Manifest, json: bool) {
         print_json(m);
         return;
     }
-    println!("version {} (parent {}) of table {}", m.version, m.parent, m.table);
-    println!("published {} by {:?} {}", m.change.published_at, m.change.kind, m.change.run_id);
+    println!(
+        "version {} (parent {}) of table {}",
+        m.version, m.parent, m.table
+    );
+    println!(
+        "published {} by {:?} {}",
+        m.change.published_at, m.change.kind, m.change.run_id
+    );
     println!(
         "schema: {}",
         m.schema
@@ -307,7 +333,11 @@ fn render_show(m: &Manifest, json: bool) {
     for p in m.partitions.values() {
         println!(
             "  {:<40} {:>10} rows {:>12} bytes  run {} ({})",
-            if p.path.is_empty() { "(table)" } else { &p.path },
+            if p.path.is_empty() {
+                "(table)"
+            } else {
+                &p.path
+            },
             p.rows,
             p.bytes(),
             p.run_id,
@@ -340,7 +370,8 @@ async fn query_output(df: datafusion::prelude::DataFrame, format: Format) -> Res
     match format {
         Format::Table => {
             let batches = df.collect().await.map_err(|e| err(&e))?;
-            let table = arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| err(&e))?;
+            let table =
+                arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| err(&e))?;
             println!("{table}");
         }
         Format::Csv => {
@@ -349,7 +380,9 @@ async fn query_output(df: datafusion::prelude::DataFrame, format: Format) -> Res
                 .with_header(true)
                 .build(std::io::stdout().lock());
             while let Some(batch) = stream.next().await {
-                writer.write(&batch.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+                writer
+                    .write(&batch.map_err(|e| err(&e))?)
+                    .map_err(|e| err(&e))?;
             }
         }
         Format::Json => {

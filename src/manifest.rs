@@ -274,7 +274,10 @@ impl Pointer {
         if p.manifest != manifest_path(p.version).to_string() {
             return Err(ManifestError::Pointer {
                 path: pointer_path().to_string(),
-                message: format!("version {} does not match manifest {}", p.version, p.manifest),
+                message: format!(
+                    "version {} does not match manifest {}",
+                    p.version, p.manifest
+                ),
             });
         }
         Ok(p)
@@ -348,17 +351,25 @@ mod tests {
         let p = manifest_path(3);
         let err = Manifest::decode(&p, &bytes[..bytes.len() / 2], 3).unwrap_err();
         assert!(matches!(err, ManifestError::Parse { .. }), "{err}");
-        let edited = String::from_utf8(bytes.clone()).unwrap().replace("\"rows\": 3", "\"rows\": 4");
+        let edited = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"rows\": 3", "\"rows\": 4");
         let err = Manifest::decode(&p, edited.as_bytes(), 3).unwrap_err();
         assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
-        assert!(err.to_string().contains("_wap/manifests/00000000000000000003.json"));
+        assert!(
+            err.to_string()
+                .contains("_wap/manifests/00000000000000000003.json")
+        );
         let err = Manifest::decode(&p, &bytes, 4).unwrap_err();
         assert!(matches!(err, ManifestError::Version { .. }), "{err}");
     }
 
     #[test]
     fn version_paths_sort_and_parse() {
-        assert_eq!(manifest_path(7).as_ref(), "_wap/manifests/00000000000000000007.json");
+        assert_eq!(
+            manifest_path(7).as_ref(),
+            "_wap/manifests/00000000000000000007.json"
+        );
         assert_eq!(version_of(&manifest_path(12345)), Some(12345));
         assert_eq!(version_of(&Path::from("_wap/manifests/x.json")), None);
         assert!(manifest_path(9).as_ref() < manifest_path(10).as_ref());
@@ -370,6 +381,8 @@ mod tests {
         let b = Pointer::new(2, "run-b").encode();
         assert_ne!(a, b);
         assert_eq!(Pointer::decode(&a).unwrap().version, 2);
-        assert!(Pointer::decode(b"{\"version\":2,\"run_id\":\"x\",\"manifest\":\"nope\"}").is_err());
+        assert!(
+            Pointer::decode(b"{\"version\":2,\"run_id\":\"x\",\"manifest\":\"nope\"}").is_err()
+        );
     }
 }

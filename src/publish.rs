@@ -73,7 +73,9 @@ impl PublishError {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            PublishError::Conflict { .. } | PublishError::RollbackConflict { .. } | PublishError::Exhausted { .. }
+            PublishError::Conflict { .. }
+                | PublishError::RollbackConflict { .. }
+                | PublishError::Exhausted { .. }
         )
     }
 
@@ -168,7 +170,11 @@ impl Publisher {
     }
 
     /// Builds the manifest that would follow `base`, or `None` if `base` already holds it.
-    fn next(&self, base: Option<&Manifest>, proposal: &Proposal) -> Result<Option<Manifest>, PublishError> {
+    fn next(
+        &self,
+        base: Option<&Manifest>,
+        proposal: &Proposal,
+    ) -> Result<Option<Manifest>, PublishError> {
         let version = base.map_or(0, |b| b.version) + 1;
         let published_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         match proposal {
@@ -199,7 +205,8 @@ impl Publisher {
                 let ours: BTreeSet<&str> = partitions.iter().map(|p| p.path.as_str()).collect();
                 let kept = all.keys().any(|k| !ours.contains(k.as_str()));
                 if let (Some(b), true) = (base, kept) {
-                    compatible(&b.schema, schema).map_err(|message| PublishError::SchemaChange { message })?;
+                    compatible(&b.schema, schema)
+                        .map_err(|message| PublishError::SchemaChange { message })?;
                 }
                 for p in partitions {
                     all.insert(p.path.clone(), p.clone());
@@ -236,7 +243,9 @@ impl Publisher {
             }
             Proposal::Restore { run_id, target } => {
                 let base_parts = base.map(|b| b.partitions.clone()).unwrap_or_default();
-                if base.is_some_and(|b| b.partitions == target.partitions && b.schema == target.schema) {
+                if base
+                    .is_some_and(|b| b.partitions == target.partitions && b.schema == target.schema)
+                {
                     return Ok(None);
                 }
                 let changed: BTreeSet<String> = base_parts
@@ -272,21 +281,29 @@ impl Publisher {
     /// Publishes `proposal` on top of version `base` (the version the run audited against;
     /// `None`: whatever is current). Versions committed after `base` are walked one by one: a
     /// version that replaced any partition we replace is a conflict, others are rebased onto.
-    pub async fn publish(&self, proposal: &Proposal, base: Option<u64>) -> Result<PublishOutcome, PublishError> {
+    pub async fn publish(
+        &self,
+        proposal: &Proposal,
+        base: Option<u64>,
+    ) -> Result<PublishOutcome, PublishError> {
         let run_id = proposal.run_id().to_string();
         let pointer = versions::read_pointer(&self.store).await?;
-        let mut base_version = base.unwrap_or_else(|| pointer.as_ref().map_or(0, |p| p.pointer.version));
+        let mut base_version =
+            base.unwrap_or_else(|| pointer.as_ref().map_or(0, |p| p.pointer.version));
         let mut base = match base_version {
             0 => None,
             v => Some(versions::read_manifest(&self.store, v).await?),
         };
         let mut backoff = self.options.backoff;
         for attempt in 1..=self.options.max_attempts {
-            let span = tracing::info_span!("publish attempt", run_id = %run_id, base = base_version, attempt);
-            let _guard = span.enter();
             let Some(next) = self.next(base.as_ref(), proposal)? else {
-                info!(version = base_version, "content already published; nothing to do");
-                return Ok(PublishOutcome::Unchanged { version: base_version });
+                info!(
+                    version = base_version,
+                    "content already published; nothing to do"
+                );
+                return Ok(PublishOutcome::Unchanged {
+                    version: base_version,
+                });
             };
             let version = next.version;
             let path = manifest::manifest_path(version);
@@ -300,8 +317,7 @@ impl Publisher {
                 .await
             {
                 Ok(_) => {
-                    info!(version, "committed manifest");
-                    drop(_guard);
+                    info!(run_id = %run_id, version, attempt, "committed manifest");
                     self.swap_pointer(pointer, version, &run_id).await;
                     return Ok(PublishOutcome::Published { version });
                 }
@@ -310,7 +326,6 @@ impl Publisher {
                     if other.change.run_id == run_id {
                         // An earlier attempt of ours landed (for example a write that timed out).
                         info!(version, "manifest already committed by this run");
-                        drop(_guard);
                         self.swap_pointer(pointer, version, &run_id).await;
                         return Ok(PublishOutcome::Published { version });
                     }
@@ -385,21 +400,26 @@ impl Publisher {
                         mode: PutMode::Overwrite,
                         ..Default::default()
                     };
-                    if let Err(e) = self.store.put_opts(&path, PutPayload::from(body), opts).await {
+                    if let Err(e) = self
+                        .store
+                        .put_opts(&path, PutPayload::from(body), opts)
+                        .await
+                    {
                         warn!(version, error = %e, "could not move {path}; readers will probe past it");
                     }
                     return;
                 }
-                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-                    match versions::read_pointer(&self.store).await {
-                        Ok(Some(p)) if p.pointer.version >= version => return,
-                        Ok(now) => read = now,
-                        Err(e) => {
-                            warn!(version, error = %e, "could not re-read {path}; readers will probe past it");
-                            return;
-                        }
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => match versions::read_pointer(&self.store).await {
+                    Ok(Some(p)) if p.pointer.version >= version => return,
+                    Ok(now) => read = now,
+                    Err(e) => {
+                        warn!(version, error = %e, "could not re-read {path}; readers will probe past it");
+                        return;
                     }
-                }
+                },
                 Err(e) => {
                     warn!(version, error = %e, "could not move {path}; readers will probe past it");
                     return;

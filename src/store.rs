@@ -40,28 +40,29 @@ impl Location {
             location: location.to_string(),
             reason: reason.to_string(),
         };
-        let (store, path): (Arc<dyn ObjectStore>, &str) =
-            if let Some(rest) = location.strip_prefix("file://") {
-                if !rest.starts_with('/') {
-                    return Err(invalid("file:// URLs need an absolute path (file:///…)"));
-                }
-                (local(), rest)
-            } else if let Some(rest) = location.strip_prefix("memory://") {
-                let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
-                (memory(name), path)
-            } else if crate::conf::is_url(location) {
-                let scheme = location.split("://").next().unwrap_or_default();
-                return Err(StoreError::Unsupported {
-                    location: location.to_string(),
-                    reason: format!(
-                        "scheme `{scheme}://` is not built into this wap; use file://, memory:// or a path"
-                    ),
-                });
-            } else if location.starts_with('/') {
-                (local(), location)
-            } else {
-                return Err(invalid("expected a URL or an absolute path"));
-            };
+        let (store, path): (Arc<dyn ObjectStore>, &str) = if let Some(rest) =
+            location.strip_prefix("file://")
+        {
+            if !rest.starts_with('/') {
+                return Err(invalid("file:// URLs need an absolute path (file:///…)"));
+            }
+            (local(), rest)
+        } else if let Some(rest) = location.strip_prefix("memory://") {
+            let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+            (memory(name), path)
+        } else if crate::conf::is_url(location) {
+            let scheme = location.split("://").next().unwrap_or_default();
+            return Err(StoreError::Unsupported {
+                location: location.to_string(),
+                reason: format!(
+                    "scheme `{scheme}://` is not built into this wap; use file://, memory:// or a path"
+                ),
+            });
+        } else if location.starts_with('/') {
+            (local(), location)
+        } else {
+            return Err(invalid("expected a URL or an absolute path"));
+        };
         let path = path.trim_matches('/').to_string();
         if path.split('/').any(|seg| seg == "..") {
             return Err(invalid("`..` is not allowed in a store path"));
@@ -130,7 +131,14 @@ mod tests {
             .await
             .unwrap();
         let b = Location::parse("memory://store-test").unwrap();
-        let got = b.store.get(&Path::from("t1/x")).await.unwrap().bytes().await.unwrap();
+        let got = b
+            .store
+            .get(&Path::from("t1/x"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"1");
     }
 

@@ -36,14 +36,18 @@ pub enum TableError {
 impl TableError {
     /// True when the request itself was wrong (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, TableError::Query { .. } | TableError::NotReadOnly { .. })
+        matches!(
+            self,
+            TableError::Query { .. } | TableError::NotReadOnly { .. }
+        )
     }
 }
 
 /// Object metadata of a manifest file (size known, no request needed).
 pub fn object_meta(f: &DataFile) -> ObjectMeta {
     ObjectMeta {
-        location: object_path(&f.path).unwrap_or_else(|_| object_store::path::Path::from(f.path.as_str())),
+        location: object_path(&f.path)
+            .unwrap_or_else(|_| object_store::path::Path::from(f.path.as_str())),
         last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
         size: f.size,
         e_tag: None,
@@ -53,11 +57,15 @@ pub fn object_meta(f: &DataFile) -> ObjectMeta {
 
 /// A table over Parquet files of the table store.
 pub fn files_table(schema: SchemaRef, files: Vec<ObjectMeta>) -> Result<FilesTable, TableError> {
-    FilesTable::new(schema, Arc::new(ParquetFormat::default()), engine::TABLE_URL, files).map_err(|source| {
-        TableError::Register {
-            name: "files".into(),
-            source,
-        }
+    FilesTable::new(
+        schema,
+        Arc::new(ParquetFormat::default()),
+        engine::TABLE_URL,
+        files,
+    )
+    .map_err(|source| TableError::Register {
+        name: "files".into(),
+        source,
     })
 }
 
@@ -88,7 +96,11 @@ pub async fn plan_query(ctx: &SessionContext, sql: &str) -> Result<DataFrame, Ta
         .await
         .map_err(|e| {
             let message = e.strip_backtrace().to_string();
-            if message.contains("not supported") && (message.contains("DDL") || message.contains("DML") || message.contains("Statement")) {
+            if message.contains("not supported")
+                && (message.contains("DDL")
+                    || message.contains("DML")
+                    || message.contains("Statement"))
+            {
                 TableError::NotReadOnly { message }
             } else {
                 TableError::Query { message }

@@ -39,7 +39,11 @@ impl VersionsError {
         matches!(self, VersionsError::NoSuchVersion { .. })
     }
 
-    pub(crate) fn storage(op: &'static str, path: &object_store::path::Path, source: object_store::Error) -> Self {
+    pub(crate) fn storage(
+        op: &'static str,
+        path: &object_store::path::Path,
+        source: object_store::Error,
+    ) -> Self {
         VersionsError::Storage {
             op,
             path: path.to_string(),
@@ -56,7 +60,9 @@ pub struct PointerRead {
 }
 
 /// Reads `_wap/current`; `None` for a table that has never been published.
-pub async fn read_pointer(store: &Arc<dyn ObjectStore>) -> Result<Option<PointerRead>, VersionsError> {
+pub async fn read_pointer(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<PointerRead>, VersionsError> {
     let path = manifest::pointer_path();
     let got = match store.get(&path).await {
         Ok(g) => g,
@@ -78,7 +84,10 @@ pub async fn read_pointer(store: &Arc<dyn ObjectStore>) -> Result<Option<Pointer
 }
 
 /// Reads and verifies the manifest of `version`.
-pub async fn read_manifest(store: &Arc<dyn ObjectStore>, version: u64) -> Result<Manifest, VersionsError> {
+pub async fn read_manifest(
+    store: &Arc<dyn ObjectStore>,
+    version: u64,
+) -> Result<Manifest, VersionsError> {
     let path = manifest::manifest_path(version);
     let got = match store.get(&path).await {
         Ok(g) => g,
@@ -96,7 +105,10 @@ pub async fn read_manifest(store: &Arc<dyn ObjectStore>, version: u64) -> Result
 }
 
 /// True when the manifest of `version` exists (one HEAD).
-pub async fn manifest_exists(store: &Arc<dyn ObjectStore>, version: u64) -> Result<bool, VersionsError> {
+pub async fn manifest_exists(
+    store: &Arc<dyn ObjectStore>,
+    version: u64,
+) -> Result<bool, VersionsError> {
     let path = manifest::manifest_path(version);
     match store.head(&path).await {
         Ok(_) => Ok(true),

@@ -19,15 +19,23 @@ use arrow::compute::BatchCoalescer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::array_value_to_string;
 use bytes::Bytes;
+use datafusion::arrow::compute::SortOptions;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
-use datafusion::prelude::{DataFrame, SessionContext, ident};
+use datafusion::physical_expr::expressions::col as physical_col;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
@@ -264,11 +272,11 @@ fn non_deterministic_call(plan: &LogicalPlan) -> Option<String> {
     let _ = plan.apply_with_subqueries(|node| {
         node.apply_expressions(|expr| {
             expr.apply(|e| {
-                if let Expr::ScalarFunction(f) = e {
-                    if f.func.signature().volatility != Volatility::Immutable {
-                        found = Some(format!("{}()", f.name()));
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    found = Some(format!("{}()", f.name()));
+                    return Ok(TreeNodeRecursion::Stop);
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
@@ -414,7 +422,7 @@ impl StagedRun {
         self.partitions
             .iter()
             .flat_map(|p| &p.files)
-            .map(|f| crate::table::object_meta(f))
+            .map(crate::table::object_meta)
             .collect()
     }
 }
@@ -434,8 +442,12 @@ impl Default for WriteOptions {
     }
 }
 
-/// Streams the transform's output, sorted, into one Parquet file (or a few) per partition under
-/// `staging/<run_id>/`.
+/// Streams the transform's output into one Parquet file (or a few) per partition under
+/// `staging/<run_id>/`. Rows are hash-distributed on the partition columns into one stream per
+/// core, each stream is sorted on its own (a spilling sort: no global merge), and each feeds its
+/// own writer. A partition lives in exactly one stream, so its files do not depend on the number
+/// of streams.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_staging(
     ctx: &SessionContext,
     df: DataFrame,
@@ -459,12 +471,43 @@ pub async fn write_staging(
             order.push(f.name().clone());
         }
     }
-    let sort: Vec<_> = order
+    let plan = df.create_physical_plan().await.map_err(exec_err)?;
+    let plan_schema = plan.schema();
+    let column = |name: &str| -> Result<Arc<dyn PhysicalExpr>, WriteError> {
+        physical_col(name, &plan_schema).map_err(exec_err)
+    };
+    let streams = if conf.partition_by.is_empty() {
+        1
+    } else {
+        ctx.state().config().target_partitions().max(1)
+    };
+    let distributed: Arc<dyn ExecutionPlan> = if streams == 1 {
+        Arc::new(CoalescePartitionsExec::new(plan))
+    } else {
+        let exprs = conf
+            .partition_by
+            .iter()
+            .map(|c| column(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Arc::new(
+            RepartitionExec::try_new(plan, Partitioning::Hash(exprs, streams)).map_err(exec_err)?,
+        )
+    };
+    let sort_exprs = order
         .iter()
-        .map(|c| ident(c).sort(true, true))
-        .collect();
-    let df = df.sort(sort).map_err(exec_err)?;
-    let mut stream = df.execute_stream().await.map_err(exec_err)?;
+        .map(|c| {
+            Ok(PhysicalSortExpr::new(
+                column(c)?,
+                SortOptions {
+                    descending: false,
+                    nulls_first: true,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, WriteError>>()?;
+    let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
+    let sorted: Arc<dyn ExecutionPlan> =
+        Arc::new(SortExec::new(ordering, distributed).with_preserve_partitioning(true));
 
     let part_idx: Vec<usize> = conf
         .partition_by
@@ -477,50 +520,45 @@ pub async fn write_staging(
         .map(|c| out_schema.index_of(c).expect("checked in plan_transform"))
         .collect();
 
-    let pool = &ctx.runtime_env().memory_pool;
-    let reservation = MemoryConsumer::new(format!("wap writer {run_id}")).register(pool);
-    let mut writer = PartitionWriter {
-        table: Arc::clone(table),
-        schema: Arc::clone(&schema),
-        run_id: run_id.to_string(),
-        key_idx,
-        options: options.clone(),
-        reservation,
-        current: None,
-        done: Vec::new(),
-    };
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(exec_err)?;
-        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-            .map_err(|e| exec_err(e.into()))?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let ranges = if part_idx.is_empty() {
-            vec![0..batch.num_rows()]
-        } else {
-            let cols: Vec<ArrayRef> = part_idx.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-            arrow::compute::partition(&cols)
-                .map_err(|e| exec_err(e.into()))?
-                .ranges()
+    let task_ctx = ctx.task_ctx();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let stream = sorted.execute(i, Arc::clone(&task_ctx)).map_err(exec_err)?;
+        let reservation =
+            MemoryConsumer::new(format!("wap writer {i}")).register(&ctx.runtime_env().memory_pool);
+        let writer = PartitionWriter {
+            table: Arc::clone(table),
+            schema: Arc::clone(&schema),
+            run_id: run_id.to_string(),
+            columns: conf.partition_by.clone(),
+            key_idx: key_idx.clone(),
+            options: options.clone(),
+            reservation,
+            current: None,
+            done: Vec::new(),
         };
-        for range in ranges {
-            let values: Vec<Option<String>> = part_idx
-                .iter()
-                .map(|&i| value_at(batch.column(i), range.start))
-                .collect();
-            writer
-                .write(&values, batch.slice(range.start, range.end - range.start), &conf.partition_by)
-                .await?;
+        tasks.spawn(writer.drain(stream, part_idx.clone(), source_location.to_string()));
+    }
+    let mut partitions = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let done = joined.map_err(|e| WriteError::Upload {
+            path: format!("staging/{run_id}/"),
+            message: format!("writer task failed: {e}"),
+        })?;
+        match done {
+            Ok(mut done) => partitions.append(&mut done),
+            Err(e) => {
+                tasks.abort_all();
+                return Err(e);
+            }
         }
     }
-    writer.finish_partition().await?;
-    writer.reservation.free();
-    let rows = writer.done.iter().map(|p| p.rows).sum();
+    partitions.sort_by(|a, b| a.path.cmp(&b.path));
+    let rows = partitions.iter().map(|p| p.rows).sum();
     Ok(StagedRun {
         run_id: run_id.to_string(),
         schema,
-        partitions: writer.done,
+        partitions,
         rows,
     })
 }
@@ -555,6 +593,7 @@ struct PartitionWriter {
     table: Arc<dyn ObjectStore>,
     schema: SchemaRef,
     run_id: String,
+    columns: Vec<String>,
     key_idx: Vec<usize>,
     options: WriteOptions,
     reservation: MemoryReservation,
@@ -572,17 +611,61 @@ fn writer_properties() -> WriterProperties {
 }
 
 impl PartitionWriter {
+    /// Writes one sorted stream, partition after partition.
+    async fn drain(
+        mut self,
+        mut stream: SendableRecordBatchStream,
+        part_idx: Vec<usize>,
+        source_location: String,
+    ) -> Result<Vec<StagedPartition>, WriteError> {
+        let run_id = self.run_id.clone();
+        let exec_err = |source: DataFusionError| WriteError::Execute {
+            run_id: run_id.clone(),
+            location: source_location.clone(),
+            source,
+        };
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(exec_err)?;
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())
+                .map_err(|e| exec_err(e.into()))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let ranges = if part_idx.is_empty() {
+                std::iter::once(0..batch.num_rows()).collect()
+            } else {
+                let cols: Vec<ArrayRef> = part_idx
+                    .iter()
+                    .map(|&i| Arc::clone(batch.column(i)))
+                    .collect();
+                arrow::compute::partition(&cols)
+                    .map_err(|e| exec_err(e.into()))?
+                    .ranges()
+            };
+            for range in ranges {
+                let values: Vec<Option<String>> = part_idx
+                    .iter()
+                    .map(|&i| value_at(batch.column(i), range.start))
+                    .collect();
+                self.write(&values, batch.slice(range.start, range.end - range.start))
+                    .await?;
+            }
+        }
+        self.finish_partition().await?;
+        self.reservation.free();
+        Ok(self.done)
+    }
+
     async fn write(
         &mut self,
         values: &[Option<String>],
         batch: RecordBatch,
-        columns: &[String],
     ) -> Result<(), WriteError> {
         if self.current.as_ref().is_none_or(|c| c.values != values) {
             self.finish_partition().await?;
             self.current = Some(OpenPartition {
                 values: values.to_vec(),
-                path: hive_path(columns, values),
+                path: hive_path(&self.columns, values),
                 part: 0,
                 rows: 0,
                 files: Vec::new(),
@@ -596,22 +679,33 @@ impl PartitionWriter {
                 let rel = if open.path.is_empty() {
                     format!("staging/{}/part-{:05}.parquet", self.run_id, open.part)
                 } else {
-                    format!("staging/{}/{}/part-{:05}.parquet", self.run_id, open.path, open.part)
+                    format!(
+                        "staging/{}/{}/part-{:05}.parquet",
+                        self.run_id, open.path, open.part
+                    )
                 };
                 let location = object_path(&rel).map_err(|message| WriteError::Upload {
                     path: rel.clone(),
                     message,
                 })?;
                 let sink = HashingWriter {
-                    inner: BufWriter::with_capacity(Arc::clone(&self.table), location, UPLOAD_CAPACITY),
+                    inner: BufWriter::with_capacity(
+                        Arc::clone(&self.table),
+                        location,
+                        UPLOAD_CAPACITY,
+                    ),
                     hasher: Sha256::new(),
                     size: 0,
                 };
-                let writer = AsyncArrowWriter::try_new(sink, Arc::clone(&self.schema), Some(writer_properties()))
-                    .map_err(|e| WriteError::Upload {
-                        path: rel.clone(),
-                        message: e.to_string(),
-                    })?;
+                let writer = AsyncArrowWriter::try_new(
+                    sink,
+                    Arc::clone(&self.schema),
+                    Some(writer_properties()),
+                )
+                .map_err(|e| WriteError::Upload {
+                    path: rel.clone(),
+                    message: e.to_string(),
+                })?;
                 open.file = Some(OpenFile {
                     path: rel,
                     writer,
@@ -627,7 +721,11 @@ impl PartitionWriter {
             let head = batch.slice(0, take);
             batch = batch.slice(take, batch.num_rows() - take);
             if file.rows == 0 {
-                file.key_min = self.key_idx.iter().map(|&i| value_at(head.column(i), 0)).collect();
+                file.key_min = self
+                    .key_idx
+                    .iter()
+                    .map(|&i| value_at(head.column(i), 0))
+                    .collect();
             }
             file.key_max = self
                 .key_idx
@@ -641,16 +739,18 @@ impl PartitionWriter {
             };
             file.coalescer.push_batch(head).map_err(upload_err)?;
             while let Some(b) = file.coalescer.next_completed_batch() {
-                file.writer.write(&b).await.map_err(|e| WriteError::Upload {
-                    path: file.path.clone(),
-                    message: e.to_string(),
-                })?;
+                file.writer
+                    .write(&b)
+                    .await
+                    .map_err(|e| WriteError::Upload {
+                        path: file.path.clone(),
+                        message: e.to_string(),
+                    })?;
             }
-            let held = file.writer.memory_size() + file.coalescer.size();
-            self.reservation.try_resize(held).map_err(|e| WriteError::Upload {
-                path: file.path.clone(),
-                message: format!("memory budget exceeded while buffering a row group: {e}"),
-            })?;
+            // Accounted in the pool so that sorts spill earlier, but never refused: a row group is
+            // bounded by ROW_GROUP_ROWS / ROW_GROUP_BYTES, fixed so that files stay deterministic.
+            self.reservation
+                .resize(file.writer.memory_size() + file.coalescer.size());
             if file.rows >= self.options.max_rows_per_file {
                 self.finish_file().await?;
             }
@@ -673,7 +773,10 @@ impl PartitionWriter {
             .finish_buffered_batch()
             .map_err(|e| err(&file.path, &e))?;
         while let Some(b) = file.coalescer.next_completed_batch() {
-            file.writer.write(&b).await.map_err(|e| err(&file.path, &e))?;
+            file.writer
+                .write(&b)
+                .await
+                .map_err(|e| err(&file.path, &e))?;
         }
         let mut writer = file.writer;
         writer.finish().await.map_err(|e| err(&file.path, &e))?;
@@ -700,15 +803,15 @@ impl PartitionWriter {
 
     async fn finish_partition(&mut self) -> Result<(), WriteError> {
         self.finish_file().await?;
-        if let Some(open) = self.current.take() {
-            if open.rows > 0 {
-                self.done.push(StagedPartition {
-                    path: open.path,
-                    values: open.values,
-                    rows: open.rows,
-                    files: open.files,
-                });
-            }
+        if let Some(open) = self.current.take()
+            && open.rows > 0
+        {
+            self.done.push(StagedPartition {
+                path: open.path,
+                values: open.values,
+                rows: open.rows,
+                files: open.files,
+            });
         }
         Ok(())
     }
@@ -765,7 +868,10 @@ mod tests {
         ];
         let escaped: Vec<String> = cases.iter().map(|c| escape_value(*c)).collect();
         for e in &escaped {
-            assert!(!e.contains('/') && e != "." && e != ".." && !e.is_empty(), "{e}");
+            assert!(
+                !e.contains('/') && e != "." && e != ".." && !e.is_empty(),
+                "{e}"
+            );
             assert!(object_path(&format!("t/c={e}")).is_ok(), "{e}");
         }
         let unique: std::collections::BTreeSet<_> = escaped.iter().collect();

@@ -1,7 +1,7 @@
 //! Writing streams: the heap a run needs does not grow with the size of its input.
 //!
 //! A counting global allocator measures the peak heap of a job run over one partition of N rows
-//! and of 4N rows under the same memory budget. If phase 1 collected its input (or a partition)
+//! and of 4N rows under the same 32 MiB memory budget (both inputs are larger than the budget). If phase 1 collected its input (or a partition)
 //! in memory, the larger run's peak would grow with the data. Its own binary, so no other test
 //! allocates at the same time.
 
@@ -49,7 +49,14 @@ async fn peak_for(rows: usize) -> (usize, u64) {
         // Ids in scrambled order so that the sort has real work to do.
         for i in 0..rows {
             let id = (i * 7_919) % rows;
-            writeln!(w, "{id},{},{}.{:02},placed,note number {i} for order {id}", i % 1000, i % 500, i % 100).unwrap();
+            writeln!(
+                w,
+                "{id},{},{}.{:02},placed,note number {i} for order {id}",
+                i % 1000,
+                i % 500,
+                i % 100
+            )
+            .unwrap();
         }
     }
     let size = std::fs::metadata(&csv).unwrap().len();
@@ -61,7 +68,7 @@ async fn peak_for(rows: usize) -> (usize, u64) {
     .unwrap();
     let options = JobOptions {
         engine: EngineOptions {
-            memory_limit: 16 << 20,
+            memory_limit: 32 << 20,
             ..Default::default()
         },
         ..Default::default()
@@ -78,8 +85,8 @@ async fn peak_for(rows: usize) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_heap_does_not_grow_with_the_input() {
-    let (small, small_csv) = peak_for(200_000).await;
-    let (large, large_csv) = peak_for(800_000).await;
+    let (small, small_csv) = peak_for(800_000).await;
+    let (large, large_csv) = peak_for(3_200_000).await;
     eprintln!(
         "peak heap: {:.1} MiB for {:.1} MiB of CSV, {:.1} MiB for {:.1} MiB of CSV",
         small as f64 / 1048576.0,

@@ -123,7 +123,10 @@ impl AuditReport {
     }
 
     /// Reads the report of `run_id`, if one was written (a damaged one counts as absent).
-    pub async fn load(table: &Arc<dyn ObjectStore>, run_id: &str) -> Result<Option<Self>, object_store::Error> {
+    pub async fn load(
+        table: &Arc<dyn ObjectStore>,
+        run_id: &str,
+    ) -> Result<Option<Self>, object_store::Error> {
         let path = manifest::report_path(run_id);
         match table.get(&path).await {
             Ok(got) => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::conf::{ConfError, line_of_key};
+use crate::conf::ConfError;
 
 /// What a failing rule does to the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -143,15 +143,18 @@ impl RuleFile {
     /// Parses and validates one rule file.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfError> {
         if text.trim().is_empty() {
-            return Err(ConfError::at(path, 1, "empty rule file: expected `rules:` with a list of rules"));
+            return Err(ConfError::at(
+                path,
+                1,
+                "empty rule file: expected `rules:` with a list of rules",
+            ));
         }
-        let raw: RawRuleFile =
-            serde_yaml::from_str(text).map_err(|e| ConfError::yaml(path, &e))?;
+        let raw: RawRuleFile = serde_yaml::from_str(text).map_err(|e| ConfError::yaml(path, &e))?;
         let starts = rule_lines(text);
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
             let line = starts.get(i).copied().unwrap_or(1);
-            rules.push(validate(path, text, line, r)?);
+            rules.push(validate(path, line, r)?);
         }
         Ok(RuleFile {
             path: path.to_path_buf(),
@@ -199,7 +202,7 @@ fn literal(v: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, ConfError> {
+fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
     let name = r.name.trim().to_string();
     let err = |msg: String| ConfError::at(path, line, format!("rule `{name}`: {msg}"));
     if name.is_empty() {
@@ -221,12 +224,18 @@ fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, Co
     }
     if let Some(a) = r.accepted_values {
         if a.values.is_empty() {
-            return Err(err("accepted_values.values: expected at least one value".into()));
+            return Err(err(
+                "accepted_values.values: expected at least one value".into()
+            ));
         }
         let values = a
             .values
             .iter()
-            .map(|v| literal(v).ok_or_else(|| err("accepted_values.values: expected strings, numbers or booleans".into())))
+            .map(|v| {
+                literal(v).ok_or_else(|| {
+                    err("accepted_values.values: expected strings, numbers or booleans".into())
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         kinds.push(RuleKind::AcceptedValues {
             column: a.column,
@@ -234,14 +243,17 @@ fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, Co
         });
     }
     if let Some(rg) = r.range {
-        let bound = |v: Option<serde_yaml::Value>, which: &str| -> Result<Option<String>, ConfError> {
-            match v {
-                None | Some(serde_yaml::Value::Null) => Ok(None),
-                Some(v) => literal(&v)
-                    .map(Some)
-                    .ok_or_else(|| err(format!("range.{which}: expected a number, a date or a string"))),
-            }
-        };
+        let bound =
+            |v: Option<serde_yaml::Value>, which: &str| -> Result<Option<String>, ConfError> {
+                match v {
+                    None | Some(serde_yaml::Value::Null) => Ok(None),
+                    Some(v) => literal(&v).map(Some).ok_or_else(|| {
+                        err(format!(
+                            "range.{which}: expected a number, a date or a string"
+                        ))
+                    }),
+                }
+            };
         let min = bound(rg.min, "min")?;
         let max = bound(rg.max, "max")?;
         if min.is_none() && max.is_none() {
@@ -257,10 +269,10 @@ fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, Co
         if rc.min.is_none() && rc.max.is_none() {
             return Err(err("row_count: expected min, max or both".into()));
         }
-        if let (Some(a), Some(b)) = (rc.min, rc.max) {
-            if a > b {
-                return Err(err(format!("row_count: min {a} is above max {b}")));
-            }
+        if let (Some(a), Some(b)) = (rc.min, rc.max)
+            && a > b
+        {
+            return Err(err(format!("row_count: min {a} is above max {b}")));
         }
         kinds.push(RuleKind::RowCount {
             min: rc.min,
@@ -279,7 +291,6 @@ fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, Co
         }
         kinds.push(RuleKind::Sql(q.trim().trim_end_matches(';').to_string()));
     }
-    let _ = text;
     match kinds.len() {
         1 => Ok(Rule {
             name,
@@ -292,7 +303,11 @@ fn validate(path: &Path, text: &str, line: usize, r: RawRule) -> Result<Rule, Co
         _ => Err(err(format!(
             "has {} kinds ({}); a rule has exactly one",
             kinds.len(),
-            kinds.iter().map(RuleKind::name).collect::<Vec<_>>().join(", ")
+            kinds
+                .iter()
+                .map(RuleKind::name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -332,11 +347,6 @@ impl RuleSet {
     pub fn files(&self) -> &[RuleFile] {
         &self.files
     }
-}
-
-/// Line of `key:` in a rule file, for errors found after parsing.
-pub fn line_in(text: &str, key: &str) -> usize {
-    line_of_key(text, key)
 }
 
 #[cfg(test)]
@@ -392,7 +402,9 @@ mod tests {
     #[test]
     fn two_kinds_in_one_rule_is_an_error_at_its_line() {
         let text = "rules:\n  - name: a\n    not_null: [x]\n  - name: b\n    not_null: [x]\n    unique: [x]\n";
-        let err = RuleFile::parse(Path::new("r.yaml"), text).unwrap_err().to_string();
+        let err = RuleFile::parse(Path::new("r.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("r.yaml:4: rule `b`: has 2 kinds"), "{err}");
     }
 
@@ -402,30 +414,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected one of not_null"), "{err}");
-        let err = RuleFile::parse(Path::new("r.yaml"), "rules:\n  - name: a\n    not_nul: [x]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("r.yaml:3:") && err.contains("unknown field `not_nul`"), "{err}");
+        let err = RuleFile::parse(
+            Path::new("r.yaml"),
+            "rules:\n  - name: a\n    not_nul: [x]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("r.yaml:3:") && err.contains("unknown field `not_nul`"),
+            "{err}"
+        );
         let err = RuleFile::parse(
             Path::new("r.yaml"),
             "rules:\n  - name: a\n    severity: fatal\n    not_null: [x]\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("r.yaml:3:") && err.contains("unknown variant `fatal`"), "{err}");
+        assert!(
+            err.contains("r.yaml:3:") && err.contains("unknown variant `fatal`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_names_across_files_are_refused() {
-        let a = RuleFile::parse(Path::new("a.yaml"), "rules:\n  - name: x\n    not_null: [c]\n").unwrap();
-        let b = RuleFile::parse(Path::new("b.yaml"), "rules:\n  - name: y\n    not_null: [c]\n  - name: x\n    unique: [c]\n").unwrap();
+        let a = RuleFile::parse(
+            Path::new("a.yaml"),
+            "rules:\n  - name: x\n    not_null: [c]\n",
+        )
+        .unwrap();
+        let b = RuleFile::parse(
+            Path::new("b.yaml"),
+            "rules:\n  - name: y\n    not_null: [c]\n  - name: x\n    unique: [c]\n",
+        )
+        .unwrap();
         let err = RuleSet::new(vec![a, b]).unwrap_err().to_string();
-        assert!(err.starts_with("b.yaml:4:") && err.contains("a.yaml:2"), "{err}");
+        assert!(
+            err.starts_with("b.yaml:4:") && err.contains("a.yaml:2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn literals_are_quoted() {
-        let text = "rules:\n  - name: a\n    accepted_values: {column: s, values: [\"o'k\", 3, true]}\n";
+        let text =
+            "rules:\n  - name: a\n    accepted_values: {column: s, values: [\"o'k\", 3, true]}\n";
         let f = RuleFile::parse(Path::new("r.yaml"), text).unwrap();
         assert_eq!(
             f.rules[0].kind,

@@ -5,10 +5,10 @@ use arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::prelude::SessionContext;
 use futures::future::try_join_all;
 
+use super::AuditError;
 use super::report::RuleResult;
 use super::rule::{Rule, RuleKind};
 use super::sql;
-use super::AuditError;
 use crate::table::{self, TableError};
 
 /// Table name of the staged data in rule SQL.
@@ -37,7 +37,11 @@ fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
 
 /// Plans every rule against the registered tables without reading data, and reports every
 /// problem at once: `file:line: rule `name` (kind): what is wrong`.
-pub async fn compile(ctx: &SessionContext, rules: &[&Rule], key: &[String]) -> Result<(), AuditError> {
+pub async fn compile(
+    ctx: &SessionContext,
+    rules: &[&Rule],
+    key: &[String],
+) -> Result<(), AuditError> {
     let mut problems = Vec::new();
     for rule in rules {
         let own_sql = match &rule.kind {
@@ -82,7 +86,11 @@ fn problem(rule: &Rule, message: &str) -> String {
     )
 }
 
-async fn query(ctx: &SessionContext, rule: &str, sql: &str) -> Result<Vec<RecordBatch>, AuditError> {
+async fn query(
+    ctx: &SessionContext,
+    rule: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, AuditError> {
     let exec = |e: TableError| AuditError::Execute {
         rule: rule.to_string(),
         message: e.to_string(),
@@ -95,14 +103,23 @@ fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
     batches
         .iter()
         .find(|b| b.num_rows() > 0)
-        .and_then(|b| b.column(col).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+        .and_then(|b| {
+            b.column(col)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+        })
         .unwrap_or(0)
         .max(0) as u64
 }
 
 /// Sample rows as JSON objects (NULLs explicit) and as a text table.
 fn samples(batches: &[RecordBatch]) -> (Vec<serde_json::Value>, String) {
-    let batches: Vec<RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .cloned()
+        .collect();
     if batches.is_empty() {
         return (Vec::new(), String::new());
     }
@@ -163,10 +180,19 @@ pub async fn run(
     key: &[String],
     sample_limit: usize,
 ) -> Result<Vec<RuleResult>, AuditError> {
-    let agg_rules: Vec<&Rule> = rules.iter().copied().filter(|r| sql::in_aggregate(r)).collect();
+    let agg_rules: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| sql::in_aggregate(r))
+        .collect();
     let mut by_name: std::collections::HashMap<String, RuleResult> = Default::default();
 
-    let agg = query(ctx, "(row-level rules)", &sql::aggregate_query(&agg_rules, STAGED)).await?;
+    let agg = query(
+        ctx,
+        "(row-level rules)",
+        &sql::aggregate_query(&agg_rules, STAGED),
+    )
+    .await?;
     let rows = int_at(&agg, 0);
     let mut sample_jobs = Vec::new();
     for (i, rule) in agg_rules.iter().enumerate() {
@@ -190,34 +216,43 @@ pub async fn run(
         by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
         if failing > 0 && sample_limit > 0 {
             let pred = sql::failing_predicate(&rule.kind).expect("row-level kind");
-            sample_jobs.push((rule.name.clone(), sql::sample_query(&pred, STAGED, key, sample_limit)));
+            sample_jobs.push((
+                rule.name.clone(),
+                sql::sample_query(&pred, STAGED, key, sample_limit),
+            ));
         }
     }
 
-    let own = rules.iter().copied().filter(|r| !sql::in_aggregate(r)).map(|rule| async move {
-        match &rule.kind {
-            RuleKind::Unique(cols) => {
-                let counts = query(ctx, &rule.name, &sql::unique_count_query(cols, STAGED)).await?;
-                let failing = int_at(&counts, 0);
-                let groups = int_at(&counts, 1);
-                let message = format!(
-                    "{failing} of {rows} rows {} ({groups} duplicated values)",
-                    describe(&rule.kind)
-                );
-                let sample = (failing > 0 && sample_limit > 0)
-                    .then(|| sql::unique_sample_query(cols, STAGED, sample_limit));
-                Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
+    let own = rules
+        .iter()
+        .copied()
+        .filter(|r| !sql::in_aggregate(r))
+        .map(|rule| async move {
+            match &rule.kind {
+                RuleKind::Unique(cols) => {
+                    let counts =
+                        query(ctx, &rule.name, &sql::unique_count_query(cols, STAGED)).await?;
+                    let failing = int_at(&counts, 0);
+                    let groups = int_at(&counts, 1);
+                    let message = format!(
+                        "{failing} of {rows} rows {} ({groups} duplicated values)",
+                        describe(&rule.kind)
+                    );
+                    let sample = (failing > 0 && sample_limit > 0)
+                        .then(|| sql::unique_sample_query(cols, STAGED, sample_limit));
+                    Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
+                }
+                RuleKind::Sql(q) => {
+                    let counts = query(ctx, &rule.name, &sql::sql_count_query(q)).await?;
+                    let failing = int_at(&counts, 0);
+                    let message = format!("{failing} rows {}", describe(&rule.kind));
+                    let sample = (failing > 0 && sample_limit > 0)
+                        .then(|| sql::sql_sample_query(q, sample_limit));
+                    Ok((result(rule, failing, rows, message), sample))
+                }
+                _ => unreachable!("aggregate rules are handled above"),
             }
-            RuleKind::Sql(q) => {
-                let counts = query(ctx, &rule.name, &sql::sql_count_query(q)).await?;
-                let failing = int_at(&counts, 0);
-                let message = format!("{failing} rows {}", describe(&rule.kind));
-                let sample = (failing > 0 && sample_limit > 0).then(|| sql::sql_sample_query(q, sample_limit));
-                Ok((result(rule, failing, rows, message), sample))
-            }
-            _ => unreachable!("aggregate rules are handled above"),
-        }
-    });
+        });
     for (r, sample) in try_join_all(own).await? {
         if let Some(q) = sample {
             sample_jobs.push((r.name.clone(), q));

@@ -100,7 +100,11 @@ pub fn unique_count_query(cols: &[String], table: &str) -> String {
 
 /// Sample duplicate groups with their row counts, in key order.
 pub fn unique_sample_query(cols: &[String], table: &str, limit: usize) -> String {
-    format!("{}{} LIMIT {limit}", duplicates(cols, table), order_by(cols))
+    format!(
+        "{}{} LIMIT {limit}",
+        duplicates(cols, table),
+        order_by(cols)
+    )
 }
 
 /// Rows returned by a `sql` rule.

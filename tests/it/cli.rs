@@ -63,7 +63,10 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
     assert_eq!(day1["status"], "published");
     assert_eq!(day1["version"], 1);
     assert_eq!(day1["rows"], 5);
-    assert_eq!(day1["partitions"], serde_json::json!(["order_date=2024-01-01"]));
+    assert_eq!(
+        day1["partitions"],
+        serde_json::json!(["order_date=2024-01-01"])
+    );
     assert_eq!(day1["audits"].as_array().unwrap().len(), 7);
     assert!(day1["audits"][0]["name"].is_string() && day1["audits"][0]["failing_rows"].is_u64());
     assert_eq!(day1["run_id"].as_str().unwrap().len(), 24);
@@ -73,8 +76,14 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("audit FAILED"), "{stderr}");
-    assert!(stderr.contains("[FAIL] known_status") && stderr.contains("1 of 5 rows"), "{stderr}");
-    assert!(stderr.contains("| 2003") && stderr.contains("lost"), "{stderr}");
+    assert!(
+        stderr.contains("[FAIL] known_status") && stderr.contains("1 of 5 rows"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("| 2003") && stderr.contains("lost"),
+        "{stderr}"
+    );
     assert!(stderr.contains("[FAIL] one_row_per_order"), "{stderr}");
     assert!(stderr.contains("_wap/runs/"), "{stderr}");
 
@@ -84,19 +93,37 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
     assert_eq!(day2["version"], 1);
 
     let (code, day3) = ex.json(&["run", "--conf", CONF, "--date", "2024-01-03", "--json"]);
-    assert_eq!((code, day3["status"].as_str(), day3["version"].as_u64()), (0, Some("published"), Some(2)));
+    assert_eq!(
+        (code, day3["status"].as_str(), day3["version"].as_u64()),
+        (0, Some("published"), Some(2))
+    );
 
     let (code, again) = ex.json(&["run", "--conf", CONF, "--date", "2024-01-01", "--json"]);
-    assert_eq!((code, again["status"].as_str(), again["version"].as_u64()), (0, Some("unchanged"), Some(2)));
+    assert_eq!(
+        (code, again["status"].as_str(), again["version"].as_u64()),
+        (0, Some("unchanged"), Some(2))
+    );
     assert_eq!(again["run_id"], day1["run_id"]);
 
     // Query: day 2 never reached readers.
     let out = ex.wap(&[
-        "query", "--conf", CONF, "--format", "csv",
+        "query",
+        "--conf",
+        CONF,
+        "--format",
+        "csv",
         "SELECT order_date, count(*) AS n FROM orders GROUP BY order_date ORDER BY order_date",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "order_date,n\n2024-01-01,5\n2024-01-03,4\n");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "order_date,n\n2024-01-01,5\n2024-01-03,4\n"
+    );
 
     let (code, log) = ex.json(&["log", "--conf", CONF, "--json"]);
     assert_eq!(code, 0);
@@ -104,19 +131,46 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[0]["version"], 2);
     assert_eq!(log[0]["run_id"], day3["run_id"]);
-    assert_eq!(log[0]["partitions"], serde_json::json!(["order_date=2024-01-03"]));
+    assert_eq!(
+        log[0]["partitions"],
+        serde_json::json!(["order_date=2024-01-03"])
+    );
     assert!(log[0]["published_at"].as_str().unwrap().ends_with('Z'));
 
     let (code, back) = ex.json(&["rollback", "--conf", CONF, "--to", "1", "--json"]);
-    assert_eq!((code, back["status"].as_str(), back["version"].as_u64()), (0, Some("published"), Some(3)));
-    let out = ex.wap(&["query", "--conf", CONF, "--format", "json", "SELECT count(*) AS n FROM orders"]);
+    assert_eq!(
+        (code, back["status"].as_str(), back["version"].as_u64()),
+        (0, Some("published"), Some(3))
+    );
+    let out = ex.wap(&[
+        "query",
+        "--conf",
+        CONF,
+        "--format",
+        "json",
+        "SELECT count(*) AS n FROM orders",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[{\"n\":5}]");
-    let out = ex.wap(&["query", "--conf", CONF, "--version", "2", "SELECT count(*) AS n FROM orders"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("| 9 |"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = ex.wap(&[
+        "query",
+        "--conf",
+        CONF,
+        "--version",
+        "2",
+        "SELECT count(*) AS n FROM orders",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("| 9 |"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let out = ex.wap(&["show", "--conf", CONF, "--version", "2"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("order_date=2024-01-03") && text.contains("part-00000.parquet"), "{text}");
+    assert!(
+        text.contains("order_date=2024-01-03") && text.contains("part-00000.parquet"),
+        "{text}"
+    );
     let (_, shown) = ex.json(&["show", "--conf", CONF, "--json"]);
     assert_eq!(shown["version"], 3);
     assert_eq!(shown["change"]["restored_version"], 1);
@@ -127,7 +181,10 @@ fn exit_codes_for_usage_config_and_read_only_queries() {
     let ex = Example::new();
     let code = |args: &[&str]| ex.wap(args).status.code().unwrap();
     assert_eq!(code(&["run", "--conf", CONF, "--date", "yesterday"]), 2);
-    assert_eq!(code(&["run", "--conf", "conf/nope.yaml", "--date", "2024-01-01"]), 2);
+    assert_eq!(
+        code(&["run", "--conf", "conf/nope.yaml", "--date", "2024-01-01"]),
+        2
+    );
     assert_eq!(code(&["frobnicate"]), 2);
     assert_eq!(code(&["run", "--conf", CONF, "--date", "2024-01-01"]), 0);
     let out = ex.wap(&["query", "--conf", CONF, "DROP TABLE orders"]);

@@ -39,7 +39,10 @@ impl Fixture {
     pub fn orders(&self, date: &str, rows: &[Order]) {
         let mut csv = String::from("order_id,customer_id,amount,status,order_ts\n");
         for (i, (id, cust, amount, status)) in rows.iter().enumerate() {
-            csv.push_str(&format!("{id},{cust},{amount},{status},{date}T{:02}:00:00\n", i % 24));
+            csv.push_str(&format!(
+                "{id},{cust},{amount},{status},{date}T{:02}:00:00\n",
+                i % 24
+            ));
         }
         self.raw(date, "orders.csv", &csv);
     }
@@ -81,7 +84,11 @@ impl Fixture {
 
     /// A job whose table store is `store`.
     pub fn job_on(&self, store: Arc<dyn ObjectStore>) -> Job {
-        Job::with_store(JobConf::load(&self.conf).unwrap(), store, JobOptions::default())
+        Job::with_store(
+            JobConf::load(&self.conf).unwrap(),
+            store,
+            JobOptions::default(),
+        )
     }
 
     /// Every file under the table folder with its bytes' length and modification time.

@@ -3,13 +3,15 @@
 use wap::job::{Mode, Status};
 
 use crate::fixture::{Fixture, query, rows};
+use crate::store::RecordingStore;
 
 const DAY1: &[crate::fixture::Order] = &[
     (1003, 17, "42.50", "placed"),
     (1001, 12, "19.99", "shipped"),
     (1002, 17, "5.00", "returned"),
 ];
-const DAY2: &[crate::fixture::Order] = &[(2002, 40, "7.00", "placed"), (2001, 12, "33.00", "shipped")];
+const DAY2: &[crate::fixture::Order] =
+    &[(2002, 40, "7.00", "placed"), (2001, 12, "33.00", "shipped")];
 /// Fails `known_status`, `positive_amount`, `sane_amount` and `one_row_per_order`.
 const BAD: &[crate::fixture::Order] = &[
     (3001, 12, "8.75", "placed"),
@@ -43,14 +45,23 @@ async fn same_date_twice_is_unchanged_and_new_input_replaces_only_its_partition(
 
     // New input for day 1: exactly that partition is replaced.
     let v2 = job.show(Some(2)).await.unwrap();
-    f.orders("2024-01-01", &[(1001, 12, "20.00", "shipped"), (1009, 12, "1.00", "placed")]);
+    f.orders(
+        "2024-01-01",
+        &[(1001, 12, "20.00", "shipped"), (1009, 12, "1.00", "placed")],
+    );
     let third = job.run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(third.status, Status::Published);
     assert_eq!(third.version, 3);
     assert_ne!(third.run_id, first.run_id);
     let v3 = job.show(None).await.unwrap();
-    assert_eq!(v3.partitions["order_date=2024-01-02"], v2.partitions["order_date=2024-01-02"]);
-    assert_ne!(v3.partitions["order_date=2024-01-01"], v2.partitions["order_date=2024-01-01"]);
+    assert_eq!(
+        v3.partitions["order_date=2024-01-02"],
+        v2.partitions["order_date=2024-01-02"]
+    );
+    assert_ne!(
+        v3.partitions["order_date=2024-01-01"],
+        v2.partitions["order_date=2024-01-01"]
+    );
     assert_eq!(v3.change.partitions, ["order_date=2024-01-01"]);
     assert_eq!(
         rows(&job, None).await,
@@ -71,15 +82,18 @@ async fn staged_files_are_sorted_by_key_and_byte_identical_on_rerun() {
     let job = f.job();
     let out = job.run("2024-01-01", Mode::AuditOnly).await.unwrap();
     assert_eq!(out.status, Status::AuditPassed);
-    let file = f
-        .table_dir()
-        .join(format!("staging/{}/order_date=2024-01-01/part-00000.parquet", out.run_id));
+    let file = f.table_dir().join(format!(
+        "staging/{}/order_date=2024-01-01/part-00000.parquet",
+        out.run_id
+    ));
     let bytes = std::fs::read(&file).unwrap();
     // Rows inside the file are in key order.
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes.clone()))
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes.clone()),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
     let ids: Vec<String> = reader
         .flat_map(|b| {
             let b = b.unwrap();
@@ -122,19 +136,35 @@ async fn audit_failure_leaves_production_exactly_as_it_was() {
         .collect();
     assert_eq!(
         failed,
-        [("one_row_per_order", 2), ("known_status", 1), ("sane_amount", 2), ("positive_amount", 2)]
+        [
+            ("one_row_per_order", 2),
+            ("known_status", 1),
+            ("sane_amount", 2),
+            ("positive_amount", 2)
+        ]
     );
-    let status_rule = report.rules.iter().find(|r| r.name == "known_status").unwrap();
+    let status_rule = report
+        .rules
+        .iter()
+        .find(|r| r.name == "known_status")
+        .unwrap();
     assert_eq!(status_rule.samples.len(), 1);
     assert_eq!(status_rule.samples[0]["status"], "lost");
     assert_eq!(status_rule.samples[0]["order_id"], 3003);
     assert!(status_rule.sample_table.contains("lost"));
-    let dup = report.rules.iter().find(|r| r.name == "one_row_per_order").unwrap();
+    let dup = report
+        .rules
+        .iter()
+        .find(|r| r.name == "one_row_per_order")
+        .unwrap();
     assert_eq!(dup.samples[0]["duplicate_rows"], 2);
 
     // The full report is stored.
-    let stored = f.table_dir().join(format!("_wap/runs/{}/report.json", out.run_id));
-    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(stored).unwrap()).unwrap();
+    let stored = f
+        .table_dir()
+        .join(format!("_wap/runs/{}/report.json", out.run_id));
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored).unwrap()).unwrap();
     assert_eq!(stored["status"], "failed");
     assert_eq!(stored["rules"].as_array().unwrap().len(), 7);
 
@@ -145,8 +175,14 @@ async fn audit_failure_leaves_production_exactly_as_it_was() {
     for (k, v) in &before_files {
         assert_eq!(after_files.get(k), Some(v), "{k} changed");
     }
-    for k in after_files.keys().filter(|k| !before_files.contains_key(*k)) {
-        assert!(k.contains(&out.run_id), "the failed run wrote {k} outside its own folders");
+    for k in after_files
+        .keys()
+        .filter(|k| !before_files.contains_key(*k))
+    {
+        assert!(
+            k.contains(&out.run_id),
+            "the failed run wrote {k} outside its own folders"
+        );
     }
     assert_eq!(job.log().await.unwrap().len(), 1);
 }
@@ -163,7 +199,15 @@ async fn warn_rules_report_but_do_not_block() {
     let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(out.status, Status::Published);
     let a = &out.audits[0];
-    assert_eq!((a.name.as_str(), a.passed, a.failing_rows, a.severity.as_str()), ("big_orders", false, 1, "warn"));
+    assert_eq!(
+        (
+            a.name.as_str(),
+            a.passed,
+            a.failing_rows,
+            a.severity.as_str()
+        ),
+        ("big_orders", false, 1, "warn")
+    );
 }
 
 #[tokio::test]
@@ -176,18 +220,28 @@ async fn query_never_sees_unpublished_staging_and_reads_old_versions() {
     job.run("2024-01-01", Mode::Publish).await.unwrap();
     job.run("2024-01-02", Mode::AuditOnly).await.unwrap();
     job.run("2024-01-03", Mode::Publish).await.unwrap();
-    let staged_runs = std::fs::read_dir(f.table_dir().join("staging")).unwrap().count();
+    let staged_runs = std::fs::read_dir(f.table_dir().join("staging"))
+        .unwrap()
+        .count();
     assert_eq!(staged_runs, 3, "three runs staged data");
     assert_eq!(rows(&job, None).await.len(), 3, "only version 1 is visible");
 
     job.run("2024-01-02", Mode::Publish).await.unwrap();
     assert_eq!(rows(&job, None).await.len(), 5);
     assert_eq!(rows(&job, Some(1)).await.len(), 3);
-    let counts = query(&job, Some(1), "SELECT count(*) AS n, min(order_date) AS d FROM orders").await;
+    let counts = query(
+        &job,
+        Some(1),
+        "SELECT count(*) AS n, min(order_date) AS d FROM orders",
+    )
+    .await;
     assert!(counts.contains("| 3 | 2024-01-01 |"), "{counts}");
     let err = job.query(Some(9), "SELECT 1").await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
-    assert!(err.to_string().contains("version 9 does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("version 9 does not exist"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -242,7 +296,10 @@ async fn bad_inputs_give_clear_errors_and_change_nothing() {
     let err = job.run("2024-02-01", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 1);
     let msg = err.to_string();
-    assert!(msg.contains("data/orders/2024-02-01/") && msg.contains("matched no objects"), "{msg}");
+    assert!(
+        msg.contains("data/orders/2024-02-01/") && msg.contains("matched no objects"),
+        "{msg}"
+    );
 
     // A CSV with a malformed row.
     f.raw(
@@ -253,7 +310,10 @@ async fn bad_inputs_give_clear_errors_and_change_nothing() {
     let err = job.run("2024-01-04", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("2024-01-04") && msg.to_lowercase().contains("csv"), "{msg}");
+    assert!(
+        msg.contains("2024-01-04") && msg.to_lowercase().contains("csv"),
+        "{msg}"
+    );
 
     // A source whose columns do not match the transform.
     f.raw(
@@ -264,7 +324,10 @@ async fn bad_inputs_give_clear_errors_and_change_nothing() {
     let err = job.run("2024-01-05", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("orders.yaml") && msg.contains("amount"), "{msg}");
+    assert!(
+        msg.contains("orders.yaml") && msg.contains("amount"),
+        "{msg}"
+    );
 
     assert_eq!(f.listing(), before, "a failed run must not touch the table");
     assert_eq!(rows(&job, None).await.len(), 3);
@@ -275,7 +338,10 @@ async fn bad_inputs_give_clear_errors_and_change_nothing() {
     let err = wap::Error::from(err);
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
-    assert!(msg.contains("orders.yaml:14:") && msg.contains("missing.yaml"), "{msg}");
+    assert!(
+        msg.contains("orders.yaml:14:") && msg.contains("missing.yaml"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -290,12 +356,24 @@ async fn rules_that_do_not_compile_are_config_errors_before_any_write() {
     let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("audits/orders.yaml:2: rule `typo` (not_null)") && msg.contains("ordr_id"), "{msg}");
-    assert!(msg.contains("audits/orders.yaml:4: rule `bad_sql` (sql)"), "{msg}");
-    assert!(msg.contains("audits/orders.yaml:6: rule `writes` (sql)") && msg.contains("not a query"), "{msg}");
+    assert!(
+        msg.contains("audits/orders.yaml:2: rule `typo` (not_null)") && msg.contains("ordr_id"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("audits/orders.yaml:4: rule `bad_sql` (sql)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("audits/orders.yaml:6: rule `writes` (sql)") && msg.contains("not a query"),
+        "{msg}"
+    );
     assert!(msg.contains("rule `sneaky`"), "{msg}");
     assert!(!msg.contains("rule `fine`"), "{msg}");
-    assert!(!f.table_dir().join("staging").exists(), "nothing may be written");
+    assert!(
+        !f.table_dir().join("staging").exists(),
+        "nothing may be written"
+    );
 }
 
 #[tokio::test]
@@ -309,7 +387,10 @@ async fn transform_may_not_read_the_clock() {
 
     let f = Fixture::new();
     f.orders("2024-01-01", DAY1);
-    f.edit_conf("FROM source", "FROM source WHERE CAST(order_ts AS DATE) = DATE '{date}'");
+    f.edit_conf(
+        "FROM source",
+        "FROM source WHERE CAST(order_ts AS DATE) = DATE '{date}'",
+    );
     let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(out.rows, 3);
 }
@@ -337,12 +418,138 @@ async fn hostile_partition_values_stay_inside_the_table() {
         assert!(!value.contains('/') && value != ".." && value != ".", "{p}");
     }
     // Nothing was written outside the table folder.
-    let outside: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    let mut outside: Vec<String> = outside.into_iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    let outside: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut outside: Vec<String> = outside
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
     outside.sort();
     assert_eq!(outside, ["audits", "conf", "data", "lake"]);
     let got = query(&job, None, "SELECT status FROM orders ORDER BY order_id").await;
     for v in ["../../escape", "a/b", "x=y%20z", "..", "ünï côdé"] {
         assert!(got.contains(v), "{v} missing in {got}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_partition_was_replaced_meanwhile_conflicts_and_changes_nothing() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+
+    // Run A stages new day-1 data and is held just before committing its manifest.
+    f.orders("2024-01-01", &[(1001, 12, "1.00", "placed")]);
+    let rec = RecordingStore::new(f.table_store());
+    let pause = rec.pause_next("put", "_wap/manifests/");
+    let job_a = f.job_on(rec.clone());
+    let a = tokio::spawn(async move { job_a.run("2024-01-01", Mode::Publish).await });
+    pause.reached.notified().await;
+
+    // Meanwhile run B publishes other day-1 data.
+    f.orders(
+        "2024-01-01",
+        &[(1002, 17, "2.00", "shipped"), (1003, 17, "3.00", "shipped")],
+    );
+    let b = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!((b.status, b.version), (Status::Published, 2));
+
+    pause.proceed.notify_one();
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status, Status::Conflict);
+    assert_eq!(a.status.exit_code(), 4);
+    let msg = a.message.unwrap();
+    assert!(
+        msg.contains("order_date=2024-01-01") && msg.contains(&b.run_id),
+        "{msg}"
+    );
+    let job = f.job();
+    assert_eq!(job.log().await.unwrap().len(), 2);
+    assert_eq!(
+        rows(&job, None).await,
+        [
+            "1002|2.00|shipped|2024-01-01",
+            "1003|3.00|shipped|2024-01-01"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_different_dates_published_meanwhile_both_land() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    let rec = RecordingStore::new(f.table_store());
+    let pause = rec.pause_next("put", "_wap/manifests/");
+    let job_a = f.job_on(rec.clone());
+    let a = tokio::spawn(async move { job_a.run("2024-01-01", Mode::Publish).await });
+    pause.reached.notified().await;
+    let b = f.job().run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!(b.version, 1);
+    pause.proceed.notify_one();
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(
+        (a.status, a.version),
+        (Status::Published, 2),
+        "A rebased onto B"
+    );
+    assert_eq!(rows(&f.job(), None).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
+    let f = Fixture::new();
+    let many: Vec<(i64, i64, String, &str)> = (0..300)
+        .map(|i| (i, i % 7, format!("{}.00", i + 1), "placed"))
+        .collect();
+    let many: Vec<crate::fixture::Order> = many
+        .iter()
+        .map(|(a, b, c, d)| (*a, *b, c.as_str(), *d))
+        .collect();
+    f.orders("2024-01-01", &many);
+    // Partition by customer: 7 partitions, one file each.
+    f.edit_conf("partition_by: [order_date]", "partition_by: [customer_id]");
+    let rec = RecordingStore::new(f.table_store());
+    let job = f.job_on(rec.clone());
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.partitions.len(), 7);
+    let reqs = rec.requests();
+    let control: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("_wap/manifests") || r.path == "_wap/current")
+        .map(|r| format!("{} {}", r.op, r.path))
+        .collect();
+    // Reading the (empty) current version, then publish: read pointer, create, swap.
+    assert_eq!(
+        control,
+        [
+            "get _wap/current",
+            "head _wap/manifests/00000000000000000001.json",
+            "get _wap/current",
+            "put _wap/manifests/00000000000000000001.json",
+            "put _wap/current",
+        ]
+    );
+    let puts = reqs
+        .iter()
+        .filter(|r| r.op == "put" && r.path.starts_with("staging/"))
+        .count();
+    assert_eq!(puts, 7, "one upload per staged file");
+    // A re-run: no data read, no write.
+    rec.clear();
+    let again = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(again.status, Status::Unchanged);
+    let ops: Vec<String> = rec
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.op, r.path))
+        .collect();
+    assert!(
+        ops.iter()
+            .all(|o| !o.starts_with("put") && !o.contains("staging/")),
+        "{ops:?}"
+    );
+    assert_eq!(ops.len(), 4, "pointer, probe, manifest, report: {ops:?}");
 }

@@ -14,7 +14,11 @@ use crate::store::{FaultKind, RecordingStore};
 fn partition(path: &str, run_id: &str, files: usize) -> Partition {
     Partition {
         path: path.to_string(),
-        values: [("d".to_string(), Some(path.trim_start_matches("d=").to_string()))].into(),
+        values: [(
+            "d".to_string(),
+            Some(path.trim_start_matches("d=").to_string()),
+        )]
+        .into(),
         rows: files as u64 * 10,
         files: (0..files)
             .map(|i| DataFile {
@@ -69,13 +73,27 @@ async fn publish_costs_a_constant_number_of_requests() {
         let rec = RecordingStore::new(Arc::new(InMemory::new()));
         let store: Arc<dyn ObjectStore> = rec.clone();
         let p = publisher(&store);
-        let first: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r1", files)).collect();
-        assert_eq!(p.publish_now(&proposal("r1", first)).await.unwrap(), PublishOutcome::Published { version: 1 });
+        let first: Vec<_> = (0..parts)
+            .map(|i| partition(&format!("d={i}"), "r1", files))
+            .collect();
+        assert_eq!(
+            p.publish_now(&proposal("r1", first)).await.unwrap(),
+            PublishOutcome::Published { version: 1 }
+        );
         let first_count = rec.requests().len();
         rec.clear();
-        let second: Vec<_> = (0..parts).map(|i| partition(&format!("d={i}"), "r2", files)).collect();
-        assert_eq!(p.publish_now(&proposal("r2", second)).await.unwrap(), PublishOutcome::Published { version: 2 });
-        let ops: Vec<_> = rec.requests().iter().map(|r| format!("{} {}", r.op, r.path)).collect();
+        let second: Vec<_> = (0..parts)
+            .map(|i| partition(&format!("d={i}"), "r2", files))
+            .collect();
+        assert_eq!(
+            p.publish_now(&proposal("r2", second)).await.unwrap(),
+            PublishOutcome::Published { version: 2 }
+        );
+        let ops: Vec<_> = rec
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.op, r.path))
+            .collect();
         counts.push((first_count, ops.len()));
         assert_eq!(
             ops,
@@ -104,7 +122,10 @@ async fn concurrent_publishers_of_different_partitions_all_land() {
         set.spawn(async move {
             let run = format!("run{i}");
             publisher(&store)
-                .publish(&proposal(&run, vec![partition(&format!("d={i}"), &run, 2)]), Some(1))
+                .publish(
+                    &proposal(&run, vec![partition(&format!("d={i}"), &run, 2)]),
+                    Some(1),
+                )
                 .await
         });
     }
@@ -116,7 +137,11 @@ async fn concurrent_publishers_of_different_partitions_all_land() {
         }
     }
     versions_won.sort();
-    assert_eq!(versions_won, (2..=9).collect::<Vec<_>>(), "one writer per version");
+    assert_eq!(
+        versions_won,
+        (2..=9).collect::<Vec<_>>(),
+        "one writer per version"
+    );
     let current = versions::current(&store).await.unwrap().unwrap();
     assert_eq!(current.version, 9);
     assert_eq!(current.partitions.len(), 9, "no lost update");
@@ -131,7 +156,10 @@ async fn publishers_of_the_same_partition_one_wins_the_other_conflicts() {
         .unwrap();
     let a = publisher(&store);
     let b = publisher(&store);
-    let pa = proposal("a", vec![partition("d=1", "a", 1), partition("d=2", "a", 1)]);
+    let pa = proposal(
+        "a",
+        vec![partition("d=1", "a", 1), partition("d=2", "a", 1)],
+    );
     let pb = proposal("b", vec![partition("d=1", "b", 1)]);
     let (ra, rb) = tokio::join!(a.publish(&pa, Some(1)), b.publish(&pb, Some(1)));
     let (won, lost) = match (ra, rb) {
@@ -140,7 +168,10 @@ async fn publishers_of_the_same_partition_one_wins_the_other_conflicts() {
         other => panic!("expected one winner: {other:?}"),
     };
     assert_eq!(won.1, PublishOutcome::Published { version: 2 });
-    assert!(matches!(lost, PublishError::Conflict { version: 2, .. }), "{lost}");
+    assert!(
+        matches!(lost, PublishError::Conflict { version: 2, .. }),
+        "{lost}"
+    );
     assert!(lost.is_conflict());
     let msg = lost.to_string();
     assert!(msg.contains("d=1") && msg.contains("help:"), "{msg}");
@@ -174,8 +205,19 @@ async fn a_crash_between_commit_and_pointer_swap_is_found_by_readers_and_rolled_
         .await
         .unwrap();
     let pointer = versions::read_pointer(&store).await.unwrap().unwrap();
-    assert_eq!(pointer.pointer.version, 3, "the next writer moved it forward");
-    assert_eq!(versions::current(&store).await.unwrap().unwrap().partitions.len(), 3);
+    assert_eq!(
+        pointer.pointer.version, 3,
+        "the next writer moved it forward"
+    );
+    assert_eq!(
+        versions::current(&store)
+            .await
+            .unwrap()
+            .unwrap()
+            .partitions
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -188,7 +230,11 @@ async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
         .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("commit manifest _wap/manifests/00000000000000000001.json"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("commit manifest _wap/manifests/00000000000000000001.json"),
+        "{err}"
+    );
     // The committed version is visible: readers never see a partial one.
     assert_eq!(versions::current(&store).await.unwrap().unwrap().version, 1);
     // The retry converges to one clean publish: no second version.
@@ -198,7 +244,15 @@ async fn an_ambiguous_commit_is_recognised_as_ours_on_retry() {
         .unwrap();
     assert_eq!(out, PublishOutcome::Published { version: 1 });
     assert_eq!(versions::list_versions(&store).await.unwrap(), [1]);
-    assert_eq!(versions::read_pointer(&store).await.unwrap().unwrap().pointer.version, 1);
+    assert_eq!(
+        versions::read_pointer(&store)
+            .await
+            .unwrap()
+            .unwrap()
+            .pointer
+            .version,
+        1
+    );
 }
 
 #[tokio::test]
@@ -208,10 +262,15 @@ async fn incompatible_schema_changes_are_refused() {
         .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
         .await
         .unwrap();
-    let Proposal::Replace { schema, .. } = proposal("x", vec![]) else { unreachable!() };
+    let Proposal::Replace { schema, .. } = proposal("x", vec![]) else {
+        unreachable!()
+    };
     let mut retyped = proposal("r2", vec![partition("d=2", "r2", 1)]);
     if let Proposal::Replace { schema: s, .. } = &mut retyped {
-        *s = Schema::new(vec![Field::new("id", DataType::Utf8, true), schema.field(1).clone()]);
+        *s = Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            schema.field(1).clone(),
+        ]);
     }
     let err = publisher(&store).publish(&retyped, None).await.unwrap_err();
     assert!(err.is_config(), "{err}");

@@ -36,12 +36,22 @@ struct Fault {
     kind: FaultKind,
 }
 
-/// Records requests; optionally fails the first request matching an (op, path) pattern.
+/// A rendezvous: the store signals `reached` when the paused request arrives and forwards it
+/// only after `proceed`.
+#[derive(Debug, Default)]
+pub struct Pause {
+    pub reached: tokio::sync::Notify,
+    pub proceed: tokio::sync::Notify,
+}
+
+/// Records requests; optionally fails, or holds back, the first request matching an
+/// (op, path) pattern.
 #[derive(Debug)]
 pub struct RecordingStore {
     inner: Arc<dyn ObjectStore>,
     log: Mutex<Vec<Request>>,
     fault: Mutex<Option<Fault>>,
+    pause: Mutex<Option<(&'static str, String, Arc<Pause>)>>,
 }
 
 impl fmt::Display for RecordingStore {
@@ -56,6 +66,7 @@ impl RecordingStore {
             inner,
             log: Mutex::new(Vec::new()),
             fault: Mutex::new(None),
+            pause: Mutex::new(None),
         })
     }
 
@@ -76,6 +87,29 @@ impl RecordingStore {
             path_contains: path_contains.to_string(),
             kind,
         });
+    }
+
+    /// Holds back the next `op` on a path containing `path_contains` until `proceed`.
+    pub fn pause_next(&self, op: &'static str, path_contains: &str) -> Arc<Pause> {
+        let pause = Arc::new(Pause::default());
+        *self.pause.lock().unwrap() = Some((op, path_contains.to_string(), Arc::clone(&pause)));
+        pause
+    }
+
+    async fn maybe_pause(&self, op: &'static str, path: &Path) {
+        let hit = {
+            let mut guard = self.pause.lock().unwrap();
+            match &*guard {
+                Some((o, p, _)) if *o == op && path.as_ref().contains(p.as_str()) => {
+                    guard.take().map(|(_, _, pause)| pause)
+                }
+                _ => None,
+            }
+        };
+        if let Some(pause) = hit {
+            pause.reached.notify_one();
+            pause.proceed.notified().await;
+        }
     }
 
     fn record(&self, op: &'static str, path: &Path) -> Option<FaultKind> {
@@ -105,7 +139,13 @@ impl RecordingStore {
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl ObjectStore for RecordingStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.maybe_pause("put", location).await;
         let fault = self.record("put", location);
         if fault == Some(FaultKind::Before) {
             return Err(Self::injected("put", location));
@@ -117,7 +157,11 @@ impl ObjectStore for RecordingStore {
         result
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
         if self.record("put_multipart", location).is_some() {
             return Err(Self::injected("put_multipart", location));
         }
@@ -139,7 +183,10 @@ impl ObjectStore for RecordingStore {
         self.inner.get_ranges(location, ranges).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         self.log.lock().unwrap().push(Request {
             op: "delete",
             path: String::new(),
@@ -152,7 +199,11 @@ impl ObjectStore for RecordingStore {
         self.inner.list(prefix)
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         self.record("list", &prefix.cloned().unwrap_or_default());
         self.inner.list_with_offset(prefix, offset)
     }
