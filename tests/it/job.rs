@@ -553,3 +553,80 @@ async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
     );
     assert_eq!(ops.len(), 4, "pointer, probe, manifest, report: {ops:?}");
 }
+
+#[tokio::test]
+async fn json_and_parquet_sources_and_globs() {
+    // NDJSON source, matched by a glob.
+    let f = Fixture::new();
+    f.edit_conf("format: csv", "format: json");
+    f.edit_conf(
+        "path: ../data/orders/{date}/",
+        "path: ../data/orders/{date}/part-*.json",
+    );
+    f.edit_conf("  options: {has_header: true, delimiter: \",\"}\n", "");
+    f.raw(
+        "2024-01-01",
+        "part-1.json",
+        "{\"order_id\": 2, \"customer_id\": 1, \"amount\": 2.5, \"status\": \"placed\", \"order_ts\": \"2024-01-01T10:00:00\"}\n",
+    );
+    f.raw(
+        "2024-01-01",
+        "part-2.json",
+        "{\"order_id\": 1, \"customer_id\": 1, \"amount\": 1.5, \"status\": \"shipped\", \"order_ts\": \"2024-01-01T11:00:00\"}\n",
+    );
+    f.raw("2024-01-01", "ignored.json", "not json at all\n");
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.rows, 2);
+    assert_eq!(
+        rows(&job, None).await,
+        ["1|1.50|shipped|2024-01-01", "2|2.50|placed|2024-01-01"]
+    );
+
+    // A Parquet source: the file just published by the JSON job.
+    let g = Fixture::new();
+    let published = job.show(None).await.unwrap();
+    let file = &published.partitions["order_date=2024-01-01"].files[0];
+    let dir = g.dir.path().join("data/orders/2024-01-01");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(f.table_dir().join(&file.path), dir.join("orders.parquet")).unwrap();
+    g.edit_conf("format: csv", "format: parquet");
+    g.edit_conf("  options: {has_header: true, delimiter: \",\"}\n", "");
+    g.edit_conf("CAST(order_ts AS DATE) AS order_date", "order_date");
+    let job = g.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.rows, 2);
+    assert_eq!(
+        rows(&job, None).await,
+        ["1|1.50|shipped|2024-01-01", "2|2.50|placed|2024-01-01"]
+    );
+}
+
+#[tokio::test]
+async fn a_memory_table_and_rules_over_published() {
+    let f = Fixture::new();
+    f.edit_conf("table: ../lake/orders", "table: memory://job-tests/orders");
+    std::fs::write(
+        f.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - name: no_order_twice_across_days\n    sql: >\n      SELECT s.order_id FROM staged s JOIN published p\n      ON s.order_id = p.order_id AND s.order_date <> p.order_date\n",
+    )
+    .unwrap();
+    f.orders("2024-01-01", DAY1);
+    f.orders(
+        "2024-01-02",
+        &[(1001, 12, "1.00", "placed"), (2001, 12, "1.00", "placed")],
+    );
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published);
+    let out = job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::AuditFailed);
+    let rule = &out.audit_report.as_ref().unwrap().rules[0];
+    assert_eq!(rule.failing_rows, 1);
+    assert_eq!(rule.samples[0]["order_id"], 1001);
+    assert!(
+        !f.table_dir().exists(),
+        "a memory table writes nothing to disk"
+    );
+    assert_eq!(rows(&job, None).await.len(), 3);
+}
