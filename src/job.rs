@@ -156,7 +156,7 @@ pub fn run_id(conf: &JobConf, date: &str, source: &[ObjectMeta]) -> String {
         field("etag", tag.as_bytes());
     }
     let digest = h.finalize();
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    crate::manifest::hex(&digest[..12])
 }
 
 /// A configured job bound to its table store.
@@ -312,6 +312,14 @@ impl Job {
             return Ok(outcome);
         }
 
+        if staged.partitions.is_empty() {
+            outcome.status = Status::Unchanged;
+            outcome.message = Some(format!(
+                "the transform produced no rows for {date}: no partition to replace, nothing published"
+            ));
+            return Ok(outcome);
+        }
+
         // Phase 3.
         let proposal = Proposal::Replace {
             run_id: run_id.clone(),
@@ -431,13 +439,7 @@ impl Job {
             let mut h = Sha256::new();
             h.update(format!("wap-rollback/1 to={to} from={latest}"));
             let d = h.finalize();
-            format!(
-                "rollback-{}",
-                d[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
+            format!("rollback-{}", crate::manifest::hex(&d[..8]))
         };
         let outcome = RunOutcome {
             status: Status::Published,

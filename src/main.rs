@@ -25,23 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write, audit and publish one logical date.
-    Run {
-        #[arg(long)]
-        conf: PathBuf,
-        #[arg(long)]
-        date: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Run(DateArgs),
     /// Write and audit one logical date; never publishes.
-    Audit {
-        #[arg(long)]
-        conf: PathBuf,
-        #[arg(long)]
-        date: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Audit(DateArgs),
     /// List versions, newest first.
     Log {
         #[arg(long)]
@@ -77,6 +63,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct DateArgs {
+    /// Job file (conf/*.yaml).
+    #[arg(long)]
+    conf: PathBuf,
+    /// Logical date, YYYY-MM-DD.
+    #[arg(long)]
+    date: String,
+    /// Print the outcome as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,13 +140,13 @@ fn job(conf: &PathBuf) -> Result<Job, Error> {
 
 async fn execute(command: Command) -> Result<i32, Error> {
     match command {
-        Command::Run { conf, date, json } => {
-            let outcome = job(&conf)?.run(&date, Mode::Publish).await?;
-            Ok(render_outcome(&outcome, json))
+        Command::Run(a) => {
+            let outcome = job(&a.conf)?.run(&a.date, Mode::Publish).await?;
+            Ok(render_outcome(&outcome, a.json))
         }
-        Command::Audit { conf, date, json } => {
-            let outcome = job(&conf)?.run(&date, Mode::AuditOnly).await?;
-            Ok(render_outcome(&outcome, json))
+        Command::Audit(a) => {
+            let outcome = job(&a.conf)?.run(&a.date, Mode::AuditOnly).await?;
+            Ok(render_outcome(&outcome, a.json))
         }
         Command::Rollback { conf, to, json } => {
             let outcome = job(&conf)?.rollback(to).await?;
@@ -200,10 +199,13 @@ fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
                 outcome.rows,
                 outcome.partitions.len()
             )),
-            Status::Unchanged => out.push_str(&format!(
-                "unchanged: version {} already holds run {}; nothing published\n",
-                outcome.version, outcome.run_id
-            )),
+            Status::Unchanged => match &outcome.message {
+                Some(m) => out.push_str(&format!("unchanged: {m}\n")),
+                None => out.push_str(&format!(
+                    "unchanged: version {} already holds run {}; nothing published\n",
+                    outcome.version, outcome.run_id
+                )),
+            },
             Status::AuditPassed => out.push_str(&format!(
                 "audit passed (run {}): {} rows in {} partition(s); nothing published\n",
                 outcome.run_id,
@@ -387,19 +389,7 @@ async fn query_output(df: datafusion::prelude::DataFrame, format: Format) -> Res
         }
         Format::Json => {
             let batches = df.collect().await.map_err(|e| err(&e))?;
-            let mut buf = Vec::new();
-            {
-                let mut w = arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-                for b in &batches {
-                    w.write(b).map_err(|e| err(&e))?;
-                }
-                w.finish().map_err(|e| err(&e))?;
-            }
-            if buf.is_empty() {
-                buf.extend_from_slice(b"[]");
-            }
+            let buf = wap::table::json_rows(&batches).map_err(|e| err(&e))?;
             println!("{}", String::from_utf8_lossy(&buf));
         }
     }

@@ -168,9 +168,13 @@ pub struct Manifest {
     pub checksum: String,
 }
 
+/// Lower-case hex of `bytes` (digests, run ids).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
 impl Manifest {

@@ -138,3 +138,21 @@ pub async fn collect(df: DataFrame) -> Result<Vec<RecordBatch>, TableError> {
         message: e.strip_backtrace().to_string(),
     })
 }
+
+/// Rows as a JSON array of objects, NULLs kept as `null` (`[]` when there are none).
+pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        buf.extend_from_slice(b"[]");
+    }
+    Ok(buf)
+}

@@ -781,12 +781,7 @@ impl PartitionWriter {
         let mut writer = file.writer;
         writer.finish().await.map_err(|e| err(&file.path, &e))?;
         let sink = writer.into_inner();
-        let sha256 = sink
-            .hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = crate::manifest::hex(&sink.hasher.finalize());
         open.files.push(DataFile {
             path: file.path,
             size: sink.size,

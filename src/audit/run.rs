@@ -123,17 +123,10 @@ fn samples(batches: &[RecordBatch]) -> (Vec<serde_json::Value>, String) {
     if batches.is_empty() {
         return (Vec::new(), String::new());
     }
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-        for b in &batches {
-            let _ = w.write(b);
-        }
-        let _ = w.finish();
-    }
-    let rows = serde_json::from_slice::<Vec<serde_json::Value>>(&buf).unwrap_or_default();
+    let rows = table::json_rows(&batches)
+        .ok()
+        .and_then(|buf| serde_json::from_slice::<Vec<serde_json::Value>>(&buf).ok())
+        .unwrap_or_default();
     let table = arrow::util::pretty::pretty_format_batches(&batches)
         .map(|t| t.to_string())
         .unwrap_or_default();

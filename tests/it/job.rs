@@ -630,3 +630,38 @@ async fn a_memory_table_and_rules_over_published() {
     );
     assert_eq!(rows(&job, None).await.len(), 3);
 }
+
+#[tokio::test]
+async fn adding_a_column_keeps_older_partitions_readable() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    f.edit_conf("status,\n", "status, upper(status) AS status_code,\n");
+    let job = f.job();
+    let out = job.run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!((out.status, out.version), (Status::Published, 2));
+    let got = query(
+        &job,
+        None,
+        "SELECT order_id, status_code FROM orders ORDER BY order_id",
+    )
+    .await;
+    assert!(got.contains("| 1001     |             |"), "{got}");
+    assert!(got.contains("| 2001     | SHIPPED     |"), "{got}");
+
+    // Dropping it again would leave day 2 unreadable: refused, nothing published.
+    f.edit_conf(
+        "status, upper(status) AS status_code,\n",
+        "status, -- status_code dropped\n",
+    );
+    let job = f.job();
+    let err = job.run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(
+        err.to_string().contains("`status_code` would be dropped"),
+        "{err}"
+    );
+    assert_eq!(job.log().await.unwrap().len(), 2);
+}
