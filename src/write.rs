@@ -125,10 +125,13 @@ fn glob_start(path: &str) -> Option<usize> {
     path.find(['*', '?', '['])
 }
 
-fn hidden(meta: &ObjectMeta) -> bool {
-    meta.location
-        .filename()
-        .is_some_and(|f| f.starts_with('.') || f.starts_with('_'))
+/// True for objects under a `.`/`_` file or folder below `prefix` (`_SUCCESS`, `.crc`,
+/// `_temporary/…`): writers' bookkeeping, not data.
+fn hidden(meta: &ObjectMeta, prefix: &str) -> bool {
+    let path = meta.location.as_ref();
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    rest.split('/')
+        .any(|part| part.starts_with('.') || part.starts_with('_'))
 }
 
 /// Lists the source objects for a date: a file, a folder (recursively, skipping hidden `.`/`_`
@@ -156,7 +159,12 @@ pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, Wr
         let mut listing = loc.store.list(Some(&prefix));
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(list_err)?;
-            if pattern.matches(meta.location.as_ref()) && !hidden(&meta) {
+            let opts = glob::MatchOptions {
+                case_sensitive: true,
+                require_literal_separator: true,
+                require_literal_leading_dot: true,
+            };
+            if pattern.matches_with(meta.location.as_ref(), opts) && !hidden(&meta, dir) {
                 objects.push(meta);
             }
         }
@@ -171,7 +179,7 @@ pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, Wr
                 let mut listing = loc.store.list(Some(&path));
                 while let Some(meta) = listing.next().await {
                     let meta = meta.map_err(list_err)?;
-                    if !hidden(&meta) {
+                    if !hidden(&meta, &loc.path) {
                         objects.push(meta);
                     }
                 }

@@ -49,9 +49,9 @@ impl Fixture {
 
     /// Writes a raw source file for `date`.
     pub fn raw(&self, date: &str, name: &str, text: &str) {
-        let d = self.dir.path().join("data/orders").join(date);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(name), text).unwrap();
+        let p = self.dir.path().join("data/orders").join(date).join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
     }
 
     /// Replaces text in the job file.

@@ -25,6 +25,8 @@ async fn same_date_twice_is_unchanged_and_new_input_replaces_only_its_partition(
     let f = Fixture::new();
     f.orders("2024-01-01", DAY1);
     f.orders("2024-01-02", DAY2);
+    f.raw("2024-01-01", "_SUCCESS", "");
+    f.raw("2024-01-01", ".orders.csv.crc", "junk");
     let job = f.job();
 
     let first = job.run("2024-01-01", Mode::Publish).await.unwrap();
@@ -575,6 +577,7 @@ async fn json_and_parquet_sources_and_globs() {
         "{\"order_id\": 1, \"customer_id\": 1, \"amount\": 1.5, \"status\": \"shipped\", \"order_ts\": \"2024-01-01T11:00:00\"}\n",
     );
     f.raw("2024-01-01", "ignored.json", "not json at all\n");
+    f.raw("2024-01-01", "_temporary/part-3.json", "not json at all\n");
     let job = f.job();
     let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(out.rows, 2);
