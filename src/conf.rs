@@ -72,6 +72,8 @@ pub struct RawJobConf {
     pub transform: Option<String>,
     #[serde(default)]
     pub audits: Vec<String>,
+    #[serde(default)]
+    pub storage: BTreeMap<String, serde_yaml::Value>,
 }
 
 /// The `source:` section as written.
@@ -144,6 +146,82 @@ pub struct JobConf {
     pub transform: String,
     /// Audit rules from every listed file.
     pub rules: RuleSet,
+    /// Connection settings for object stores (never credentials).
+    pub storage: StorageOptions,
+}
+
+/// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
+/// from the environment (`AWS_ACCESS_KEY_ID`, …), so they cannot leak through a committed YAML.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageOptions {
+    /// S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (MinIO).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain HTTP endpoints.
+    pub allow_http: Option<bool>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO expects.
+    pub path_style: Option<bool>,
+}
+
+fn storage_options(
+    raw: &BTreeMap<String, serde_yaml::Value>,
+    path: &Path,
+    text: &str,
+) -> Result<StorageOptions, ConfError> {
+    let mut out = StorageOptions::default();
+    for (k, v) in raw {
+        let err = |expected: &str| {
+            ConfError::at(
+                path,
+                line_of_key(text, k),
+                format!("storage.{k}: expected {expected}"),
+            )
+        };
+        let lower = k.to_ascii_lowercase();
+        if [
+            "key",
+            "secret",
+            "token",
+            "password",
+            "credential",
+            "signature",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+        {
+            // The value is deliberately left out of the message.
+            return Err(ConfError::at(
+                path,
+                line_of_key(text, k),
+                format!(
+                    "storage.{k}: credentials are not read from job files; remove it and export \
+                     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the store's own variables) instead"
+                ),
+            ));
+        }
+        match k.as_str() {
+            "endpoint" => {
+                let e = v
+                    .as_str()
+                    .ok_or_else(|| err("a URL such as http://127.0.0.1:9000"))?;
+                let url =
+                    url::Url::parse(e).map_err(|_| err("a URL such as http://127.0.0.1:9000"))?;
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(err(
+                        "a URL without user or password (credentials come from the environment)",
+                    ));
+                }
+                out.endpoint = Some(e.trim_end_matches('/').to_string());
+            }
+            "region" => {
+                out.region = Some(v.as_str().ok_or_else(|| err("a region name"))?.to_string())
+            }
+            "allow_http" => out.allow_http = Some(v.as_bool().ok_or_else(|| err("true or false"))?),
+            "path_style" => out.path_style = Some(v.as_bool().ok_or_else(|| err("true or false"))?),
+            _ => return Err(err("one of endpoint, region, allow_http, path_style")),
+        }
+    }
+    Ok(out)
 }
 
 impl JobConf {
@@ -279,6 +357,7 @@ impl JobConf {
             rule_files.push(RuleFile::parse(&audit_path, &audit_text)?);
         }
         let rules = RuleSet::new(rule_files)?;
+        let storage = storage_options(&raw.storage, path, &text)?;
 
         Ok(JobConf {
             name: raw.name,
@@ -294,6 +373,7 @@ impl JobConf {
             },
             transform,
             rules,
+            storage,
         })
     }
 }
@@ -498,6 +578,39 @@ mod tests {
         let err = JobConf::load(&p).unwrap_err().to_string();
         assert!(err.contains("job.yaml:9:"), "{err}");
         assert!(err.contains("nope.yaml"), "{err}");
+    }
+
+    #[test]
+    fn storage_settings_and_refused_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{GOOD}storage:\n  endpoint: http://127.0.0.1:9000\n  region: eu-west-1\n  allow_http: true\n  path_style: true\n"
+        );
+        let p = write(dir.path(), "a.yaml", &text);
+        let conf = JobConf::load(&p).unwrap();
+        assert_eq!(
+            conf.storage.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(conf.storage.allow_http, Some(true));
+
+        let text =
+            format!("{GOOD}storage:\n  region: x\n  secret_access_key: hunter2-very-secret\n");
+        let p = write(dir.path(), "b.yaml", &text);
+        let err = JobConf::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("b.yaml:11:") && err.contains("credentials are not read"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+
+        let text = format!("{GOOD}storage:\n  endpoint: http://admin:hunter2@host:9000\n");
+        let p = write(dir.path(), "c.yaml", &text);
+        let err = JobConf::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("without user or password") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

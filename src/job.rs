@@ -170,7 +170,7 @@ pub struct Job {
 impl Job {
     /// Opens the table the configuration names.
     pub fn open(conf: JobConf, options: JobOptions) -> Result<Self> {
-        let table = Location::parse(&conf.table)?.scoped()?;
+        let table = Location::parse(&conf.table, &conf.storage)?.scoped()?;
         Ok(Job::with_store(conf, table, options))
     }
 
@@ -455,6 +455,11 @@ impl Job {
         };
         self.publish(Proposal::Restore { run_id, target }, latest, outcome)
             .await
+    }
+
+    /// Checks that the table's store supports the conditional writes publishing relies on.
+    pub async fn doctor(&self) -> crate::doctor::Diagnosis {
+        crate::doctor::diagnose(&self.table, &self.conf.table).await
     }
 
     /// Every version, newest first.

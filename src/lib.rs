@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod conf;
+pub mod doctor;
 pub mod engine;
 pub mod job;
 pub mod manifest;

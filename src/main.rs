@@ -54,6 +54,13 @@ enum Command {
         format: Format,
         sql: String,
     },
+    /// Check that the table's store supports the conditional writes publishing needs.
+    Doctor {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a new version whose content equals version N.
     Rollback {
         #[arg(long)]
@@ -151,6 +158,35 @@ async fn execute(command: Command) -> Result<i32, Error> {
         Command::Rollback { conf, to, json } => {
             let outcome = job(&conf)?.rollback(to).await?;
             Ok(render_outcome(&outcome, json))
+        }
+        Command::Doctor { conf, json } => {
+            let diagnosis = job(&conf)?.doctor().await;
+            if json {
+                print_json(&diagnosis);
+            } else {
+                println!("store: {}", diagnosis.location);
+                for c in &diagnosis.checks {
+                    let mark = match c.verdict {
+                        wap::doctor::Verdict::Pass => "pass",
+                        wap::doctor::Verdict::Unsupported => "n/a ",
+                        wap::doctor::Verdict::Fail => "FAIL",
+                    };
+                    println!("  [{mark}] {:<18} {}", c.name, c.detail);
+                }
+                println!(
+                    "{}",
+                    if diagnosis.safe {
+                        "publishing is safe on this store"
+                    } else {
+                        "publishing is NOT safe on this store"
+                    }
+                );
+            }
+            Ok(if diagnosis.safe {
+                exit_code::OK
+            } else {
+                exit_code::FAILURE
+            })
         }
         Command::Log { conf, json } => {
             let versions = job(&conf)?.log().await?;

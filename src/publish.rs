@@ -56,6 +56,12 @@ pub enum PublishError {
          read\nhelp: keep the column's type, add columns instead, or re-run every partition"
     )]
     SchemaChange { message: String },
+    #[error(
+        "refusing to publish: the store holding {path} does not support put-if-absent, so two \
+         publishers could both think they committed the same version\n\
+         help: run `wap doctor --conf FILE` to see which conditional writes this store supports"
+    )]
+    NoPutIfAbsent { path: String },
     #[error("unable to {phase} {path}: {source}")]
     Storage {
         phase: &'static str,
@@ -81,7 +87,10 @@ impl PublishError {
 
     /// True when the change itself is not allowed (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, PublishError::SchemaChange { .. })
+        matches!(
+            self,
+            PublishError::SchemaChange { .. } | PublishError::NoPutIfAbsent { .. }
+        )
     }
 }
 
@@ -358,6 +367,11 @@ impl Publisher {
                     base = Some(other);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    return Err(PublishError::NoPutIfAbsent {
+                        path: path.to_string(),
+                    });
                 }
                 Err(source) => {
                     return Err(PublishError::Storage {

@@ -7,10 +7,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+
+use crate::conf::StorageOptions;
 
 /// Errors building a store from a location.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +39,9 @@ pub struct Location {
 }
 
 impl Location {
-    /// Resolves a URL (`file://`, `memory://`) or an absolute local path.
-    pub fn parse(location: &str) -> Result<Self, StoreError> {
+    /// Resolves a URL (`file://`, `memory://`, `s3://`, `gs://`, `az://`) or an absolute local
+    /// path. Cloud credentials come from the environment only.
+    pub fn parse(location: &str, options: &StorageOptions) -> Result<Self, StoreError> {
         let invalid = |reason: &str| StoreError::Invalid {
             location: location.to_string(),
             reason: reason.to_string(),
@@ -50,12 +56,20 @@ impl Location {
         } else if let Some(rest) = location.strip_prefix("memory://") {
             let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
             (memory(name), path)
+        } else if let Some((scheme, rest)) = location.split_once("://")
+            && matches!(scheme, "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")
+        {
+            let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("expected a bucket after the scheme"));
+            }
+            (cloud(scheme, bucket, options, location)?, path)
         } else if crate::conf::is_url(location) {
             let scheme = location.split("://").next().unwrap_or_default();
             return Err(StoreError::Unsupported {
                 location: location.to_string(),
                 reason: format!(
-                    "scheme `{scheme}://` is not built into this wap; use file://, memory:// or a path"
+                    "scheme `{scheme}://` is not supported; use s3://, gs://, az://, file://, memory:// or a path"
                 ),
             });
         } else if location.starts_with('/') {
@@ -97,6 +111,55 @@ pub fn object_path(raw: &str) -> Result<Path, String> {
     Path::parse(raw).map_err(|e| e.to_string())
 }
 
+/// Builds an S3, GCS or Azure store for one bucket. S3 publishes with conditional writes:
+/// `If-None-Match: *` for new manifests and `If-Match` on the pointer (conditional put `etag`).
+fn cloud(
+    scheme: &str,
+    bucket: &str,
+    options: &StorageOptions,
+    location: &str,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let root = format!("{scheme}://{bucket}");
+    // object_store's build errors name missing settings, never credential values.
+    let failed = |e: object_store::Error| StoreError::Invalid {
+        location: location.to_string(),
+        reason: e.to_string(),
+    };
+    let store: Arc<dyn ObjectStore> = match scheme {
+        "s3" | "s3a" => {
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(root)
+                .with_conditional_put(S3ConditionalPut::ETagMatch);
+            if let Some(e) = &options.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(r) = &options.region {
+                b = b.with_region(r);
+            }
+            if let Some(h) = options.allow_http {
+                b = b.with_allow_http(h);
+            }
+            if let Some(p) = options.path_style {
+                b = b.with_virtual_hosted_style_request(!p);
+            }
+            Arc::new(b.build().map_err(failed)?)
+        }
+        "gs" => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
+                .with_url(root)
+                .build()
+                .map_err(failed)?,
+        ),
+        _ => Arc::new(
+            MicrosoftAzureBuilder::from_env()
+                .with_url(root)
+                .build()
+                .map_err(failed)?,
+        ),
+    };
+    Ok(store)
+}
+
 fn local() -> Arc<dyn ObjectStore> {
     static LOCAL: OnceLock<Arc<dyn ObjectStore>> = OnceLock::new();
     Arc::clone(LOCAL.get_or_init(|| Arc::new(LocalFileSystem::new())))
@@ -124,13 +187,13 @@ mod tests {
 
     #[tokio::test]
     async fn memory_stores_are_shared_by_name() {
-        let a = Location::parse("memory://store-test/t1").unwrap();
+        let a = Location::parse("memory://store-test/t1", &Default::default()).unwrap();
         a.scoped()
             .unwrap()
             .put(&Path::from("x"), PutPayload::from_static(b"1"))
             .await
             .unwrap();
-        let b = Location::parse("memory://store-test").unwrap();
+        let b = Location::parse("memory://store-test", &Default::default()).unwrap();
         let got = b
             .store
             .get(&Path::from("t1/x"))
@@ -145,12 +208,18 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_serve() {
         assert!(matches!(
-            Location::parse("gopher://x/y"),
+            Location::parse("gopher://x/y", &Default::default()),
             Err(StoreError::Unsupported { .. })
         ));
-        assert!(Location::parse("relative/path").is_err());
-        assert!(Location::parse("/a/../b").is_err());
-        assert_eq!(Location::parse("/a/b/").unwrap().path, "a/b");
+        assert!(Location::parse("relative/path", &Default::default()).is_err());
+        assert!(Location::parse("/a/../b", &Default::default()).is_err());
+        assert_eq!(
+            Location::parse("/a/b/", &Default::default()).unwrap().path,
+            "a/b"
+        );
+        let s3 = Location::parse("s3://bucket/warehouse/orders", &Default::default()).unwrap();
+        assert_eq!(s3.path, "warehouse/orders");
+        assert!(s3.store.to_string().contains("bucket"));
     }
 
     #[test]

@@ -58,8 +58,8 @@ const WRITE_BATCH_ROWS: usize = 8192;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A row group is closed early when its buffered size reaches this.
 const ROW_GROUP_BYTES: usize = 64 << 20;
-/// Upload buffer: files below this size go up in one PUT, larger ones in multipart.
-const UPLOAD_CAPACITY: usize = 10 << 20;
+/// Parts of one multipart upload in flight at once.
+const UPLOAD_CONCURRENCY: usize = 4;
 
 /// Errors of phase 1.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,7 @@ fn hidden(meta: &ObjectMeta, prefix: &str) -> bool {
 /// files) or a glob (`*`, `?`, `[…]`).
 pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, WriteError> {
     let location = conf.source.path_for(date);
-    let loc = Location::parse(&location)?;
+    let loc = Location::parse(&location, &conf.storage)?;
     let list_err = |source| WriteError::ListSource {
         location: location.clone(),
         source,
@@ -440,12 +440,16 @@ impl StagedRun {
 pub struct WriteOptions {
     /// Rows per file before a partition rolls over to `part-00001`, …
     pub max_rows_per_file: u64,
+    /// Files up to this size go up in one PUT; larger ones in multipart uploads of parts this
+    /// size (S3 needs at least 5 MiB), at most 4 parts in flight per file. Does not change bytes.
+    pub upload_part_size: usize,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
         WriteOptions {
             max_rows_per_file: 10_000_000,
+            upload_part_size: 10 << 20,
         }
     }
 }
@@ -619,13 +623,34 @@ fn writer_properties() -> WriterProperties {
 }
 
 impl PartitionWriter {
-    /// Writes one sorted stream, partition after partition.
+    /// Writes one sorted stream, partition after partition. On failure the open upload is
+    /// aborted, so no partial object (or dangling multipart upload) is left behind.
     async fn drain(
         mut self,
-        mut stream: SendableRecordBatchStream,
+        stream: SendableRecordBatchStream,
         part_idx: Vec<usize>,
         source_location: String,
     ) -> Result<Vec<StagedPartition>, WriteError> {
+        match self.drain_inner(stream, part_idx, source_location).await {
+            Ok(()) => Ok(self.done),
+            Err(e) => {
+                if let Some(file) = self.current.as_mut().and_then(|p| p.file.take()) {
+                    let mut sink = file.writer.into_inner();
+                    if let Err(abort) = sink.inner.abort().await {
+                        tracing::warn!(path = %file.path, error = %abort, "could not abort upload");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn drain_inner(
+        &mut self,
+        mut stream: SendableRecordBatchStream,
+        part_idx: Vec<usize>,
+        source_location: String,
+    ) -> Result<(), WriteError> {
         let run_id = self.run_id.clone();
         let exec_err = |source: DataFusionError| WriteError::Execute {
             run_id: run_id.clone(),
@@ -661,7 +686,7 @@ impl PartitionWriter {
         }
         self.finish_partition().await?;
         self.reservation.free();
-        Ok(self.done)
+        Ok(())
     }
 
     async fn write(
@@ -700,8 +725,9 @@ impl PartitionWriter {
                     inner: BufWriter::with_capacity(
                         Arc::clone(&self.table),
                         location,
-                        UPLOAD_CAPACITY,
-                    ),
+                        self.options.upload_part_size,
+                    )
+                    .with_max_concurrency(UPLOAD_CONCURRENCY),
                     hasher: Sha256::new(),
                     size: 0,
                 };

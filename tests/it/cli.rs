@@ -18,12 +18,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-struct Example {
-    dir: tempfile::TempDir,
+pub(crate) struct Example {
+    pub dir: tempfile::TempDir,
 }
 
 impl Example {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         for sub in ["conf", "audits", "data"] {
             copy_dir(&Path::new(REPO).join(sub), &dir.path().join(sub));
@@ -31,12 +31,31 @@ impl Example {
         Example { dir }
     }
 
-    fn wap(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_wap"))
-            .args(args)
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wap"));
+        c.args(args)
             .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .output()
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn wap(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs with extra environment variables.
+    pub fn wap_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.command(args);
+        c.envs(env.iter().copied());
+        c.output().unwrap()
+    }
+
+    /// Starts `wap` without waiting for it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap()
     }
 

@@ -76,7 +76,7 @@ impl Fixture {
     /// The table's store, unwrapped.
     pub fn table_store(&self) -> Arc<dyn ObjectStore> {
         std::fs::create_dir_all(self.table_dir()).unwrap();
-        Location::parse(&self.table_dir().display().to_string())
+        Location::parse(&self.table_dir().display().to_string(), &Default::default())
             .unwrap()
             .scoped()
             .unwrap()

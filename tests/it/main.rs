@@ -4,4 +4,5 @@ mod cli;
 mod fixture;
 mod job;
 mod publish;
+mod s3;
 mod store;

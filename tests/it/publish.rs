@@ -9,9 +9,9 @@ use wap::manifest::{DataFile, Partition};
 use wap::publish::{Proposal, PublishError, PublishOptions, PublishOutcome, Publisher};
 use wap::versions;
 
-use crate::store::{FaultKind, RecordingStore};
+use crate::store::{Conditions, FaultKind, RecordingStore};
 
-fn partition(path: &str, run_id: &str, files: usize) -> Partition {
+pub(crate) fn partition(path: &str, run_id: &str, files: usize) -> Partition {
     Partition {
         path: path.to_string(),
         values: [(
@@ -35,7 +35,7 @@ fn partition(path: &str, run_id: &str, files: usize) -> Partition {
     }
 }
 
-fn proposal(run_id: &str, partitions: Vec<Partition>) -> Proposal {
+pub(crate) fn proposal(run_id: &str, partitions: Vec<Partition>) -> Proposal {
     Proposal::Replace {
         run_id: run_id.to_string(),
         logical_date: "2024-01-01".into(),
@@ -276,4 +276,41 @@ async fn incompatible_schema_changes_are_refused() {
     assert!(err.is_config(), "{err}");
     assert!(err.to_string().contains("`id` would change type"), "{err}");
     assert_eq!(versions::latest_version(&store).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn doctor_flags_a_store_that_ignores_conditional_writes() {
+    let rec = RecordingStore::new(Arc::new(InMemory::new()));
+    rec.set_conditions(Conditions::Ignore);
+    let store: Arc<dyn ObjectStore> = rec.clone();
+    let d = wap::doctor::diagnose(&store, "lying").await;
+    assert!(!d.safe, "{d:?}");
+    let verdicts: Vec<_> = d.checks.iter().map(|c| (c.name, c.verdict)).collect();
+    use wap::doctor::Verdict::*;
+    assert_eq!(
+        verdicts,
+        [
+            ("reachable", Pass),
+            ("put_if_absent", Fail),
+            ("if_match_stale", Fail),
+            ("if_match_missing", Unsupported),
+            ("cleanup", Pass),
+        ]
+    );
+    assert!(d.checks[1].detail.contains("OVERWROTE"));
+}
+
+#[tokio::test]
+async fn publishing_to_a_store_without_put_if_absent_is_refused() {
+    let rec = RecordingStore::new(Arc::new(InMemory::new()));
+    rec.set_conditions(Conditions::Unsupported);
+    let store: Arc<dyn ObjectStore> = rec.clone();
+    let err = publisher(&store)
+        .publish_now(&proposal("r1", vec![partition("d=1", "r1", 1)]))
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("wap doctor"), "{err}");
+    assert_eq!(wap::Error::from(err).exit_code(), 2);
+    assert!(versions::list_versions(&store).await.unwrap().is_empty());
 }

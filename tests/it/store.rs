@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 /// One recorded request.
@@ -36,6 +36,17 @@ struct Fault {
     kind: FaultKind,
 }
 
+/// How the wrapper treats conditional puts (to imitate weaker stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditions {
+    /// Forward them.
+    Honour,
+    /// Turn them into plain overwrites, as a store that ignores `If-None-Match` would.
+    Ignore,
+    /// Answer `NotImplemented`, as a store without conditional writes does.
+    Unsupported,
+}
+
 /// A rendezvous: the store signals `reached` when the paused request arrives and forwards it
 /// only after `proceed`.
 #[derive(Debug, Default)]
@@ -52,6 +63,7 @@ pub struct RecordingStore {
     log: Mutex<Vec<Request>>,
     fault: Mutex<Option<Fault>>,
     pause: Mutex<Option<(&'static str, String, Arc<Pause>)>>,
+    conditions: Mutex<Conditions>,
 }
 
 impl fmt::Display for RecordingStore {
@@ -67,6 +79,7 @@ impl RecordingStore {
             log: Mutex::new(Vec::new()),
             fault: Mutex::new(None),
             pause: Mutex::new(None),
+            conditions: Mutex::new(Conditions::Honour),
         })
     }
 
@@ -87,6 +100,11 @@ impl RecordingStore {
             path_contains: path_contains.to_string(),
             kind,
         });
+    }
+
+    /// Changes how conditional puts are treated from now on.
+    pub fn set_conditions(&self, c: Conditions) {
+        *self.conditions.lock().unwrap() = c;
     }
 
     /// Holds back the next `op` on a path containing `path_contains` until `proceed`.
@@ -136,6 +154,35 @@ impl RecordingStore {
     }
 }
 
+/// A multipart upload that can fail its second part.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    parts: usize,
+    fail_part: bool,
+    location: Path,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.parts += 1;
+        if self.fail_part && self.parts == 2 {
+            let err = RecordingStore::injected("put_part", &self.location);
+            return Box::pin(async move { Err(err) });
+        }
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.inner.abort().await
+    }
+}
+
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl ObjectStore for RecordingStore {
@@ -147,6 +194,19 @@ impl ObjectStore for RecordingStore {
     ) -> Result<PutResult> {
         self.maybe_pause("put", location).await;
         let fault = self.record("put", location);
+        let mut opts = opts;
+        if opts.mode != PutMode::Overwrite {
+            match *self.conditions.lock().unwrap() {
+                Conditions::Honour => {}
+                Conditions::Ignore => opts.mode = PutMode::Overwrite,
+                Conditions::Unsupported => {
+                    return Err(object_store::Error::NotImplemented {
+                        operation: "conditional put".into(),
+                        implementer: "RecordingStore".into(),
+                    });
+                }
+            }
+        }
         if fault == Some(FaultKind::Before) {
             return Err(Self::injected("put", location));
         }
@@ -165,7 +225,24 @@ impl ObjectStore for RecordingStore {
         if self.record("put_multipart", location).is_some() {
             return Err(Self::injected("put_multipart", location));
         }
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        // A fault armed for "put_part" on this path fails the upload's second part.
+        let fail_part = {
+            let mut fault = self.fault.lock().unwrap();
+            match &*fault {
+                Some(f) if f.op == "put_part" && location.as_ref().contains(&f.path_contains) => {
+                    *fault = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        Ok(Box::new(FaultyUpload {
+            inner,
+            parts: 0,
+            fail_part,
+            location: location.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
