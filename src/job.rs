@@ -279,9 +279,16 @@ impl Job {
                     message: e.to_string(),
                 })
             })?;
-        let results = audit::run::run(&ctx, &rules, &conf.key, self.options.sample_limit)
-            .instrument(tracing::info_span!("audit"))
-            .await?;
+        let logical_date = parse_date(date)?;
+        let results = audit::run::run(
+            &ctx,
+            &rules,
+            &conf.key,
+            self.options.sample_limit,
+            logical_date,
+        )
+        .instrument(tracing::info_span!("audit"))
+        .await?;
         let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
         let report = AuditReport::new(
             &conf.name,

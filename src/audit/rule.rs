@@ -43,6 +43,138 @@ pub enum RuleKind {
     Expression(String),
     /// A read-only query; every row it returns fails.
     Sql(String),
+    /// The newest value of `column` is no older than `max_age` before the logical date.
+    Freshness { column: String, max_age: MaxAge },
+    /// The staged schema has these columns with these logical types.
+    Schema {
+        columns: Vec<(String, LogicalType)>,
+        allow_extra: bool,
+    },
+}
+
+/// A duration such as `30m`, `12h`, `2d`, `1w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge {
+    pub seconds: i64,
+    pub text: &'static str,
+}
+
+impl MaxAge {
+    /// Parses `<n><unit>` with unit `s`, `m`, `h`, `d` or `w`.
+    pub fn parse(s: &str) -> Option<MaxAge> {
+        let s = s.trim();
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+        let n: i64 = num.parse().ok()?;
+        let (mult, text) = match unit {
+            "s" => (1, "seconds"),
+            "m" => (60, "minutes"),
+            "h" => (3600, "hours"),
+            "d" => (86_400, "days"),
+            "w" => (604_800, "weeks"),
+            _ => return None,
+        };
+        Some(MaxAge {
+            seconds: n.checked_mul(mult)?,
+            text,
+        })
+    }
+}
+
+/// Logical column types for `schema` rules: SQL or Arrow spellings, case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogicalType {
+    String,
+    Int64,
+    Int32,
+    Float64,
+    Decimal(u8, i8),
+    Date,
+    Timestamp,
+    Boolean,
+}
+
+impl LogicalType {
+    /// Parses `string`/`varchar`/`utf8`, `bigint`/`int64`, `int`/`int32`, `double`/`float64`,
+    /// `decimal(p,s)`, `date`, `timestamp`, `boolean`.
+    pub fn parse(s: &str) -> Option<LogicalType> {
+        let t = s.trim().to_ascii_lowercase().replace(' ', "");
+        Some(match t.as_str() {
+            "string" | "varchar" | "text" | "utf8" | "largeutf8" | "utf8view" => {
+                LogicalType::String
+            }
+            "bigint" | "int64" | "long" => LogicalType::Int64,
+            "int" | "integer" | "int32" => LogicalType::Int32,
+            "double" | "float64" => LogicalType::Float64,
+            "date" | "date32" => LogicalType::Date,
+            "timestamp" => LogicalType::Timestamp,
+            "boolean" | "bool" => LogicalType::Boolean,
+            other => {
+                let inner = other.strip_prefix("decimal(")?.strip_suffix(')')?;
+                let (p, sc) = inner.split_once(',')?;
+                LogicalType::Decimal(p.parse().ok()?, sc.parse().ok()?)
+            }
+        })
+    }
+
+    /// True when an Arrow type is of this logical type.
+    pub fn matches(&self, t: &arrow::datatypes::DataType) -> bool {
+        use arrow::datatypes::DataType as D;
+        match self {
+            LogicalType::String => matches!(t, D::Utf8 | D::LargeUtf8 | D::Utf8View),
+            LogicalType::Int64 => matches!(t, D::Int64),
+            LogicalType::Int32 => matches!(t, D::Int32),
+            LogicalType::Float64 => matches!(t, D::Float64),
+            LogicalType::Decimal(p, s) => {
+                matches!(t, D::Decimal128(tp, ts) | D::Decimal256(tp, ts) if tp == p && ts == s)
+            }
+            LogicalType::Date => matches!(t, D::Date32 | D::Date64),
+            LogicalType::Timestamp => matches!(t, D::Timestamp(_, _)),
+            LogicalType::Boolean => matches!(t, D::Boolean),
+        }
+    }
+}
+
+impl std::fmt::Display for LogicalType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogicalType::String => write!(f, "string"),
+            LogicalType::Int64 => write!(f, "bigint"),
+            LogicalType::Int32 => write!(f, "int"),
+            LogicalType::Float64 => write!(f, "double"),
+            LogicalType::Decimal(p, s) => write!(f, "decimal({p},{s})"),
+            LogicalType::Date => write!(f, "date"),
+            LogicalType::Timestamp => write!(f, "timestamp"),
+            LogicalType::Boolean => write!(f, "boolean"),
+        }
+    }
+}
+
+/// How many failing rows a row-level rule tolerates (both bounds, when given, must hold).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Threshold {
+    /// The rule passes while failing rows are at most this many.
+    pub max_failing_rows: Option<u64>,
+    /// The rule passes while failing rows are at most this percentage of checked rows.
+    pub max_failing_pct: Option<f64>,
+}
+
+impl Threshold {
+    /// True when `failing` of `checked` rows is within the threshold (zero failures by default).
+    pub fn allows(&self, failing: u64, checked: u64) -> bool {
+        if self.max_failing_rows.is_none() && self.max_failing_pct.is_none() {
+            return failing == 0;
+        }
+        let rows_ok = self.max_failing_rows.is_none_or(|m| failing <= m);
+        let pct_ok = self.max_failing_pct.is_none_or(|p| {
+            let pct = if checked == 0 {
+                0.0
+            } else {
+                failing as f64 * 100.0 / checked as f64
+            };
+            pct <= p
+        });
+        rows_ok && pct_ok
+    }
 }
 
 impl RuleKind {
@@ -56,6 +188,8 @@ impl RuleKind {
             RuleKind::RowCount { .. } => "row_count",
             RuleKind::Expression(_) => "expression",
             RuleKind::Sql(_) => "sql",
+            RuleKind::Freshness { .. } => "freshness",
+            RuleKind::Schema { .. } => "schema",
         }
     }
 }
@@ -66,6 +200,7 @@ pub struct Rule {
     pub name: String,
     pub severity: Severity,
     pub kind: RuleKind,
+    pub threshold: Threshold,
     /// The rule file and the line where the rule starts, for error messages.
     pub file: PathBuf,
     pub line: usize,
@@ -100,6 +235,26 @@ struct RawRule {
     row_count: Option<RawRowCount>,
     expression: Option<String>,
     sql: Option<String>,
+    freshness: Option<RawFreshness>,
+    schema: Option<RawSchema>,
+    max_failing_rows: Option<u64>,
+    max_failing_pct: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreshness {
+    column: String,
+    max_age: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    /// Kept in file order (serde_yaml mappings are ordered).
+    columns: serde_yaml::Mapping,
+    #[serde(default)]
+    allow_extra: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,7 +292,8 @@ pub struct RuleFile {
     pub rules: Vec<Rule>,
 }
 
-const KINDS: &str = "not_null, unique, accepted_values, range, row_count, expression or sql";
+const KINDS: &str =
+    "not_null, unique, accepted_values, range, row_count, expression, sql, freshness or schema";
 
 impl RuleFile {
     /// Parses and validates one rule file.
@@ -291,14 +447,87 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
         }
         kinds.push(RuleKind::Sql(q.trim().trim_end_matches(';').to_string()));
     }
+    if let Some(f) = r.freshness {
+        let max_age = MaxAge::parse(&f.max_age).ok_or_else(|| {
+            err(format!(
+                "freshness.max_age: `{}` is not a duration; expected e.g. 30m, 12h, 2d or 1w",
+                f.max_age
+            ))
+        })?;
+        kinds.push(RuleKind::Freshness {
+            column: f.column,
+            max_age,
+        });
+    }
+    if let Some(sc) = r.schema {
+        if sc.columns.is_empty() {
+            return Err(err(
+                "schema.columns: expected at least one `name: type`".into()
+            ));
+        }
+        let columns =
+            sc.columns
+                .iter()
+                .map(|(c, t)| match (c.as_str(), t.as_str()) {
+                    (Some(c), Some(t)) => Ok((c.to_string(), t.to_string())),
+                    _ => Err(err(
+                        "schema.columns: expected `name: type` pairs of strings".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(c, t)| {
+                    LogicalType::parse(&t).map(|lt| (c.clone(), lt)).ok_or_else(|| {
+                    err(format!(
+                        "schema.columns.{c}: unknown type `{t}`; expected string, bigint, int, \
+                         double, decimal(p,s), date, timestamp or boolean"
+                    ))
+                })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        kinds.push(RuleKind::Schema {
+            columns,
+            allow_extra: sc.allow_extra,
+        });
+    }
+    let threshold = Threshold {
+        max_failing_rows: r.max_failing_rows,
+        max_failing_pct: r.max_failing_pct,
+    };
+    if let Some(p) = threshold.max_failing_pct
+        && !(0.0..=100.0).contains(&p)
+    {
+        return Err(err(format!(
+            "max_failing_pct: {p} is not a percentage between 0 and 100"
+        )));
+    }
     match kinds.len() {
-        1 => Ok(Rule {
-            name,
-            severity: r.severity,
-            kind: kinds.pop().expect("one kind"),
-            file: path.to_path_buf(),
-            line,
-        }),
+        1 => {
+            let kind = kinds.pop().expect("one kind");
+            let row_level = matches!(
+                kind,
+                RuleKind::NotNull(_)
+                    | RuleKind::Unique(_)
+                    | RuleKind::AcceptedValues { .. }
+                    | RuleKind::Range { .. }
+                    | RuleKind::Expression(_)
+                    | RuleKind::Sql(_)
+            );
+            if !row_level && threshold != Threshold::default() {
+                return Err(err(format!(
+                    "max_failing_rows / max_failing_pct apply to row-level rules, not to `{}`",
+                    kind.name()
+                )));
+            }
+            Ok(Rule {
+                name,
+                severity: r.severity,
+                kind,
+                threshold,
+                file: path.to_path_buf(),
+                line,
+            })
+        }
         0 => Err(err(format!("expected one of {KINDS}"))),
         _ => Err(err(format!(
             "has {} kinds ({}); a rule has exactly one",
@@ -452,6 +681,71 @@ mod tests {
         assert!(
             err.starts_with("b.yaml:4:") && err.contains("a.yaml:2"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn thresholds_freshness_and_schema() {
+        let text = "rules:
+  - name: mostly_present
+    not_null: [a]
+    max_failing_pct: 5
+  - name: fresh
+    freshness: {column: ts, max_age: 2d}
+  - name: shape
+    schema: {columns: {id: BIGINT, name: Utf8, amount: 'decimal(18, 2)'}, allow_extra: true}
+";
+        let f = RuleFile::parse(Path::new("r.yaml"), text).unwrap();
+        assert_eq!(f.rules[0].threshold.max_failing_pct, Some(5.0));
+        assert!(f.rules[0].threshold.allows(5, 100));
+        assert!(!f.rules[0].threshold.allows(6, 100));
+        assert!(Threshold::default().allows(0, 10) && !Threshold::default().allows(1, 10));
+        let rows = Threshold {
+            max_failing_rows: Some(3),
+            max_failing_pct: None,
+        };
+        assert!(rows.allows(2, 10) && rows.allows(3, 10) && !rows.allows(4, 10));
+        assert_eq!(
+            f.rules[1].kind,
+            RuleKind::Freshness {
+                column: "ts".into(),
+                max_age: MaxAge {
+                    seconds: 172_800,
+                    text: "days"
+                }
+            }
+        );
+        assert_eq!(
+            f.rules[2].kind,
+            RuleKind::Schema {
+                columns: vec![
+                    ("id".into(), LogicalType::Int64),
+                    ("name".into(), LogicalType::String),
+                    ("amount".into(), LogicalType::Decimal(18, 2)),
+                ],
+                allow_extra: true
+            }
+        );
+        let bad = |t: &str| {
+            RuleFile::parse(Path::new("r.yaml"), t)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            bad("rules:\n  - name: x\n    row_count: {min: 1}\n    max_failing_rows: 2\n")
+                .contains("apply to row-level rules")
+        );
+        assert!(
+            bad("rules:\n  - name: x\n    freshness: {column: t, max_age: soon}\n")
+                .contains("not a duration")
+        );
+        assert!(
+            bad("rules:\n  - name: x\n    schema: {columns: {a: blob}}\n")
+                .contains("unknown type `blob`")
+        );
+        assert!(
+            bad("rules:\n  - name: x\n    not_null: [a]\n    max_failing_pct: 150\n")
+                .contains("not a percentage")
         );
     }
 

@@ -16,9 +16,16 @@ pub const STAGED: &str = "staged";
 /// Table name of the current published version in rule SQL.
 pub const PUBLISHED: &str = "published";
 
+/// A date for compiling rules that depend on the logical date.
+fn any_date() -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date")
+}
+
 /// Every query a rule will run, for compiling.
 fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
     match &rule.kind {
+        RuleKind::Freshness { .. } => vec![sql::aggregate_query(&[rule], STAGED, any_date())],
+        RuleKind::Schema { .. } => vec![],
         RuleKind::Unique(cols) => vec![
             sql::unique_count_query(cols, STAGED),
             sql::unique_sample_query(cols, STAGED, 1),
@@ -28,7 +35,7 @@ fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
         kind => {
             let pred = sql::failing_predicate(kind).expect("row-level kind");
             vec![
-                sql::aggregate_query(&[rule], STAGED),
+                sql::aggregate_query(&[rule], STAGED, any_date()),
                 sql::sample_query(&pred, STAGED, key, 1),
             ]
         }
@@ -99,6 +106,12 @@ async fn query(
     table::collect(df).await.map_err(exec)
 }
 
+fn text_at(batches: &[RecordBatch], col: usize) -> Option<String> {
+    let b = batches.iter().find(|b| b.num_rows() > 0)?;
+    let c = b.column(col);
+    (!c.is_null(0)).then(|| arrow::util::display::array_value_to_string(c, 0).ok())?
+}
+
 fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
     batches
         .iter()
@@ -138,7 +151,7 @@ fn result(rule: &Rule, failing: u64, checked: u64, message: String) -> RuleResul
         name: rule.name.clone(),
         kind: rule.kind.name().to_string(),
         severity: rule.severity,
-        passed: failing == 0,
+        passed: rule.threshold.allows(failing, checked),
         failing_rows: failing,
         checked_rows: checked,
         message,
@@ -162,8 +175,40 @@ fn describe(kind: &RuleKind) -> String {
         RuleKind::Expression(e) => format!("are not TRUE for `{e}`"),
         RuleKind::Unique(cols) => format!("share their {} with another row", cols.join(", ")),
         RuleKind::Sql(_) => "were returned by the rule's query".into(),
-        RuleKind::RowCount { .. } => String::new(),
+        RuleKind::RowCount { .. } | RuleKind::Freshness { .. } | RuleKind::Schema { .. } => {
+            String::new()
+        }
     }
+}
+
+/// Differences between the staged schema and a `schema` rule, in words.
+fn schema_problems(
+    schema: &arrow::datatypes::Schema,
+    columns: &[(String, super::rule::LogicalType)],
+    allow_extra: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, want) in columns {
+        match schema.field_with_name(name) {
+            Err(_) => problems.push(format!("column `{name}` is missing")),
+            Ok(f) if !want.matches(f.data_type()) => problems.push(format!(
+                "column `{name}` is {}, expected {want}",
+                f.data_type()
+            )),
+            Ok(_) => {}
+        }
+    }
+    if !allow_extra {
+        for f in schema.fields() {
+            if !columns.iter().any(|(n, _)| n == f.name()) {
+                problems.push(format!(
+                    "column `{}` is not in the rule (allow_extra: false)",
+                    f.name()
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Runs every rule over the registered `staged` table. Row-level rules share one scan.
@@ -172,6 +217,7 @@ pub async fn run(
     rules: &[&Rule],
     key: &[String],
     sample_limit: usize,
+    logical_date: chrono::NaiveDate,
 ) -> Result<Vec<RuleResult>, AuditError> {
     let agg_rules: Vec<&Rule> = rules
         .iter()
@@ -183,7 +229,7 @@ pub async fn run(
     let agg = query(
         ctx,
         "(row-level rules)",
-        &sql::aggregate_query(&agg_rules, STAGED),
+        &sql::aggregate_query(&agg_rules, STAGED, logical_date),
     )
     .await?;
     let rows = int_at(&agg, 0);
@@ -204,7 +250,26 @@ pub async fn run(
             by_name.insert(rule.name.clone(), r);
             continue;
         }
-        let failing = int_at(&agg, i + 1);
+        let failing = int_at(&agg, 1 + 2 * i);
+        if let RuleKind::Freshness { column, max_age } = &rule.kind {
+            let newest = text_at(&agg, 2 + 2 * i);
+            let cutoff = sql::freshness_cutoff(logical_date, max_age.seconds);
+            let message = match &newest {
+                Some(n) if failing == 0 => {
+                    format!("newest {column} is {n}, not older than {cutoff}")
+                }
+                Some(n) => format!(
+                    "newest {column} is {n}, older than {cutoff} (max_age {}s before {logical_date})",
+                    max_age.seconds
+                ),
+                None => format!("no {column} values to judge freshness by"),
+            };
+            let mut r = result(rule, 0, rows, message);
+            r.passed = failing == 0;
+            r.failing_rows = failing;
+            by_name.insert(rule.name.clone(), r);
+            continue;
+        }
         let message = format!("{failing} of {rows} rows {}", describe(&rule.kind));
         by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
         if failing > 0 && sample_limit > 0 {
@@ -216,10 +281,35 @@ pub async fn run(
         }
     }
 
+    for rule in rules {
+        if let RuleKind::Schema {
+            columns,
+            allow_extra,
+        } = &rule.kind
+        {
+            let provider = ctx
+                .table_provider(STAGED)
+                .await
+                .map_err(|e| AuditError::Execute {
+                    rule: rule.name.clone(),
+                    message: e.to_string(),
+                })?;
+            let problems = schema_problems(&provider.schema(), columns, *allow_extra);
+            let message = if problems.is_empty() {
+                "the staged schema matches".to_string()
+            } else {
+                problems.join("; ")
+            };
+            let mut r = result(rule, 0, rows, message);
+            r.passed = problems.is_empty();
+            by_name.insert(rule.name.clone(), r);
+        }
+    }
+
     let own = rules
         .iter()
         .copied()
-        .filter(|r| !sql::in_aggregate(r))
+        .filter(|r| !sql::in_aggregate(r) && !matches!(r.kind, RuleKind::Schema { .. }))
         .map(|rule| async move {
             match &rule.kind {
                 RuleKind::Unique(cols) => {

@@ -35,25 +35,58 @@ pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
             Some(format!("({c} IS NOT NULL AND ({}))", out_of.join(" OR ")))
         }
         RuleKind::Expression(e) => Some(format!("(({e}) IS NOT TRUE)")),
-        RuleKind::Unique(_) | RuleKind::RowCount { .. } | RuleKind::Sql(_) => None,
+        RuleKind::Unique(_)
+        | RuleKind::RowCount { .. }
+        | RuleKind::Sql(_)
+        | RuleKind::Freshness { .. }
+        | RuleKind::Schema { .. } => None,
     }
 }
 
 /// True for rules evaluated in the shared aggregate scan.
 pub fn in_aggregate(rule: &Rule) -> bool {
-    failing_predicate(&rule.kind).is_some() || matches!(rule.kind, RuleKind::RowCount { .. })
+    failing_predicate(&rule.kind).is_some()
+        || matches!(
+            rule.kind,
+            RuleKind::RowCount { .. } | RuleKind::Freshness { .. }
+        )
 }
 
-/// One scan for all row-level rules: column 0 is the row count, column `i + 1` the failing-row
-/// count of `rules[i]` (0 for `row_count` rules, which are judged on column 0).
-pub fn aggregate_query(rules: &[&Rule], table: &str) -> String {
+/// The oldest acceptable newest value of a freshness rule: the logical date's midnight minus
+/// `max_age`, as a timestamp literal.
+pub fn freshness_cutoff(logical_date: chrono::NaiveDate, max_age_seconds: i64) -> String {
+    let midnight = logical_date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    let cutoff = midnight - chrono::Duration::seconds(max_age_seconds);
+    format!("TIMESTAMP '{}'", cutoff.format("%Y-%m-%d %H:%M:%S"))
+}
+
+/// One scan for all aggregate rules. Column 0 is the row count; for `rules[i]`, column
+/// `1 + 2i` is its failing-row count (0 for `row_count`, judged on column 0; 1 for a stale
+/// `freshness`) and column `2 + 2i` a value worth reporting as text (the newest value for
+/// `freshness`, NULL otherwise).
+pub fn aggregate_query(rules: &[&Rule], table: &str, logical_date: chrono::NaiveDate) -> String {
     let mut cols = vec!["CAST(COUNT(*) AS BIGINT) AS \"__rows\"".to_string()];
     for (i, r) in rules.iter().enumerate() {
-        let expr = match failing_predicate(&r.kind) {
-            Some(p) => format!("CAST(COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0) AS BIGINT)"),
-            None => "CAST(0 AS BIGINT)".to_string(),
+        let (failing, value) = match (&r.kind, failing_predicate(&r.kind)) {
+            (_, Some(p)) => (
+                format!("CAST(COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0) AS BIGINT)"),
+                "CAST(NULL AS VARCHAR)".to_string(),
+            ),
+            (RuleKind::Freshness { column, max_age }, None) => {
+                let newest = format!("MAX(CAST({} AS TIMESTAMP))", ident(column));
+                let cutoff = freshness_cutoff(logical_date, max_age.seconds);
+                (
+                    format!("CAST(CASE WHEN {newest} >= {cutoff} THEN 0 ELSE 1 END AS BIGINT)"),
+                    format!("CAST({newest} AS VARCHAR)"),
+                )
+            }
+            _ => (
+                "CAST(0 AS BIGINT)".to_string(),
+                "CAST(NULL AS VARCHAR)".to_string(),
+            ),
         };
-        cols.push(format!("{expr} AS \"r{i}\""));
+        cols.push(format!("{failing} AS \"r{i}\""));
+        cols.push(format!("{value} AS \"v{i}\""));
     }
     format!("SELECT {} FROM {table}", cols.join(", "))
 }

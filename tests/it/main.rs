@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so the crate links once.
 
+mod audit;
 mod cli;
 mod fixture;
 mod job;

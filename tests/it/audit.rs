@@ -1,0 +1,217 @@
+//! Audit rules: every kind passes and fails on purpose; thresholds at, below and above their
+//! bound; NULL predicates fail; the shared scan agrees with one query per rule.
+
+use std::collections::BTreeMap;
+
+use wap::job::{Mode, Status};
+
+use crate::fixture::Fixture;
+
+/// Ten rows: order 2 has a NULL amount, order 3 a NULL customer and an unknown status, order 4
+/// is duplicated, order 6 has a negative amount. Newest order_ts: 2024-03-10T09:00:00.
+const CSV: &str = "order_id,customer_id,amount,status,order_ts
+1,10,5.00,placed,2024-03-10T01:00:00
+2,11,,shipped,2024-03-10T02:00:00
+3,,7.00,lost,2024-03-10T03:00:00
+4,12,8.00,placed,2024-03-10T04:00:00
+4,12,8.00,placed,2024-03-10T04:00:00
+6,13,-1.00,returned,2024-03-10T05:00:00
+7,14,70.00,shipped,2024-03-10T06:00:00
+8,15,80.00,placed,2024-03-10T07:00:00
+9,16,90.00,placed,2024-03-10T08:00:00
+10,17,100.00,placed,2024-03-10T09:00:00
+";
+
+const RULES: &str = r#"rules:
+  - name: not_null_pass
+    not_null: [order_id, status]
+  - name: not_null_fail
+    not_null: [customer_id, amount]
+  - name: unique_pass
+    unique: [order_id, status, customer_id, amount, order_date, ts_text]
+    max_failing_rows: 2
+  - name: unique_fail
+    unique: [order_id]
+  - name: accepted_pass
+    accepted_values: {column: customer_id, values: [10, 11, 12, 13, 14, 15, 16, 17]}
+  - name: accepted_fail
+    accepted_values: {column: status, values: [placed, shipped, returned]}
+  - name: range_pass
+    range: {column: amount, min: -1, max: 100}
+  - name: range_fail
+    range: {column: amount, min: 0}
+  - name: row_count_pass
+    row_count: {min: 10, max: 10}
+  - name: row_count_fail
+    row_count: {min: 11}
+  - name: expression_pass
+    expression: order_id > 0
+  - name: expression_null_fails
+    expression: amount >= -1
+  - name: sql_pass
+    sql: SELECT * FROM staged WHERE order_id > 100
+  - name: sql_fail
+    sql: SELECT order_id FROM staged WHERE amount > 75
+  - name: fresh_pass
+    freshness: {column: order_ts_parsed, max_age: 1d}
+  - name: fresh_fail
+    freshness: {column: order_ts_parsed, max_age: 12h}
+  - name: schema_pass
+    schema: {columns: {order_id: BIGINT, status: Utf8, amount: "decimal(18,2)", order_date: date}, allow_extra: true}
+  - name: schema_fail
+    schema: {columns: {order_id: int, missing_col: string}}
+"#;
+
+fn setup(rules: &str) -> Fixture {
+    let f = Fixture::new();
+    f.raw("2024-03-11", "orders.csv", CSV);
+    f.edit_conf(
+        "CAST(order_ts AS DATE) AS order_date",
+        "CAST(order_ts AS DATE) AS order_date, CAST(order_ts AS TIMESTAMP) AS order_ts_parsed, CAST(order_ts AS VARCHAR) AS ts_text",
+    );
+    std::fs::write(f.dir.path().join("audits/orders.yaml"), rules).unwrap();
+    f
+}
+
+async fn verdicts(f: &Fixture) -> BTreeMap<String, (bool, u64)> {
+    let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+    out.audit_report
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|r| (r.name, (r.passed, r.failing_rows)))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_kind_passes_and_fails_on_purpose() {
+    let f = setup(RULES);
+    let v = verdicts(&f).await;
+    let expect = [
+        ("not_null_pass", (true, 0)),
+        ("not_null_fail", (false, 2)),
+        ("unique_pass", (true, 2)),
+        ("unique_fail", (false, 2)),
+        ("accepted_pass", (true, 0)),
+        ("accepted_fail", (false, 1)),
+        ("range_pass", (true, 0)),
+        ("range_fail", (false, 1)),
+        ("row_count_pass", (true, 0)),
+        ("row_count_fail", (false, 0)),
+        ("expression_pass", (true, 0)),
+        ("expression_null_fails", (false, 1)),
+        ("sql_pass", (true, 0)),
+        ("sql_fail", (false, 3)),
+        ("fresh_pass", (true, 0)),
+        ("fresh_fail", (false, 1)),
+        ("schema_pass", (true, 0)),
+        ("schema_fail", (false, 0)),
+    ];
+    let expect: BTreeMap<String, (bool, u64)> =
+        expect.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(v, expect);
+}
+
+#[tokio::test]
+async fn failing_rules_explain_themselves() {
+    let f = setup(RULES);
+    let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+    assert_eq!(out.status, Status::AuditFailed);
+    let report = out.audit_report.unwrap();
+    let by = |n: &str| report.rules.iter().find(|r| r.name == n).unwrap().clone();
+    let fresh = by("fresh_fail");
+    assert!(
+        fresh.message.contains("2024-03-10T09:00:00"),
+        "{}",
+        fresh.message
+    );
+    assert!(
+        fresh.message.contains("TIMESTAMP '2024-03-10 12:00:00'"),
+        "{}",
+        fresh.message
+    );
+    let schema = by("schema_fail");
+    assert!(
+        schema.message.contains("`order_id` is Int64, expected int"),
+        "{}",
+        schema.message
+    );
+    assert!(
+        schema.message.contains("`missing_col` is missing"),
+        "{}",
+        schema.message
+    );
+    assert!(
+        schema.message.contains("`status` is not in the rule"),
+        "{}",
+        schema.message
+    );
+    let nulls = by("expression_null_fails");
+    assert_eq!(nulls.samples.len(), 1);
+    assert!(
+        nulls.samples[0]["amount"].is_null(),
+        "a NULL predicate is a failure and its row is kept"
+    );
+    let rc = by("row_count_fail");
+    assert!(
+        rc.message.contains("row count 10 is below the minimum 11"),
+        "{}",
+        rc.message
+    );
+}
+
+#[tokio::test]
+async fn thresholds_at_below_and_above_the_bound() {
+    // not_null on customer_id, amount fails 2 of 10 rows (20%).
+    let rules = "rules:
+  - {name: rows_below, not_null: [customer_id, amount], max_failing_rows: 1}
+  - {name: rows_at, not_null: [customer_id, amount], max_failing_rows: 2}
+  - {name: rows_above, not_null: [customer_id, amount], max_failing_rows: 3}
+  - {name: pct_below, not_null: [customer_id, amount], max_failing_pct: 19.9}
+  - {name: pct_at, not_null: [customer_id, amount], max_failing_pct: 20}
+  - {name: pct_above, not_null: [customer_id, amount], max_failing_pct: 25}
+  - {name: both, not_null: [customer_id, amount], max_failing_rows: 5, max_failing_pct: 10}
+  - {name: sql_threshold, sql: 'SELECT * FROM staged WHERE amount > 75', max_failing_rows: 3}
+  - {name: unique_threshold, unique: [order_id], max_failing_pct: 10}
+";
+    let f = setup(rules);
+    let v = verdicts(&f).await;
+    let passed: Vec<(&str, bool)> = v.iter().map(|(k, (p, _))| (k.as_str(), *p)).collect();
+    assert_eq!(
+        passed,
+        [
+            ("both", false),
+            ("pct_above", true),
+            ("pct_at", true),
+            ("pct_below", false),
+            ("rows_above", true),
+            ("rows_at", true),
+            ("rows_below", false),
+            ("sql_threshold", true),
+            ("unique_threshold", false),
+        ]
+    );
+    // A rule within its threshold does not block publishing.
+    let f = setup(
+        "rules:\n  - {name: tolerated, not_null: [customer_id, amount], max_failing_rows: 2}\n",
+    );
+    let out = f.job().run("2024-03-11", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert_eq!(out.audits[0].failing_rows, 2);
+}
+
+#[tokio::test]
+async fn the_shared_scan_agrees_with_one_query_per_rule() {
+    let all = setup(RULES);
+    let together = verdicts(&all).await;
+    // Each rule alone, in its own job run.
+    let blocks: Vec<&str> = RULES.split("\n  - ").skip(1).collect();
+    assert_eq!(blocks.len(), together.len());
+    for block in blocks {
+        let f = setup(&format!("rules:\n  - {}\n", block.trim_end()));
+        let alone = verdicts(&f).await;
+        assert_eq!(alone.len(), 1);
+        let (name, verdict) = alone.into_iter().next().unwrap();
+        assert_eq!(together[&name], verdict, "{name}");
+    }
+}
