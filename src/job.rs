@@ -117,6 +117,17 @@ pub struct RunOutcome {
     pub audit_report: Option<AuditReport>,
 }
 
+/// What `wap check` verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub rules: usize,
+    pub rule_files: usize,
+    /// The transform's output columns with their types.
+    pub columns: Vec<String>,
+    /// The source location whose schema was used.
+    pub source: String,
+}
+
 /// Validates a logical date: `YYYY-MM-DD`, a real day.
 pub fn parse_date(date: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(date, "%Y-%m-%d")
@@ -235,18 +246,8 @@ impl Job {
         }
 
         // Plan everything before writing anything.
-        let ctx = self.session(Some(Arc::clone(&source.store)))?;
-        let df = write::plan_transform(&ctx, conf, date, &source).await?;
-        let schema = write::table_schema(df.schema().inner());
-        table::register_version(
-            &ctx,
-            audit::run::PUBLISHED,
-            current.as_ref(),
-            Arc::clone(&schema),
-        )?;
-        table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
+        let (ctx, df) = self.prepare(date, &source, current.as_ref()).await?;
         let rules = conf.rules.rules();
-        audit::run::compile(&ctx, &rules, &conf.key).await?;
 
         // Phase 1.
         let staged = write::write_staging(
@@ -355,6 +356,52 @@ impl Job {
             audits: report.summaries(),
         };
         self.publish(proposal, current_version, outcome).await
+    }
+
+    /// Plans the transform and compiles every rule against its schema, reading no data: the
+    /// session has `source`, `published` and an empty `staged` registered.
+    async fn prepare(
+        &self,
+        date: &str,
+        source: &write::SourceObjects,
+        current: Option<&Manifest>,
+    ) -> Result<(SessionContext, DataFrame)> {
+        let ctx = self.session(Some(Arc::clone(&source.store)))?;
+        let df = write::plan_transform(&ctx, &self.conf, date, source).await?;
+        let schema = write::table_schema(df.schema().inner());
+        table::register_version(&ctx, audit::run::PUBLISHED, current, Arc::clone(&schema))?;
+        table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
+        audit::run::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
+        Ok((ctx, df))
+    }
+
+    /// `wap check`: plans the transform against the source's schema (for `date`, or any date the
+    /// source has) and compiles every rule, reporting every problem at once. Reads no data
+    /// beyond what schema inference needs.
+    pub async fn check(&self, date: Option<&str>) -> Result<CheckReport> {
+        let (date, source) = match date {
+            Some(d) => {
+                parse_date(d)?;
+                (d.to_string(), write::list_source(&self.conf, d).await?)
+            }
+            None => (
+                "2000-01-01".to_string(),
+                write::list_source_sample(&self.conf).await?,
+            ),
+        };
+        let current = versions::current(&self.table).await?;
+        let (_, df) = self.prepare(&date, &source, current.as_ref()).await?;
+        Ok(CheckReport {
+            rules: self.conf.rules.rules().len(),
+            rule_files: self.conf.rules.files().len(),
+            columns: df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect(),
+            source: source.location,
+        })
     }
 
     async fn publish(

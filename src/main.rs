@@ -54,6 +54,17 @@ enum Command {
         format: Format,
         sql: String,
     },
+    /// Parse all YAML, plan the transform and compile every rule, reading no data; exit 2 on
+    /// any problem.
+    Check {
+        #[arg(long)]
+        conf: PathBuf,
+        /// Use this date's source for the schema (default: any date the source has).
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that the table's store supports the conditional writes publishing needs.
     Doctor {
         #[arg(long)]
@@ -158,6 +169,21 @@ async fn execute(command: Command) -> Result<i32, Error> {
         Command::Rollback { conf, to, json } => {
             let outcome = job(&conf)?.rollback(to).await?;
             Ok(render_outcome(&outcome, json))
+        }
+        Command::Check { conf, date, json } => {
+            let report = job(&conf)?.check(date.as_deref()).await?;
+            if json {
+                print_json(&report);
+            } else {
+                println!(
+                    "ok: {} rule(s) from {} file(s) compile against the transform's output ({}), source {}",
+                    report.rules,
+                    report.rule_files,
+                    report.columns.join(", "),
+                    report.source
+                );
+            }
+            Ok(exit_code::OK)
         }
         Command::Doctor { conf, json } => {
             let diagnosis = job(&conf)?.doctor().await;

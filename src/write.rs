@@ -201,6 +201,51 @@ pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, Wr
     })
 }
 
+/// Some source objects of any date (for `wap check`): `{date}` becomes a wildcard and the last
+/// matching object is used, for its schema only.
+pub async fn list_source_sample(conf: &JobConf) -> Result<SourceObjects, WriteError> {
+    let mut template = conf.source.path.replace("{date}", "*");
+    if template.ends_with('/') {
+        template.push_str("**");
+    }
+    let loc = Location::parse(&template, &conf.storage)?;
+    let g = glob_start(&loc.path).unwrap_or(loc.path.len());
+    let dir = loc.path[..g].rsplit_once('/').map_or("", |(d, _)| d);
+    let pattern = glob::Pattern::new(&loc.path).map_err(|e| StoreError::Invalid {
+        location: template.clone(),
+        reason: format!("bad glob: {e}"),
+    })?;
+    let prefix = object_path(dir).map_err(|reason| StoreError::Invalid {
+        location: template.clone(),
+        reason,
+    })?;
+    let mut listing = loc.store.list(Some(&prefix));
+    let mut last: Option<ObjectMeta> = None;
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|source| WriteError::ListSource {
+            location: template.clone(),
+            source,
+        })?;
+        if pattern.matches(meta.location.as_ref())
+            && !hidden(&meta, dir)
+            && last.as_ref().is_none_or(|l| l.location < meta.location)
+        {
+            last = Some(meta);
+        }
+    }
+    let Some(last) = last else {
+        return Err(WriteError::SourceNotFound {
+            location: template,
+            date: "any date".into(),
+        });
+    };
+    Ok(SourceObjects {
+        store: loc.store,
+        objects: vec![last],
+        location: template,
+    })
+}
+
 fn source_format(conf: &JobConf) -> Arc<dyn FileFormat> {
     match conf.source.format {
         SourceFormat::Csv => {

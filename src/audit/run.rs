@@ -49,6 +49,16 @@ pub async fn compile(
     rules: &[&Rule],
     key: &[String],
 ) -> Result<(), AuditError> {
+    let columns: Vec<String> = match ctx.table_provider(STAGED).await {
+        Ok(t) => t
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let problem = |rule: &Rule, message: &str| problem(rule, message, &columns);
     let mut problems = Vec::new();
     for rule in rules {
         let own_sql = match &rule.kind {
@@ -80,13 +90,27 @@ pub async fn compile(
     }
 }
 
-fn problem(rule: &Rule, message: &str) -> String {
+/// One compile problem: where, which rule, what is wrong, and the fix to make.
+fn problem(rule: &Rule, message: &str, columns: &[String]) -> String {
     let message = message
         .trim_start_matches("query failed: ")
         .trim_start_matches("query refused: ");
     let first = message.lines().next().unwrap_or_default();
+    let help = if first.contains("No field named") || first.contains("not found") {
+        format!(
+            "use a column the transform produces: {}",
+            columns.join(", ")
+        )
+    } else if first.contains("not a query") || first.contains("expected one statement") {
+        "rule SQL must be one read-only SELECT (no DDL, DML, COPY or `;`)".to_string()
+    } else if rule.kind.name() == "expression" {
+        "an expression is a boolean SQL condition over the staged columns, e.g. `amount > 0`"
+            .to_string()
+    } else {
+        "fix the SQL so that it plans against tables `staged` and `published`".to_string()
+    };
     format!(
-        "{}: rule `{}` ({}): {first}",
+        "{}: rule `{}` ({}): {first}\n  help: {help}",
         rule.location(),
         rule.name,
         rule.kind.name()
