@@ -74,6 +74,12 @@ pub struct RawJobConf {
     pub audits: Vec<String>,
     #[serde(default)]
     pub storage: BTreeMap<String, serde_yaml::Value>,
+    /// Values for `{name}` placeholders in rule files.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_yaml::Value>,
+    /// Sample failing rows kept per failing rule (default 10).
+    #[serde(default)]
+    pub audit_samples: Option<usize>,
 }
 
 /// The `source:` section as written.
@@ -148,6 +154,8 @@ pub struct JobConf {
     pub rules: RuleSet,
     /// Connection settings for object stores (never credentials).
     pub storage: StorageOptions,
+    /// Sample failing rows kept per failing rule.
+    pub audit_samples: Option<usize>,
 }
 
 /// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
@@ -341,6 +349,29 @@ impl JobConf {
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| "SELECT * FROM source".to_string());
 
+        let mut vars = BTreeMap::new();
+        for (k, v) in &raw.vars {
+            let value = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(ConfError::at(
+                        path,
+                        line_of_key(&text, k),
+                        format!("vars.{k}: expected a string, number or boolean"),
+                    ));
+                }
+            };
+            if !is_identifier(k) {
+                return Err(ConfError::at(
+                    path,
+                    line_of_key(&text, k),
+                    format!("vars.{k}: names are identifiers (letters, digits, `_`)"),
+                ));
+            }
+            vars.insert(k.clone(), value);
+        }
         let mut rule_files = Vec::new();
         for audit in &raw.audits {
             let audit_path = resolve_local(&base, audit);
@@ -354,7 +385,7 @@ impl JobConf {
                     ),
                 )
             })?;
-            rule_files.push(RuleFile::parse(&audit_path, &audit_text)?);
+            rule_files.push(RuleFile::parse_with_vars(&audit_path, &audit_text, &vars)?);
         }
         let rules = RuleSet::new(rule_files)?;
         let storage = storage_options(&raw.storage, path, &text)?;
@@ -374,6 +405,7 @@ impl JobConf {
             transform,
             rules,
             storage,
+            audit_samples: raw.audit_samples,
         })
     }
 }

@@ -281,15 +281,10 @@ impl Job {
                 })
             })?;
         let logical_date = parse_date(date)?;
-        let results = audit::run::run(
-            &ctx,
-            &rules,
-            &conf.key,
-            self.options.sample_limit,
-            logical_date,
-        )
-        .instrument(tracing::info_span!("audit"))
-        .await?;
+        let samples = conf.audit_samples.unwrap_or(self.options.sample_limit);
+        let results = audit::run::run(&ctx, &rules, &conf.key, samples, logical_date)
+            .instrument(tracing::info_span!("audit"))
+            .await?;
         let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
         let report = AuditReport::new(
             &conf.name,

@@ -296,8 +296,19 @@ const KINDS: &str =
     "not_null, unique, accepted_values, range, row_count, expression, sql, freshness or schema";
 
 impl RuleFile {
-    /// Parses and validates one rule file.
+    /// Parses and validates one rule file with no variables.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfError> {
+        Self::parse_with_vars(path, text, &BTreeMap::new())
+    }
+
+    /// Parses and validates one rule file, filling `{name}` placeholders from `vars` (the job's
+    /// `vars:`), so one rule file can serve several jobs.
+    pub fn parse_with_vars(
+        path: &Path,
+        raw_text: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfError> {
+        let text = &fill_vars(path, raw_text, vars)?;
         if text.trim().is_empty() {
             return Err(ConfError::at(
                 path,
@@ -314,10 +325,53 @@ impl RuleFile {
         }
         Ok(RuleFile {
             path: path.to_path_buf(),
-            text: text.to_string(),
+            text: raw_text.to_string(),
             rules,
         })
     }
+}
+
+/// Replaces `{name}` by `vars[name]`; a placeholder with no value is an error at its line.
+fn fill_vars(
+    path: &Path,
+    text: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, ConfError> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..name_len];
+            let is_placeholder = name_len > 0
+                && after[name_len..].starts_with('}')
+                && crate::conf::is_identifier(name);
+            if !is_placeholder {
+                out.push('{');
+                rest = after;
+                continue;
+            }
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    return Err(ConfError::at(
+                        path,
+                        i + 1,
+                        format!(
+                            "`{{{name}}}` has no value: define it under `vars:` in the job file"
+                        ),
+                    ));
+                }
+            }
+            rest = &after[name_len + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
 }
 
 /// Lines where list items under `rules:` begin (one per rule, in order).
@@ -746,6 +800,37 @@ mod tests {
         assert!(
             bad("rules:\n  - name: x\n    not_null: [a]\n    max_failing_pct: 150\n")
                 .contains("not a percentage")
+        );
+    }
+
+    #[test]
+    fn vars_fill_placeholders_and_missing_ones_are_errors() {
+        let vars: BTreeMap<String, String> = [
+            ("min".to_string(), "5".to_string()),
+            ("col".to_string(), "amount".to_string()),
+        ]
+        .into();
+        let text = "rules:\n  - name: r\n    range: {column: {col}, min: {min}}\n";
+        let f = RuleFile::parse_with_vars(Path::new("r.yaml"), text, &vars).unwrap();
+        assert_eq!(
+            f.rules[0].kind,
+            RuleKind::Range {
+                column: "amount".into(),
+                min: Some("5".into()),
+                max: None
+            }
+        );
+        assert_eq!(f.text, text, "the run id hashes the file as written");
+        let err = RuleFile::parse_with_vars(
+            Path::new("r.yaml"),
+            "rules:\n  - name: r\n    expression: x > {limit}\n",
+            &vars,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("r.yaml:3:") && err.contains("`{limit}` has no value"),
+            "{err}"
         );
     }
 

@@ -215,3 +215,23 @@ async fn the_shared_scan_agrees_with_one_query_per_rule() {
         assert_eq!(together[&name], verdict, "{name}");
     }
 }
+
+#[tokio::test]
+async fn one_rule_file_serves_two_jobs_through_vars_and_samples_are_settable() {
+    let f = setup(
+        "rules:\n  - name: big_enough\n    range: {column: amount, min: {min_amount}}\n  - name: known\n    accepted_values: {column: status, values: [{ok_status}]}\n",
+    );
+    f.edit_conf("audits: [../audits/orders.yaml]", "audits: [../audits/orders.yaml]\nvars: {min_amount: 50, ok_status: placed}\naudit_samples: 2");
+    let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+    let r = out.audit_report.unwrap();
+    assert_eq!((r.rules[0].failing_rows, r.rules[0].samples.len()), (5, 2), "5 amounts below 50, 2 samples kept");
+    assert_eq!(r.rules[1].failing_rows, 4);
+
+    f.edit_conf("vars: {min_amount: 50, ok_status: placed}", "vars: {min_amount: -5, ok_status: placed}");
+    let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+    assert_eq!(out.audit_report.unwrap().rules[0].failing_rows, 0);
+
+    f.edit_conf("vars: {min_amount: -5, ok_status: placed}\n", "");
+    let err = wap::conf::JobConf::load(&f.conf).unwrap_err().to_string();
+    assert!(err.contains("audits/orders.yaml:3:") && err.contains("`{min_amount}` has no value"), "{err}");
+}

@@ -222,8 +222,16 @@ fn check_compiles_everything_without_writing_and_lists_every_problem() {
     let ex = Example::new();
     let out = ex.wap(&["check", "--conf", CONF]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("ok: 7 rule(s) from 1 file(s)") && text.contains("amount Decimal128(18, 2)"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ok: 7 rule(s) from 1 file(s)") && text.contains("amount Decimal128(18, 2)"),
+        "{text}"
+    );
     let out = ex.wap(&["check", "--conf", CONF, "--date", "2024-01-02"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!ex.dir.path().join("lake").exists(), "check writes nothing");
@@ -245,10 +253,20 @@ fn check_compiles_everything_without_writing_and_lists_every_problem() {
     let out = ex.wap(&["check", "--conf", CONF]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("audits/orders.yaml:2: rule `typo` (not_null)"), "{err}");
+    assert!(
+        err.contains("audits/orders.yaml:2: rule `typo` (not_null)"),
+        "{err}"
+    );
     assert!(err.contains("help: use a column the transform produces: order_id, customer_id, amount, status, order_date"), "{err}");
-    assert!(err.contains("audits/orders.yaml:6: rule `writes` (sql)") && err.contains("one read-only SELECT"), "{err}");
-    assert!(err.contains("audits/orders.yaml:8: rule `bad_expression` (expression)"), "{err}");
+    assert!(
+        err.contains("audits/orders.yaml:6: rule `writes` (sql)")
+            && err.contains("one read-only SELECT"),
+        "{err}"
+    );
+    assert!(
+        err.contains("audits/orders.yaml:8: rule `bad_expression` (expression)"),
+        "{err}"
+    );
     assert!(!err.contains("rule `fine`"), "{err}");
     assert!(!ex.dir.path().join("lake").exists());
 }
