@@ -282,7 +282,18 @@ impl Job {
             })?;
         let logical_date = parse_date(date)?;
         let samples = conf.audit_samples.unwrap_or(self.options.sample_limit);
-        let results = audit::run::run(&ctx, &rules, &conf.key, samples, logical_date)
+        let staged_rows: Vec<(String, u64)> = staged
+            .partitions
+            .iter()
+            .map(|p| (p.path.clone(), p.rows))
+            .collect();
+        let baseline = audit::run::Baseline {
+            logical_date,
+            partition_by: &conf.partition_by,
+            staged: &staged_rows,
+            published: current.as_ref(),
+        };
+        let results = audit::run::run(&ctx, &rules, &conf.key, samples, &baseline)
             .instrument(tracing::info_span!("audit"))
             .await?;
         let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();

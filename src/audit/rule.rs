@@ -50,6 +50,18 @@ pub enum RuleKind {
         columns: Vec<(String, LogicalType)>,
         allow_extra: bool,
     },
+    /// The staged schema against the published one: `forbid` any change, or allow `additive`
+    /// ones (no column dropped or retyped).
+    SchemaChange { additive: bool },
+    /// Each staged partition's row count is within `max_pct` percent of the partition it
+    /// replaces or, for a new partition, of the mean of the last `window` published partitions.
+    RowCountChange { max_pct: f64, window: usize },
+    /// Likewise for a column's null rate, in percentage points.
+    NullRateChange {
+        column: String,
+        max_points: f64,
+        window: usize,
+    },
 }
 
 /// A duration such as `30m`, `12h`, `2d`, `1w`.
@@ -190,6 +202,9 @@ impl RuleKind {
             RuleKind::Sql(_) => "sql",
             RuleKind::Freshness { .. } => "freshness",
             RuleKind::Schema { .. } => "schema",
+            RuleKind::SchemaChange { .. } => "schema_change",
+            RuleKind::RowCountChange { .. } => "row_count_change",
+            RuleKind::NullRateChange { .. } => "null_rate_change",
         }
     }
 }
@@ -237,6 +252,9 @@ struct RawRule {
     sql: Option<String>,
     freshness: Option<RawFreshness>,
     schema: Option<RawSchema>,
+    schema_change: Option<String>,
+    row_count_change: Option<RawRowCountChange>,
+    null_rate_change: Option<RawNullRateChange>,
     max_failing_rows: Option<u64>,
     max_failing_pct: Option<f64>,
 }
@@ -246,6 +264,27 @@ struct RawRule {
 struct RawFreshness {
     column: String,
     max_age: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRowCountChange {
+    max_pct: f64,
+    #[serde(default = "default_window")]
+    window: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNullRateChange {
+    column: String,
+    max_points: f64,
+    #[serde(default = "default_window")]
+    window: usize,
+}
+
+fn default_window() -> usize {
+    7
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,8 +331,8 @@ pub struct RuleFile {
     pub rules: Vec<Rule>,
 }
 
-const KINDS: &str =
-    "not_null, unique, accepted_values, range, row_count, expression, sql, freshness or schema";
+const KINDS: &str = "not_null, unique, accepted_values, range, row_count, expression, sql, \
+                     freshness, schema, schema_change, row_count_change or null_rate_change";
 
 impl RuleFile {
     /// Parses and validates one rule file with no variables.
@@ -542,6 +581,41 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
         kinds.push(RuleKind::Schema {
             columns,
             allow_extra: sc.allow_extra,
+        });
+    }
+    if let Some(mode) = r.schema_change {
+        let additive = match mode.as_str() {
+            "forbid" => false,
+            "additive" => true,
+            other => {
+                return Err(err(format!(
+                    "schema_change: `{other}`; expected forbid or additive"
+                )));
+            }
+        };
+        kinds.push(RuleKind::SchemaChange { additive });
+    }
+    if let Some(c) = r.row_count_change {
+        if c.max_pct < 0.0 || c.window == 0 {
+            return Err(err(
+                "row_count_change: expected max_pct >= 0 and window >= 1".into(),
+            ));
+        }
+        kinds.push(RuleKind::RowCountChange {
+            max_pct: c.max_pct,
+            window: c.window,
+        });
+    }
+    if let Some(c) = r.null_rate_change {
+        if !(0.0..=100.0).contains(&c.max_points) || c.window == 0 {
+            return Err(err(
+                "null_rate_change: expected max_points in 0..=100 and window >= 1".into(),
+            ));
+        }
+        kinds.push(RuleKind::NullRateChange {
+            column: c.column,
+            max_points: c.max_points,
+            window: c.window,
         });
     }
     let threshold = Threshold {

@@ -9,6 +9,7 @@ use super::AuditError;
 use super::report::RuleResult;
 use super::rule::{Rule, RuleKind};
 use super::sql;
+use crate::manifest::{Manifest, Partition};
 use crate::table::{self, TableError};
 
 /// Table name of the staged data in rule SQL.
@@ -25,7 +26,12 @@ fn any_date() -> chrono::NaiveDate {
 fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
     match &rule.kind {
         RuleKind::Freshness { .. } => vec![sql::aggregate_query(&[rule], STAGED, any_date())],
-        RuleKind::Schema { .. } => vec![],
+        RuleKind::Schema { .. }
+        | RuleKind::SchemaChange { .. }
+        | RuleKind::RowCountChange { .. } => {
+            vec![]
+        }
+        RuleKind::NullRateChange { column, .. } => vec![sql::null_rate_query(column, STAGED, &[])],
         RuleKind::Unique(cols) => vec![
             sql::unique_count_query(cols, STAGED),
             sql::unique_sample_query(cols, STAGED, 1),
@@ -199,9 +205,7 @@ fn describe(kind: &RuleKind) -> String {
         RuleKind::Expression(e) => format!("are not TRUE for `{e}`"),
         RuleKind::Unique(cols) => format!("share their {} with another row", cols.join(", ")),
         RuleKind::Sql(_) => "were returned by the rule's query".into(),
-        RuleKind::RowCount { .. } | RuleKind::Freshness { .. } | RuleKind::Schema { .. } => {
-            String::new()
-        }
+        _ => String::new(),
     }
 }
 
@@ -235,14 +239,287 @@ fn schema_problems(
     problems
 }
 
+/// What a run is judged against besides its own rows: the logical date, the partitions it
+/// staged, and the published version (for the change rules).
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline<'a> {
+    pub logical_date: chrono::NaiveDate,
+    pub partition_by: &'a [String],
+    /// (Hive path, rows) of each staged partition.
+    pub staged: &'a [(String, u64)],
+    pub published: Option<&'a Manifest>,
+}
+
+impl Baseline<'_> {
+    /// The published partitions a staged partition is compared with: the one it replaces, or
+    /// the last `window` published partitions (by path) for a new one. Empty: nothing to compare.
+    fn reference(&self, path: &str, window: usize) -> Vec<&Partition> {
+        let Some(m) = self.published else {
+            return Vec::new();
+        };
+        if let Some(p) = m.partitions.get(path) {
+            return vec![p];
+        }
+        m.partitions.values().rev().take(window).collect()
+    }
+}
+
+fn pct_change(now: f64, before: f64) -> f64 {
+    if before == 0.0 {
+        if now == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        (now - before).abs() * 100.0 / before
+    }
+}
+
+/// Rules judged from metadata alone (schemas, row counts): no scan.
+fn judge_metadata(
+    rule: &Rule,
+    staged_schema: &arrow::datatypes::Schema,
+    base: &Baseline,
+    rows: u64,
+) -> Option<RuleResult> {
+    let (passed, message) = match &rule.kind {
+        RuleKind::Schema {
+            columns,
+            allow_extra,
+        } => {
+            let problems = schema_problems(staged_schema, columns, *allow_extra);
+            (
+                problems.is_empty(),
+                if problems.is_empty() {
+                    "the staged schema matches".to_string()
+                } else {
+                    problems.join("; ")
+                },
+            )
+        }
+        RuleKind::SchemaChange { additive } => match base.published {
+            None => (true, "nothing published to compare with".to_string()),
+            Some(m) => {
+                let mut problems = Vec::new();
+                for f in m.schema.fields() {
+                    match staged_schema.field_with_name(f.name()) {
+                        Err(_) => problems.push(format!("column `{}` was dropped", f.name())),
+                        Ok(n) if n.data_type() != f.data_type() => problems.push(format!(
+                            "column `{}` changed type from {} to {}",
+                            f.name(),
+                            f.data_type(),
+                            n.data_type()
+                        )),
+                        Ok(_) => {}
+                    }
+                }
+                if !additive {
+                    for f in staged_schema.fields() {
+                        if m.schema.field_with_name(f.name()).is_err() {
+                            problems.push(format!("column `{}` was added", f.name()));
+                        }
+                    }
+                }
+                (
+                    problems.is_empty(),
+                    if problems.is_empty() {
+                        format!("schema unchanged from version {}", m.version)
+                    } else {
+                        format!("against version {}: {}", m.version, problems.join("; "))
+                    },
+                )
+            }
+        },
+        RuleKind::RowCountChange { max_pct, window } => {
+            let mut worst = Vec::new();
+            let mut compared = 0;
+            for (path, now) in base.staged {
+                let refs = base.reference(path, *window);
+                if refs.is_empty() {
+                    continue;
+                }
+                compared += 1;
+                let before = refs.iter().map(|p| p.rows as f64).sum::<f64>() / refs.len() as f64;
+                let change = pct_change(*now as f64, before);
+                if change > *max_pct {
+                    worst.push(format!(
+                        "{path}: {now} rows against {before:.1} ({change:.1}%)"
+                    ));
+                }
+            }
+            if compared == 0 {
+                (true, "nothing published to compare with".to_string())
+            } else if worst.is_empty() {
+                (
+                    true,
+                    format!("{compared} partition(s) within {max_pct}% of their reference"),
+                )
+            } else {
+                (
+                    false,
+                    format!(
+                        "row count changed more than {max_pct}%: {}",
+                        worst.join("; ")
+                    ),
+                )
+            }
+        }
+        _ => return None,
+    };
+    let mut r = result(rule, 0, rows, message);
+    r.passed = passed;
+    Some(r)
+}
+
+/// Null rates of `column` by partition path in `table`: path -> (rows, nulls).
+async fn null_rates(
+    ctx: &SessionContext,
+    rule: &str,
+    table: &str,
+    column: &str,
+    partition_by: &[String],
+) -> Result<std::collections::HashMap<String, (u64, u64)>, AuditError> {
+    let batches = query(
+        ctx,
+        rule,
+        &sql::null_rate_query(column, table, partition_by),
+    )
+    .await?;
+    let mut out = std::collections::HashMap::new();
+    let n = partition_by.len();
+    for b in &batches {
+        for row in 0..b.num_rows() {
+            let values: Vec<Option<String>> = (0..n)
+                .map(|i| {
+                    let c = b.column(i);
+                    (!c.is_null(row)).then(|| {
+                        arrow::util::display::array_value_to_string(c, row).unwrap_or_default()
+                    })
+                })
+                .collect();
+            let int = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map_or(0, |a| a.value(row).max(0) as u64)
+            };
+            out.insert(
+                crate::write::hive_path(partition_by, &values),
+                (int(n), int(n + 1)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn judge_null_rate(
+    ctx: &SessionContext,
+    rule: &Rule,
+    base: &Baseline<'_>,
+    rows: u64,
+) -> Result<RuleResult, AuditError> {
+    let RuleKind::NullRateChange {
+        column,
+        max_points,
+        window,
+    } = &rule.kind
+    else {
+        unreachable!("called for null_rate_change rules")
+    };
+    let mut needed: Vec<&Partition> = Vec::new();
+    for (path, _) in base.staged {
+        for p in base.reference(path, *window) {
+            if !needed.iter().any(|q| q.path == p.path) {
+                needed.push(p);
+            }
+        }
+    }
+    let pass = |message: String| {
+        let mut r = result(rule, 0, rows, message);
+        r.passed = true;
+        r
+    };
+    if needed.is_empty() {
+        return Ok(pass("nothing published to compare with".into()));
+    }
+    let m = base
+        .published
+        .expect("references come from the published version");
+    if m.schema.field_with_name(column).is_err() {
+        return Ok(pass(format!(
+            "column `{column}` is new: nothing to compare with"
+        )));
+    }
+    let files = needed
+        .iter()
+        .flat_map(|p| &p.files)
+        .map(table::object_meta)
+        .collect();
+    let reference_table = format!(
+        "wap_reference_{}",
+        rule.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let provider = table::files_table(m.schema_ref(), files)?;
+    ctx.register_table(&reference_table, std::sync::Arc::new(provider))
+        .map_err(|e| AuditError::Execute {
+            rule: rule.name.clone(),
+            message: e.to_string(),
+        })?;
+    let before = null_rates(ctx, &rule.name, &reference_table, column, base.partition_by).await;
+    let _ = ctx.deregister_table(&reference_table);
+    let before = before?;
+    let now = null_rates(ctx, &rule.name, STAGED, column, base.partition_by).await?;
+    let rate = |(rows, nulls): (u64, u64)| {
+        if rows == 0 {
+            0.0
+        } else {
+            nulls as f64 * 100.0 / rows as f64
+        }
+    };
+    let mut worst = Vec::new();
+    let mut compared = 0;
+    for (path, _) in base.staged {
+        let refs = base.reference(path, *window);
+        let rates: Vec<f64> = refs
+            .iter()
+            .filter_map(|p| before.get(&p.path).copied().map(rate))
+            .collect();
+        if rates.is_empty() {
+            continue;
+        }
+        compared += 1;
+        let reference = rates.iter().sum::<f64>() / rates.len() as f64;
+        let current = now.get(path).copied().map_or(0.0, rate);
+        let points = (current - reference).abs();
+        if points > *max_points {
+            worst.push(format!(
+                "{path}: {current:.1}% NULL against {reference:.1}% ({points:.1} points)"
+            ));
+        }
+    }
+    let mut r = result(rule, 0, rows, String::new());
+    r.passed = worst.is_empty();
+    r.message = if compared == 0 {
+        "nothing published to compare with".into()
+    } else if worst.is_empty() {
+        format!(
+            "{compared} partition(s) within {max_points} points of their reference null rate for {column}"
+        )
+    } else {
+        format!(
+            "null rate of {column} changed more than {max_points} points: {}",
+            worst.join("; ")
+        )
+    };
+    Ok(r)
+}
+
 /// Runs every rule over the registered `staged` table. Row-level rules share one scan.
 pub async fn run(
     ctx: &SessionContext,
     rules: &[&Rule],
     key: &[String],
     sample_limit: usize,
-    logical_date: chrono::NaiveDate,
+    base: &Baseline<'_>,
 ) -> Result<Vec<RuleResult>, AuditError> {
+    let logical_date = base.logical_date;
     let agg_rules: Vec<&Rule> = rules
         .iter()
         .copied()
@@ -305,27 +582,19 @@ pub async fn run(
         }
     }
 
+    let staged_schema = ctx
+        .table_provider(STAGED)
+        .await
+        .map_err(|e| AuditError::Execute {
+            rule: "(schema)".into(),
+            message: e.to_string(),
+        })?
+        .schema();
     for rule in rules {
-        if let RuleKind::Schema {
-            columns,
-            allow_extra,
-        } = &rule.kind
-        {
-            let provider = ctx
-                .table_provider(STAGED)
-                .await
-                .map_err(|e| AuditError::Execute {
-                    rule: rule.name.clone(),
-                    message: e.to_string(),
-                })?;
-            let problems = schema_problems(&provider.schema(), columns, *allow_extra);
-            let message = if problems.is_empty() {
-                "the staged schema matches".to_string()
-            } else {
-                problems.join("; ")
-            };
-            let mut r = result(rule, 0, rows, message);
-            r.passed = problems.is_empty();
+        if let Some(r) = judge_metadata(rule, &staged_schema, base, rows) {
+            by_name.insert(rule.name.clone(), r);
+        } else if matches!(rule.kind, RuleKind::NullRateChange { .. }) {
+            let r = judge_null_rate(ctx, rule, base, rows).await?;
             by_name.insert(rule.name.clone(), r);
         }
     }
@@ -333,7 +602,7 @@ pub async fn run(
     let own = rules
         .iter()
         .copied()
-        .filter(|r| !sql::in_aggregate(r) && !matches!(r.kind, RuleKind::Schema { .. }))
+        .filter(|r| matches!(r.kind, RuleKind::Unique(_) | RuleKind::Sql(_)))
         .map(|rule| async move {
             match &rule.kind {
                 RuleKind::Unique(cols) => {

@@ -39,7 +39,10 @@ pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
         | RuleKind::RowCount { .. }
         | RuleKind::Sql(_)
         | RuleKind::Freshness { .. }
-        | RuleKind::Schema { .. } => None,
+        | RuleKind::Schema { .. }
+        | RuleKind::SchemaChange { .. }
+        | RuleKind::RowCountChange { .. }
+        | RuleKind::NullRateChange { .. } => None,
     }
 }
 
@@ -138,6 +141,23 @@ pub fn unique_sample_query(cols: &[String], table: &str, limit: usize) -> String
         duplicates(cols, table),
         order_by(cols)
     )
+}
+
+/// Per partition: the partition columns, then rows and NULLs of `column` (BIGINT).
+pub fn null_rate_query(column: &str, table: &str, partition_by: &[String]) -> String {
+    let cols: Vec<String> = partition_by.iter().map(|c| ident(c)).collect();
+    let mut select = cols.clone();
+    select.push("CAST(COUNT(*) AS BIGINT)".into());
+    select.push(format!(
+        "CAST(COALESCE(SUM(CASE WHEN {} IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT)",
+        ident(column)
+    ));
+    let group = if cols.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", cols.join(", "))
+    };
+    format!("SELECT {} FROM {table}{group}", select.join(", "))
 }
 
 /// Rows returned by a `sql` rule.

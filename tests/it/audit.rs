@@ -224,14 +224,112 @@ async fn one_rule_file_serves_two_jobs_through_vars_and_samples_are_settable() {
     f.edit_conf("audits: [../audits/orders.yaml]", "audits: [../audits/orders.yaml]\nvars: {min_amount: 50, ok_status: placed}\naudit_samples: 2");
     let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
     let r = out.audit_report.unwrap();
-    assert_eq!((r.rules[0].failing_rows, r.rules[0].samples.len()), (5, 2), "5 amounts below 50, 2 samples kept");
+    assert_eq!(
+        (r.rules[0].failing_rows, r.rules[0].samples.len()),
+        (5, 2),
+        "5 amounts below 50, 2 samples kept"
+    );
     assert_eq!(r.rules[1].failing_rows, 4);
 
-    f.edit_conf("vars: {min_amount: 50, ok_status: placed}", "vars: {min_amount: -5, ok_status: placed}");
+    f.edit_conf(
+        "vars: {min_amount: 50, ok_status: placed}",
+        "vars: {min_amount: -5, ok_status: placed}",
+    );
     let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
     assert_eq!(out.audit_report.unwrap().rules[0].failing_rows, 0);
 
     f.edit_conf("vars: {min_amount: -5, ok_status: placed}\n", "");
     let err = wap::conf::JobConf::load(&f.conf).unwrap_err().to_string();
-    assert!(err.contains("audits/orders.yaml:3:") && err.contains("`{min_amount}` has no value"), "{err}");
+    assert!(
+        err.contains("audits/orders.yaml:3:") && err.contains("`{min_amount}` has no value"),
+        "{err}"
+    );
+}
+
+fn day(n_rows: usize, null_amounts: usize, first_id: i64) -> Vec<(i64, i64, String, &'static str)> {
+    (0..n_rows)
+        .map(|i| {
+            let amount = if i < null_amounts { String::new() } else { format!("{}.00", i + 1) };
+            (first_id + i as i64, 1, amount, "placed")
+        })
+        .collect()
+}
+
+fn write_day(f: &Fixture, date: &str, rows: &[(i64, i64, String, &'static str)]) {
+    let rows: Vec<crate::fixture::Order> = rows.iter().map(|(a, b, c, d)| (*a, *b, c.as_str(), *d)).collect();
+    f.orders(date, &rows);
+}
+
+fn rules(f: &Fixture, text: &str) {
+    std::fs::write(f.dir.path().join("audits/orders.yaml"), text).unwrap();
+}
+
+async fn verdict(f: &Fixture, date: &str) -> (bool, String) {
+    let out = f.job().run(date, Mode::AuditOnly).await.unwrap();
+    let r = &out.audit_report.unwrap().rules[0];
+    (r.passed, r.message.clone())
+}
+
+#[tokio::test]
+async fn change_rules_compare_with_the_published_version() {
+    let f = Fixture::new();
+    rules(&f, "rules: []\n");
+    for (d, id) in [("2024-01-01", 100), ("2024-01-02", 200), ("2024-01-03", 300)] {
+        write_day(&f, d, &day(10, 1, id));
+        f.job().run(d, Mode::Publish).await.unwrap();
+    }
+
+    // Row counts: a new partition against the mean of the last published ones (10 rows).
+    rules(&f, "rules:\n  - name: rc\n    row_count_change: {max_pct: 30}\n");
+    write_day(&f, "2024-01-04", &day(13, 1, 400));
+    let (ok, msg) = verdict(&f, "2024-01-04").await;
+    assert!(ok, "30% is at the bound: {msg}");
+    write_day(&f, "2024-01-04", &day(14, 1, 400));
+    let (ok, msg) = verdict(&f, "2024-01-04").await;
+    assert!(!ok && msg.contains("order_date=2024-01-04: 14 rows against 10.0 (40.0%)"), "{msg}");
+    // A replaced partition against itself.
+    write_day(&f, "2024-01-02", &day(5, 1, 200));
+    let (ok, msg) = verdict(&f, "2024-01-02").await;
+    assert!(!ok && msg.contains("(50.0%)"), "{msg}");
+    write_day(&f, "2024-01-02", &day(8, 1, 200));
+    assert!(verdict(&f, "2024-01-02").await.0, "20% is within 30%");
+    // `window: 1` compares a new partition with the newest published one only.
+    rules(&f, "rules:\n  - name: rc\n    row_count_change: {max_pct: 0, window: 1}\n");
+    write_day(&f, "2024-01-04", &day(10, 1, 400));
+    assert!(verdict(&f, "2024-01-04").await.0);
+
+    // Null rates: 10% NULL amounts published per day.
+    rules(&f, "rules:\n  - name: nr\n    null_rate_change: {column: amount, max_points: 5}\n");
+    write_day(&f, "2024-01-01", &day(10, 3, 100));
+    let (ok, msg) = verdict(&f, "2024-01-01").await;
+    assert!(!ok && msg.contains("30.0% NULL against 10.0% (20.0 points)"), "{msg}");
+    write_day(&f, "2024-01-05", &day(20, 2, 500));
+    let (ok, msg) = verdict(&f, "2024-01-05").await;
+    assert!(ok, "10% against a 10% mean: {msg}");
+
+    // Schema changes.
+    rules(&f, "rules:\n  - name: sc\n    schema_change: forbid\n");
+    write_day(&f, "2024-01-01", &day(10, 1, 100));
+    assert!(verdict(&f, "2024-01-01").await.0, "same schema");
+    f.edit_conf("status,\n", "status, 'x' AS extra,\n");
+    let (ok, msg) = verdict(&f, "2024-01-01").await;
+    assert!(!ok && msg.contains("column `extra` was added"), "{msg}");
+    rules(&f, "rules:\n  - name: sc\n    schema_change: additive\n");
+    assert!(verdict(&f, "2024-01-01").await.0, "adding is additive");
+    f.edit_conf("CAST(amount AS DECIMAL(18,2)) AS amount", "CAST(amount AS DOUBLE) AS amount");
+    let (ok, msg) = verdict(&f, "2024-01-01").await;
+    assert!(!ok && msg.contains("column `amount` changed type from Decimal128(18, 2) to Float64"), "{msg}");
+}
+
+#[tokio::test]
+async fn change_rules_pass_when_there_is_nothing_to_compare() {
+    let f = Fixture::new();
+    write_day(&f, "2024-01-01", &day(10, 9, 1));
+    rules(
+        &f,
+        "rules:\n  - {name: rc, row_count_change: {max_pct: 0}}\n  - {name: nr, null_rate_change: {column: amount, max_points: 0}}\n  - {name: sc, schema_change: forbid}\n",
+    );
+    let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert!(out.audits.iter().all(|a| a.passed));
 }
