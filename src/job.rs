@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
 use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::{ObjectMeta, ObjectStore};
@@ -377,8 +378,55 @@ impl Job {
         let schema = write::table_schema(df.schema().inner());
         table::register_version(&ctx, audit::run::PUBLISHED, current, Arc::clone(&schema))?;
         table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
+        self.register_targets(&ctx, &schema).await?;
         audit::run::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
         Ok((ctx, df))
+    }
+
+    /// Registers the current published version of every `relationships` target (a table
+    /// location, or a job file naming one). An unpublished target is an empty table, so every
+    /// non-NULL value fails the rule.
+    async fn register_targets(&self, ctx: &SessionContext, staged: &SchemaRef) -> Result<()> {
+        let rules = self.conf.rules.rules();
+        for (i, rule) in rules.iter().enumerate() {
+            let audit::RuleKind::Relationships { column, to, field } = &rule.kind else {
+                continue;
+            };
+            let (location, storage) = if to.ends_with(".yaml") || to.ends_with(".yml") {
+                let target = JobConf::load(to)?;
+                (target.table, target.storage)
+            } else {
+                (to.clone(), self.conf.storage.clone())
+            };
+            let store = Location::parse(&location, &storage)?.scoped()?;
+            let manifest = versions::current(&store).await?;
+            let url = format!("wap://target-{i}/");
+            ctx.register_object_store(
+                &url::Url::parse(&url).expect("valid url"),
+                Arc::clone(&store),
+            );
+            let provider = match &manifest {
+                Some(m) => table::files_table_at(
+                    &url,
+                    m.schema_ref(),
+                    m.files().map(table::object_meta).collect(),
+                )?,
+                None => {
+                    let data_type = staged
+                        .field_with_name(column)
+                        .map(|f| f.data_type().clone())
+                        .unwrap_or(arrow::datatypes::DataType::Utf8);
+                    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+                        arrow::datatypes::Field::new(field, data_type, true),
+                    ]));
+                    table::files_table_at(&url, schema, Vec::new())?
+                }
+            };
+            let name = audit::sql::relationship_table(&rule.name);
+            ctx.register_table(name.as_str(), Arc::new(provider))
+                .map_err(|source| table::TableError::Register { name, source })?;
+        }
+        Ok(())
     }
 
     /// `wap check`: plans the transform against the source's schema (for `date`, or any date the

@@ -57,16 +57,21 @@ pub fn object_meta(f: &DataFile) -> ObjectMeta {
 
 /// A table over Parquet files of the table store.
 pub fn files_table(schema: SchemaRef, files: Vec<ObjectMeta>) -> Result<FilesTable, TableError> {
-    FilesTable::new(
-        schema,
-        Arc::new(ParquetFormat::default()),
-        engine::TABLE_URL,
-        files,
+    files_table_at(engine::TABLE_URL, schema, files)
+}
+
+/// A table over Parquet files of the store registered at `store_url`.
+pub fn files_table_at(
+    store_url: &str,
+    schema: SchemaRef,
+    files: Vec<ObjectMeta>,
+) -> Result<FilesTable, TableError> {
+    FilesTable::new(schema, Arc::new(ParquetFormat::default()), store_url, files).map_err(
+        |source| TableError::Register {
+            name: "files".into(),
+            source,
+        },
     )
-    .map_err(|source| TableError::Register {
-        name: "files".into(),
-        source,
-    })
 }
 
 /// Registers `manifest` (or an empty table of `schema` when `None`) as table `name`.

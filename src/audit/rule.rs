@@ -50,6 +50,13 @@ pub enum RuleKind {
         columns: Vec<(String, LogicalType)>,
         allow_extra: bool,
     },
+    /// Every non-NULL value of `column` exists in `field` of another table's current published
+    /// version; `to` is that table's location or a job file naming it (resolved, absolute).
+    Relationships {
+        column: String,
+        to: String,
+        field: String,
+    },
     /// The staged schema against the published one: `forbid` any change, or allow `additive`
     /// ones (no column dropped or retyped).
     SchemaChange { additive: bool },
@@ -203,6 +210,7 @@ impl RuleKind {
             RuleKind::Freshness { .. } => "freshness",
             RuleKind::Schema { .. } => "schema",
             RuleKind::SchemaChange { .. } => "schema_change",
+            RuleKind::Relationships { .. } => "relationships",
             RuleKind::RowCountChange { .. } => "row_count_change",
             RuleKind::NullRateChange { .. } => "null_rate_change",
         }
@@ -253,6 +261,7 @@ struct RawRule {
     freshness: Option<RawFreshness>,
     schema: Option<RawSchema>,
     schema_change: Option<String>,
+    relationships: Option<RawRelationships>,
     row_count_change: Option<RawRowCountChange>,
     null_rate_change: Option<RawNullRateChange>,
     max_failing_rows: Option<u64>,
@@ -264,6 +273,14 @@ struct RawRule {
 struct RawFreshness {
     column: String,
     max_age: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelationships {
+    column: String,
+    to: String,
+    field: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,7 +349,8 @@ pub struct RuleFile {
 }
 
 const KINDS: &str = "not_null, unique, accepted_values, range, row_count, expression, sql, \
-                     freshness, schema, schema_change, row_count_change or null_rate_change";
+                     freshness, relationships, schema, schema_change, row_count_change or \
+                     null_rate_change";
 
 impl RuleFile {
     /// Parses and validates one rule file with no variables.
@@ -583,6 +601,19 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
             allow_extra: sc.allow_extra,
         });
     }
+    if let Some(rel) = r.relationships {
+        if rel.to.trim().is_empty() {
+            return Err(err(
+                "relationships.to: expected a table location or a job file".into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        kinds.push(RuleKind::Relationships {
+            column: rel.column,
+            to: crate::conf::resolve_location(&crate::conf::absolute(base), &rel.to),
+            field: rel.field,
+        });
+    }
     if let Some(mode) = r.schema_change {
         let additive = match mode.as_str() {
             "forbid" => false,
@@ -640,6 +671,7 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
                     | RuleKind::Range { .. }
                     | RuleKind::Expression(_)
                     | RuleKind::Sql(_)
+                    | RuleKind::Relationships { .. }
             );
             if !row_level && threshold != Threshold::default() {
                 return Err(err(format!(

@@ -37,6 +37,9 @@ fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
             sql::unique_sample_query(cols, STAGED, 1),
         ],
         RuleKind::Sql(q) => vec![sql::sql_count_query(q)],
+        RuleKind::Relationships { column, field, .. } => vec![sql::sql_count_query(
+            &sql::relationship_query(&rule.name, column, field, STAGED),
+        )],
         RuleKind::RowCount { .. } => vec![],
         kind => {
             let pred = sql::failing_predicate(kind).expect("row-level kind");
@@ -205,6 +208,9 @@ fn describe(kind: &RuleKind) -> String {
         RuleKind::Expression(e) => format!("are not TRUE for `{e}`"),
         RuleKind::Unique(cols) => format!("share their {} with another row", cols.join(", ")),
         RuleKind::Sql(_) => "were returned by the rule's query".into(),
+        RuleKind::Relationships { column, to, field } => {
+            format!("have a {column} with no {field} in {to}")
+        }
         _ => String::new(),
     }
 }
@@ -602,7 +608,12 @@ pub async fn run(
     let own = rules
         .iter()
         .copied()
-        .filter(|r| matches!(r.kind, RuleKind::Unique(_) | RuleKind::Sql(_)))
+        .filter(|r| {
+            matches!(
+                r.kind,
+                RuleKind::Unique(_) | RuleKind::Sql(_) | RuleKind::Relationships { .. }
+            )
+        })
         .map(|rule| async move {
             match &rule.kind {
                 RuleKind::Unique(cols) => {
@@ -618,7 +629,15 @@ pub async fn run(
                         .then(|| sql::unique_sample_query(cols, STAGED, sample_limit));
                     Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
                 }
-                RuleKind::Sql(q) => {
+                RuleKind::Sql(_) | RuleKind::Relationships { .. } => {
+                    let q = match &rule.kind {
+                        RuleKind::Relationships { column, field, .. } => {
+                            sql::relationship_query(&rule.name, column, field, STAGED)
+                        }
+                        RuleKind::Sql(q) => q.clone(),
+                        _ => unreachable!(),
+                    };
+                    let q = &q;
                     let counts = query(ctx, &rule.name, &sql::sql_count_query(q)).await?;
                     let failing = int_at(&counts, 0);
                     let message = format!("{failing} rows {}", describe(&rule.kind));

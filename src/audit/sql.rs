@@ -40,6 +40,7 @@ pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
         | RuleKind::Sql(_)
         | RuleKind::Freshness { .. }
         | RuleKind::Schema { .. }
+        | RuleKind::Relationships { .. }
         | RuleKind::SchemaChange { .. }
         | RuleKind::RowCountChange { .. }
         | RuleKind::NullRateChange { .. } => None,
@@ -158,6 +159,25 @@ pub fn null_rate_query(column: &str, table: &str, partition_by: &[String]) -> St
         format!(" GROUP BY {}", cols.join(", "))
     };
     format!("SELECT {} FROM {table}{group}", select.join(", "))
+}
+
+/// The table name a `relationships` rule's target is registered under.
+pub fn relationship_table(rule: &str) -> String {
+    format!(
+        "wap_target_{}",
+        rule.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
+}
+
+/// The failing rows of a `relationships` rule: non-NULL values with no match in the target.
+pub fn relationship_query(rule: &str, column: &str, field: &str, table: &str) -> String {
+    format!(
+        "SELECT * FROM {table} WHERE {c} IS NOT NULL AND {c} NOT IN \
+         (SELECT {f} FROM {t} WHERE {f} IS NOT NULL)",
+        c = ident(column),
+        f = ident(field),
+        t = relationship_table(rule)
+    )
 }
 
 /// Rows returned by a `sql` rule.

@@ -249,14 +249,21 @@ async fn one_rule_file_serves_two_jobs_through_vars_and_samples_are_settable() {
 fn day(n_rows: usize, null_amounts: usize, first_id: i64) -> Vec<(i64, i64, String, &'static str)> {
     (0..n_rows)
         .map(|i| {
-            let amount = if i < null_amounts { String::new() } else { format!("{}.00", i + 1) };
+            let amount = if i < null_amounts {
+                String::new()
+            } else {
+                format!("{}.00", i + 1)
+            };
             (first_id + i as i64, 1, amount, "placed")
         })
         .collect()
 }
 
 fn write_day(f: &Fixture, date: &str, rows: &[(i64, i64, String, &'static str)]) {
-    let rows: Vec<crate::fixture::Order> = rows.iter().map(|(a, b, c, d)| (*a, *b, c.as_str(), *d)).collect();
+    let rows: Vec<crate::fixture::Order> = rows
+        .iter()
+        .map(|(a, b, c, d)| (*a, *b, c.as_str(), *d))
+        .collect();
     f.orders(date, &rows);
 }
 
@@ -274,19 +281,29 @@ async fn verdict(f: &Fixture, date: &str) -> (bool, String) {
 async fn change_rules_compare_with_the_published_version() {
     let f = Fixture::new();
     rules(&f, "rules: []\n");
-    for (d, id) in [("2024-01-01", 100), ("2024-01-02", 200), ("2024-01-03", 300)] {
+    for (d, id) in [
+        ("2024-01-01", 100),
+        ("2024-01-02", 200),
+        ("2024-01-03", 300),
+    ] {
         write_day(&f, d, &day(10, 1, id));
         f.job().run(d, Mode::Publish).await.unwrap();
     }
 
     // Row counts: a new partition against the mean of the last published ones (10 rows).
-    rules(&f, "rules:\n  - name: rc\n    row_count_change: {max_pct: 30}\n");
+    rules(
+        &f,
+        "rules:\n  - name: rc\n    row_count_change: {max_pct: 30}\n",
+    );
     write_day(&f, "2024-01-04", &day(13, 1, 400));
     let (ok, msg) = verdict(&f, "2024-01-04").await;
     assert!(ok, "30% is at the bound: {msg}");
     write_day(&f, "2024-01-04", &day(14, 1, 400));
     let (ok, msg) = verdict(&f, "2024-01-04").await;
-    assert!(!ok && msg.contains("order_date=2024-01-04: 14 rows against 10.0 (40.0%)"), "{msg}");
+    assert!(
+        !ok && msg.contains("order_date=2024-01-04: 14 rows against 10.0 (40.0%)"),
+        "{msg}"
+    );
     // A replaced partition against itself.
     write_day(&f, "2024-01-02", &day(5, 1, 200));
     let (ok, msg) = verdict(&f, "2024-01-02").await;
@@ -294,15 +311,24 @@ async fn change_rules_compare_with_the_published_version() {
     write_day(&f, "2024-01-02", &day(8, 1, 200));
     assert!(verdict(&f, "2024-01-02").await.0, "20% is within 30%");
     // `window: 1` compares a new partition with the newest published one only.
-    rules(&f, "rules:\n  - name: rc\n    row_count_change: {max_pct: 0, window: 1}\n");
+    rules(
+        &f,
+        "rules:\n  - name: rc\n    row_count_change: {max_pct: 0, window: 1}\n",
+    );
     write_day(&f, "2024-01-04", &day(10, 1, 400));
     assert!(verdict(&f, "2024-01-04").await.0);
 
     // Null rates: 10% NULL amounts published per day.
-    rules(&f, "rules:\n  - name: nr\n    null_rate_change: {column: amount, max_points: 5}\n");
+    rules(
+        &f,
+        "rules:\n  - name: nr\n    null_rate_change: {column: amount, max_points: 5}\n",
+    );
     write_day(&f, "2024-01-01", &day(10, 3, 100));
     let (ok, msg) = verdict(&f, "2024-01-01").await;
-    assert!(!ok && msg.contains("30.0% NULL against 10.0% (20.0 points)"), "{msg}");
+    assert!(
+        !ok && msg.contains("30.0% NULL against 10.0% (20.0 points)"),
+        "{msg}"
+    );
     write_day(&f, "2024-01-05", &day(20, 2, 500));
     let (ok, msg) = verdict(&f, "2024-01-05").await;
     assert!(ok, "10% against a 10% mean: {msg}");
@@ -316,9 +342,15 @@ async fn change_rules_compare_with_the_published_version() {
     assert!(!ok && msg.contains("column `extra` was added"), "{msg}");
     rules(&f, "rules:\n  - name: sc\n    schema_change: additive\n");
     assert!(verdict(&f, "2024-01-01").await.0, "adding is additive");
-    f.edit_conf("CAST(amount AS DECIMAL(18,2)) AS amount", "CAST(amount AS DOUBLE) AS amount");
+    f.edit_conf(
+        "CAST(amount AS DECIMAL(18,2)) AS amount",
+        "CAST(amount AS DOUBLE) AS amount",
+    );
     let (ok, msg) = verdict(&f, "2024-01-01").await;
-    assert!(!ok && msg.contains("column `amount` changed type from Decimal128(18, 2) to Float64"), "{msg}");
+    assert!(
+        !ok && msg.contains("column `amount` changed type from Decimal128(18, 2) to Float64"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -332,4 +364,42 @@ async fn change_rules_pass_when_there_is_nothing_to_compare() {
     let out = f.job().run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(out.status, Status::Published);
     assert!(out.audits.iter().all(|a| a.passed));
+}
+
+#[tokio::test]
+async fn relationships_check_another_tables_published_version() {
+    let f = setup("rules: []\n");
+    // A customers table, published by its own job.
+    std::fs::write(
+        f.dir.path().join("conf/customers.yaml"),
+        "name: customers\ntable: ../lake/customers\nkey: [customer_id]\nsource:\n  format: csv\n  path: ../data/customers/{date}.csv\n",
+    )
+    .unwrap();
+    let dir = f.dir.path().join("data/customers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids: String = (10..17).map(|i| format!("{i},name{i}\n")).collect();
+    std::fs::write(dir.join("2024-03-11.csv"), format!("customer_id,name\n{ids}")).unwrap();
+
+    for to in ["../conf/customers.yaml", "../lake/customers"] {
+        rules(
+            &f,
+            &format!("rules:\n  - name: known_customer\n    relationships: {{column: customer_id, to: {to}, field: customer_id}}\n"),
+        );
+        // Before the customers table is published, every customer fails.
+        if to.ends_with(".yaml") {
+            let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+            assert_eq!(out.audit_report.unwrap().rules[0].failing_rows, 9);
+            let customers = wap::job::Job::open(
+                wap::conf::JobConf::load(f.dir.path().join("conf/customers.yaml")).unwrap(),
+                Default::default(),
+            )
+            .unwrap();
+            customers.run("2024-03-11", Mode::Publish).await.unwrap();
+        }
+        let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+        let r = &out.audit_report.unwrap().rules[0];
+        assert_eq!((r.passed, r.failing_rows), (false, 1), "{to}: {}", r.message);
+        assert_eq!(r.samples[0]["customer_id"], 17);
+        assert!(r.message.contains("with no customer_id in"), "{}", r.message);
+    }
 }
