@@ -269,18 +269,32 @@ impl Job {
         );
 
         // Phase 2.
-        ctx.deregister_table(audit::run::STAGED).map_err(|e| {
-            Error::Table(table::TableError::Query {
-                message: e.to_string(),
-            })
-        })?;
-        let files = table::files_table(Arc::clone(&staged.schema), staged.objects())?;
-        ctx.register_table(audit::run::STAGED, Arc::new(files))
-            .map_err(|e| {
-                Error::Table(table::TableError::Query {
-                    message: e.to_string(),
-                })
+        // `staged` is the run's files; `result` the table as it would be after publishing.
+        let replaced: std::collections::BTreeSet<&str> =
+            staged.partitions.iter().map(|p| p.path.as_str()).collect();
+        let mut result_files = staged.objects();
+        if let Some(m) = &current {
+            result_files.extend(
+                m.partitions
+                    .values()
+                    .filter(|p| !replaced.contains(p.path.as_str()))
+                    .flat_map(|p| &p.files)
+                    .map(table::object_meta),
+            );
+        }
+        for (name, files) in [
+            (audit::run::STAGED, staged.objects()),
+            (audit::run::RESULT, result_files),
+        ] {
+            let provider = table::files_table(Arc::clone(&staged.schema), files)?;
+            let register = ctx
+                .deregister_table(name)
+                .and_then(|_| ctx.register_table(name, Arc::new(provider)));
+            register.map_err(|source| table::TableError::Register {
+                name: name.to_string(),
+                source,
             })?;
+        }
         let logical_date = parse_date(date)?;
         let samples = conf.audit_samples.unwrap_or(self.options.sample_limit);
         let staged_rows: Vec<(String, u64)> = staged
@@ -378,6 +392,7 @@ impl Job {
         let schema = write::table_schema(df.schema().inner());
         table::register_version(&ctx, audit::run::PUBLISHED, current, Arc::clone(&schema))?;
         table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
+        table::register_version(&ctx, audit::run::RESULT, None, Arc::clone(&schema))?;
         self.register_targets(&ctx, &schema).await?;
         audit::run::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
         Ok((ctx, df))

@@ -168,6 +168,28 @@ impl std::fmt::Display for LogicalType {
     }
 }
 
+/// Which rows a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The run's new data only (table `staged`).
+    #[default]
+    Staged,
+    /// The table as it would be after publishing: published minus replaced partitions plus
+    /// staged (table `result`), for table-wide uniqueness and totals.
+    Result,
+}
+
+impl Scope {
+    /// The SQL table the rule reads.
+    pub fn table(self) -> &'static str {
+        match self {
+            Scope::Staged => "staged",
+            Scope::Result => "result",
+        }
+    }
+}
+
 /// How many failing rows a row-level rule tolerates (both bounds, when given, must hold).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Threshold {
@@ -224,6 +246,7 @@ pub struct Rule {
     pub severity: Severity,
     pub kind: RuleKind,
     pub threshold: Threshold,
+    pub scope: Scope,
     /// The rule file and the line where the rule starts, for error messages.
     pub file: PathBuf,
     pub line: usize,
@@ -266,6 +289,8 @@ struct RawRule {
     null_rate_change: Option<RawNullRateChange>,
     max_failing_rows: Option<u64>,
     max_failing_pct: Option<f64>,
+    #[serde(default)]
+    scope: Scope,
 }
 
 #[derive(Debug, Deserialize)]
@@ -679,11 +704,19 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
                     kind.name()
                 )));
             }
+            let scoped = row_level || matches!(kind, RuleKind::RowCount { .. });
+            if !scoped && r.scope != Scope::Staged {
+                return Err(err(format!(
+                    "scope applies to row-level rules and row_count, not to `{}`",
+                    kind.name()
+                )));
+            }
             Ok(Rule {
                 name,
                 severity: r.severity,
                 kind,
                 threshold,
+                scope: r.scope,
                 file: path.to_path_buf(),
                 line,
             })

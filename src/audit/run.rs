@@ -7,13 +7,15 @@ use futures::future::try_join_all;
 
 use super::AuditError;
 use super::report::RuleResult;
-use super::rule::{Rule, RuleKind};
+use super::rule::{Rule, RuleKind, Scope};
 use super::sql;
 use crate::manifest::{Manifest, Partition};
 use crate::table::{self, TableError};
 
 /// Table name of the staged data in rule SQL.
 pub const STAGED: &str = "staged";
+/// Table name of the table as it would be after publishing, in rule SQL.
+pub const RESULT: &str = "result";
 /// Table name of the current published version in rule SQL.
 pub const PUBLISHED: &str = "published";
 
@@ -24,6 +26,7 @@ fn any_date() -> chrono::NaiveDate {
 
 /// Every query a rule will run, for compiling.
 fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
+    let table = rule.scope.table();
     match &rule.kind {
         RuleKind::Freshness { .. } => vec![sql::aggregate_query(&[rule], STAGED, any_date())],
         RuleKind::Schema { .. }
@@ -33,19 +36,19 @@ fn rule_queries(rule: &Rule, key: &[String]) -> Vec<String> {
         }
         RuleKind::NullRateChange { column, .. } => vec![sql::null_rate_query(column, STAGED, &[])],
         RuleKind::Unique(cols) => vec![
-            sql::unique_count_query(cols, STAGED),
-            sql::unique_sample_query(cols, STAGED, 1),
+            sql::unique_count_query(cols, table),
+            sql::unique_sample_query(cols, table, 1),
         ],
         RuleKind::Sql(q) => vec![sql::sql_count_query(q)],
         RuleKind::Relationships { column, field, .. } => vec![sql::sql_count_query(
-            &sql::relationship_query(&rule.name, column, field, STAGED),
+            &sql::relationship_query(&rule.name, column, field, table),
         )],
         RuleKind::RowCount { .. } => vec![],
         kind => {
             let pred = sql::failing_predicate(kind).expect("row-level kind");
             vec![
-                sql::aggregate_query(&[rule], STAGED, any_date()),
-                sql::sample_query(&pred, STAGED, key, 1),
+                sql::aggregate_query(&[rule], table, any_date()),
+                sql::sample_query(&pred, table, key, 1),
             ]
         }
     }
@@ -526,67 +529,77 @@ pub async fn run(
     base: &Baseline<'_>,
 ) -> Result<Vec<RuleResult>, AuditError> {
     let logical_date = base.logical_date;
-    let agg_rules: Vec<&Rule> = rules
-        .iter()
-        .copied()
-        .filter(|r| sql::in_aggregate(r))
-        .collect();
     let mut by_name: std::collections::HashMap<String, RuleResult> = Default::default();
-
-    let agg = query(
-        ctx,
-        "(row-level rules)",
-        &sql::aggregate_query(&agg_rules, STAGED, logical_date),
-    )
-    .await?;
-    let rows = int_at(&agg, 0);
     let mut sample_jobs = Vec::new();
-    for (i, rule) in agg_rules.iter().enumerate() {
-        if let RuleKind::RowCount { min, max } = &rule.kind {
-            let low = min.is_some_and(|m| rows < m);
-            let high = max.is_some_and(|m| rows > m);
-            let message = if low {
-                format!("row count {rows} is below the minimum {}", min.unwrap_or(0))
-            } else if high {
-                format!("row count {rows} is above the maximum {}", max.unwrap_or(0))
-            } else {
-                format!("row count {rows} is within bounds")
-            };
-            let mut r = result(rule, 0, rows, message);
-            r.passed = !(low || high);
-            by_name.insert(rule.name.clone(), r);
+    let mut rows_in = std::collections::HashMap::new();
+    // One scan per scope (the staged one always: it counts the run's rows).
+    for scope in [Scope::Staged, Scope::Result] {
+        let agg_rules: Vec<&Rule> = rules
+            .iter()
+            .copied()
+            .filter(|r| sql::in_aggregate(r) && r.scope == scope)
+            .collect();
+        if agg_rules.is_empty() && scope != Scope::Staged {
             continue;
         }
-        let failing = int_at(&agg, 1 + 2 * i);
-        if let RuleKind::Freshness { column, max_age } = &rule.kind {
-            let newest = text_at(&agg, 2 + 2 * i);
-            let cutoff = sql::freshness_cutoff(logical_date, max_age.seconds);
-            let message = match &newest {
-                Some(n) if failing == 0 => {
-                    format!("newest {column} is {n}, not older than {cutoff}")
-                }
-                Some(n) => format!(
-                    "newest {column} is {n}, older than {cutoff} (max_age {}s before {logical_date})",
-                    max_age.seconds
-                ),
-                None => format!("no {column} values to judge freshness by"),
-            };
-            let mut r = result(rule, 0, rows, message);
-            r.passed = failing == 0;
-            r.failing_rows = failing;
-            by_name.insert(rule.name.clone(), r);
-            continue;
-        }
-        let message = format!("{failing} of {rows} rows {}", describe(&rule.kind));
-        by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
-        if failing > 0 && sample_limit > 0 {
-            let pred = sql::failing_predicate(&rule.kind).expect("row-level kind");
-            sample_jobs.push((
-                rule.name.clone(),
-                sql::sample_query(&pred, STAGED, key, sample_limit),
-            ));
+        let table = scope.table();
+        let agg = query(
+            ctx,
+            &format!("(rules over {table})"),
+            &sql::aggregate_query(&agg_rules, table, logical_date),
+        )
+        .await?;
+        let rows = int_at(&agg, 0);
+        rows_in.insert(scope, rows);
+        for (i, rule) in agg_rules.iter().enumerate() {
+            if let RuleKind::RowCount { min, max } = &rule.kind {
+                let low = min.is_some_and(|m| rows < m);
+                let high = max.is_some_and(|m| rows > m);
+                let message = if low {
+                    format!("row count {rows} is below the minimum {}", min.unwrap_or(0))
+                } else if high {
+                    format!("row count {rows} is above the maximum {}", max.unwrap_or(0))
+                } else {
+                    format!("row count {rows} is within bounds")
+                };
+                let mut r = result(rule, 0, rows, message);
+                r.passed = !(low || high);
+                by_name.insert(rule.name.clone(), r);
+                continue;
+            }
+            let failing = int_at(&agg, 1 + 2 * i);
+            if let RuleKind::Freshness { column, max_age } = &rule.kind {
+                let newest = text_at(&agg, 2 + 2 * i);
+                let cutoff = sql::freshness_cutoff(logical_date, max_age.seconds);
+                let message = match &newest {
+                    Some(n) if failing == 0 => {
+                        format!("newest {column} is {n}, not older than {cutoff}")
+                    }
+                    Some(n) => format!(
+                        "newest {column} is {n}, older than {cutoff} (max_age {}s before {logical_date})",
+                        max_age.seconds
+                    ),
+                    None => format!("no {column} values to judge freshness by"),
+                };
+                let mut r = result(rule, 0, rows, message);
+                r.passed = failing == 0;
+                r.failing_rows = failing;
+                by_name.insert(rule.name.clone(), r);
+                continue;
+            }
+            let message = format!("{failing} of {rows} rows {}", describe(&rule.kind));
+            by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
+            if failing > 0 && sample_limit > 0 {
+                let pred = sql::failing_predicate(&rule.kind).expect("row-level kind");
+                sample_jobs.push((
+                    rule.name.clone(),
+                    sql::sample_query(&pred, table, key, sample_limit),
+                ));
+            }
         }
     }
+    let rows = rows_in[&Scope::Staged];
+    let rows_in = &rows_in;
 
     let staged_schema = ctx
         .table_provider(STAGED)
@@ -617,8 +630,10 @@ pub async fn run(
         .map(|rule| async move {
             match &rule.kind {
                 RuleKind::Unique(cols) => {
+                    let table = rule.scope.table();
+                    let rows = rows_in.get(&rule.scope).copied().unwrap_or(rows);
                     let counts =
-                        query(ctx, &rule.name, &sql::unique_count_query(cols, STAGED)).await?;
+                        query(ctx, &rule.name, &sql::unique_count_query(cols, table)).await?;
                     let failing = int_at(&counts, 0);
                     let groups = int_at(&counts, 1);
                     let message = format!(
@@ -626,13 +641,13 @@ pub async fn run(
                         describe(&rule.kind)
                     );
                     let sample = (failing > 0 && sample_limit > 0)
-                        .then(|| sql::unique_sample_query(cols, STAGED, sample_limit));
+                        .then(|| sql::unique_sample_query(cols, table, sample_limit));
                     Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
                 }
                 RuleKind::Sql(_) | RuleKind::Relationships { .. } => {
                     let q = match &rule.kind {
                         RuleKind::Relationships { column, field, .. } => {
-                            sql::relationship_query(&rule.name, column, field, STAGED)
+                            sql::relationship_query(&rule.name, column, field, rule.scope.table())
                         }
                         RuleKind::Sql(q) => q.clone(),
                         _ => unreachable!(),

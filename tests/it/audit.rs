@@ -378,12 +378,18 @@ async fn relationships_check_another_tables_published_version() {
     let dir = f.dir.path().join("data/customers");
     std::fs::create_dir_all(&dir).unwrap();
     let ids: String = (10..17).map(|i| format!("{i},name{i}\n")).collect();
-    std::fs::write(dir.join("2024-03-11.csv"), format!("customer_id,name\n{ids}")).unwrap();
+    std::fs::write(
+        dir.join("2024-03-11.csv"),
+        format!("customer_id,name\n{ids}"),
+    )
+    .unwrap();
 
     for to in ["../conf/customers.yaml", "../lake/customers"] {
         rules(
             &f,
-            &format!("rules:\n  - name: known_customer\n    relationships: {{column: customer_id, to: {to}, field: customer_id}}\n"),
+            &format!(
+                "rules:\n  - name: known_customer\n    relationships: {{column: customer_id, to: {to}, field: customer_id}}\n"
+            ),
         );
         // Before the customers table is published, every customer fails.
         if to.ends_with(".yaml") {
@@ -398,8 +404,59 @@ async fn relationships_check_another_tables_published_version() {
         }
         let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
         let r = &out.audit_report.unwrap().rules[0];
-        assert_eq!((r.passed, r.failing_rows), (false, 1), "{to}: {}", r.message);
+        assert_eq!(
+            (r.passed, r.failing_rows),
+            (false, 1),
+            "{to}: {}",
+            r.message
+        );
         assert_eq!(r.samples[0]["customer_id"], 17);
-        assert!(r.message.contains("with no customer_id in"), "{}", r.message);
+        assert!(
+            r.message.contains("with no customer_id in"),
+            "{}",
+            r.message
+        );
     }
+}
+
+#[tokio::test]
+async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
+    let f = Fixture::new();
+    rules(&f, "rules: []\n");
+    f.orders("2024-01-01", &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed"), (3, 1, "3.00", "placed")]);
+    f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    rules(
+        &f,
+        "rules:
+  - {name: unique_in_run, unique: [order_id]}
+  - {name: unique_in_table, unique: [order_id], scope: result}
+  - {name: table_size, row_count: {max: 4}, scope: result}
+  - {name: total, sql: 'SELECT 1 FROM result HAVING SUM(amount) > 100'}
+",
+    );
+    f.orders("2024-01-02", &[(2, 1, "50.00", "placed"), (4, 1, "60.00", "placed")]);
+    let out = f.job().run("2024-01-02", Mode::AuditOnly).await.unwrap();
+    let v: BTreeMap<_, _> = out
+        .audit_report
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|r| (r.name, (r.passed, r.failing_rows, r.checked_rows)))
+        .collect();
+    assert_eq!(v["unique_in_run"], (true, 0, 2));
+    assert_eq!(v["unique_in_table"], (false, 2, 5));
+    assert_eq!(v["table_size"], (false, 0, 5));
+    assert_eq!(v["total"], (false, 1, 2));
+    // Replacing day 1 itself: its old rows are not in `result`.
+    f.orders("2024-01-01", &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed")]);
+    let out = f.job().run("2024-01-01", Mode::AuditOnly).await.unwrap();
+    let r = out.audit_report.unwrap();
+    let table_size = r.rules.iter().find(|r| r.name == "table_size").unwrap();
+    assert_eq!((table_size.passed, table_size.checked_rows), (true, 2));
+    let err = wap::audit::rule::RuleFile::parse(
+        std::path::Path::new("r.yaml"),
+        "rules:\n  - {name: s, schema_change: forbid, scope: result}\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("scope applies to row-level rules"), "{err}");
 }
