@@ -549,6 +549,88 @@ impl Job {
         }))
     }
 
+    /// `wap audit --version N` (default: current): runs the rules over a published version, as
+    /// table `staged` (and `result`), with its parent as `published`, so that a new rule can be
+    /// tried on production data before it gates anything. Writes only the report.
+    pub async fn audit_version(&self, version: Option<u64>) -> Result<RunOutcome> {
+        let target = self.show(version).await?;
+        let parent = match target.parent {
+            0 => None,
+            v => Some(versions::read_manifest(&self.table, v).await?),
+        };
+        let rules = self.conf.rules.rules();
+        let run_id = {
+            let mut h = Sha256::new();
+            h.update(format!("wap-audit-version/1 v={}\n", target.version));
+            for f in self.conf.rules.files() {
+                h.update(f.text.as_bytes());
+            }
+            format!(
+                "audit-v{}-{}",
+                target.version,
+                crate::manifest::hex(&h.finalize()[..6])
+            )
+        };
+        let date = target
+            .watermarks
+            .get("max_logical_date")
+            .cloned()
+            .unwrap_or_else(|| "1970-01-01".to_string());
+        let logical_date = parse_date(&date)?;
+        let ctx = self.session(None)?;
+        let schema = target.schema_ref();
+        for name in [audit::run::STAGED, audit::run::RESULT] {
+            table::register_version(&ctx, name, Some(&target), Arc::clone(&schema))?;
+        }
+        table::register_version(
+            &ctx,
+            audit::run::PUBLISHED,
+            parent.as_ref(),
+            Arc::clone(&schema),
+        )?;
+        self.register_targets(&ctx, &schema).await?;
+        audit::run::compile(&ctx, &rules, &self.conf.key).await?;
+        let partitions: Vec<(String, u64)> = target
+            .partitions
+            .values()
+            .map(|p| (p.path.clone(), p.rows))
+            .collect();
+        let baseline = audit::run::Baseline {
+            logical_date,
+            partition_by: &self.conf.partition_by,
+            staged: &partitions,
+            published: parent.as_ref(),
+        };
+        let samples = self.conf.audit_samples.unwrap_or(self.options.sample_limit);
+        let results = audit::run::run(&ctx, &rules, &self.conf.key, samples, &baseline).await?;
+        let paths: Vec<String> = partitions.iter().map(|(p, _)| p.clone()).collect();
+        let report = AuditReport::new(
+            &self.conf.name,
+            &run_id,
+            &date,
+            target.rows(),
+            paths.clone(),
+            results,
+        );
+        report.save(&self.table).await?;
+        Ok(RunOutcome {
+            status: if report.passed() {
+                Status::AuditPassed
+            } else {
+                Status::AuditFailed
+            },
+            version: target.version,
+            run_id: run_id.clone(),
+            logical_date: date,
+            rows: target.rows(),
+            partitions: paths,
+            audits: report.summaries(),
+            report: Some(crate::manifest::report_path(&run_id).to_string()),
+            message: None,
+            audit_report: Some(report),
+        })
+    }
+
     /// Publishes a new version whose content equals version `to`.
     pub async fn rollback(&self, to: u64) -> Result<RunOutcome> {
         let latest = versions::latest_version(&self.table).await?;
@@ -611,16 +693,62 @@ impl Job {
         }
     }
 
-    /// Plans a read-only query over a version (default: current), registered under the job's name.
+    /// Plans a read-only query over a version (default: current), registered under the job's
+    /// name; `wap_audit_results` holds one row per rule per stored audit report.
     pub async fn query(&self, version: Option<u64>, sql: &str) -> Result<DataFrame> {
-        let manifest = self.show(version).await?;
         let ctx = self.session(None)?;
-        table::register_version(
-            &ctx,
-            &self.conf.name,
-            Some(&manifest),
-            manifest.schema_ref(),
-        )?;
+        let wants_results = sql.to_ascii_lowercase().contains("wap_audit_results");
+        if wants_results {
+            let reports = AuditReport::load_all(&self.table).await.map_err(|e| {
+                Error::Audit(audit::AuditError::Report {
+                    path: "_wap/runs/".into(),
+                    source: e,
+                })
+            })?;
+            let batch = audit::report::audit_results(&reports);
+            let mem = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+                .map_err(|source| table::TableError::Register {
+                    name: "wap_audit_results".into(),
+                    source,
+                })?;
+            ctx.register_table("wap_audit_results", Arc::new(mem))
+                .map_err(|source| table::TableError::Register {
+                    name: "wap_audit_results".into(),
+                    source,
+                })?;
+        }
+        match self.show(version).await {
+            Ok(manifest) => table::register_version(
+                &ctx,
+                &self.conf.name,
+                Some(&manifest),
+                manifest.schema_ref(),
+            )?,
+            // The audit history is queryable before anything is published.
+            Err(Error::Table(table::TableError::Empty { .. }))
+                if wants_results && version.is_none() => {}
+            Err(e) => return Err(e),
+        }
         Ok(table::plan_query(&ctx, sql).await?)
+    }
+
+    /// A stored audit report: of `run_id`, or the most recent one.
+    pub async fn report(&self, run_id: Option<&str>) -> Result<AuditReport> {
+        let found = match run_id {
+            Some(id) => AuditReport::load(&self.table, id).await,
+            None => AuditReport::last(&self.table).await,
+        };
+        let report = found.map_err(|e| {
+            Error::Audit(audit::AuditError::Report {
+                path: "_wap/runs/".into(),
+                source: e,
+            })
+        })?;
+        report.ok_or_else(|| {
+            Error::Usage(match run_id {
+                Some(id) => format!("--run {id}: no report for that run id"),
+                None => "no audit report yet: run `wap run` or `wap audit` first".into(),
+            })
+        })
     }
 }

@@ -26,8 +26,18 @@ struct Cli {
 enum Command {
     /// Write, audit and publish one logical date.
     Run(DateArgs),
-    /// Write and audit one logical date; never publishes.
-    Audit(DateArgs),
+    /// Write and audit one logical date; never publishes. Without --date: audit a published
+    /// version (--version N, default current) to try rules on production data.
+    Audit {
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long, conflicts_with = "version")]
+        date: Option<String>,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List versions, newest first.
     Log {
         #[arg(long)]
@@ -65,6 +75,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a stored audit report as a table or as Markdown.
+    Report {
+        #[arg(long)]
+        conf: PathBuf,
+        /// The run whose report to print.
+        #[arg(long, conflicts_with = "last")]
+        run: Option<String>,
+        /// The most recent report (the default).
+        #[arg(long)]
+        last: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
     /// Check that the table's store supports the conditional writes publishing needs.
     Doctor {
         #[arg(long)]
@@ -94,6 +117,13 @@ struct DateArgs {
     /// Print the outcome as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Markdown,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,13 +192,36 @@ async fn execute(command: Command) -> Result<i32, Error> {
             let outcome = job(&a.conf)?.run(&a.date, Mode::Publish).await?;
             Ok(render_outcome(&outcome, a.json))
         }
-        Command::Audit(a) => {
-            let outcome = job(&a.conf)?.run(&a.date, Mode::AuditOnly).await?;
-            Ok(render_outcome(&outcome, a.json))
+        Command::Audit {
+            conf,
+            date,
+            version,
+            json,
+        } => {
+            let job = job(&conf)?;
+            let outcome = match date {
+                Some(d) => job.run(&d, Mode::AuditOnly).await?,
+                None => job.audit_version(version).await?,
+            };
+            Ok(render_outcome(&outcome, json))
         }
         Command::Rollback { conf, to, json } => {
             let outcome = job(&conf)?.rollback(to).await?;
             Ok(render_outcome(&outcome, json))
+        }
+        Command::Report {
+            conf,
+            run,
+            last: _,
+            format,
+        } => {
+            let report = job(&conf)?.report(run.as_deref()).await?;
+            match format {
+                ReportFormat::Table => print!("{}", report.render_text()),
+                ReportFormat::Markdown => print!("{}", report.render_markdown()),
+                ReportFormat::Json => print_json(&report),
+            }
+            Ok(exit_code::OK)
         }
         Command::Check { conf, date, json } => {
             let report = job(&conf)?.check(date.as_deref()).await?;

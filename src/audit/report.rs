@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +31,18 @@ pub struct RuleResult {
     pub defined_at: String,
     /// Up to N failing rows as JSON objects (NULLs kept).
     pub samples: Vec<serde_json::Value>,
+    /// Column order of the samples.
+    #[serde(default)]
+    pub sample_columns: Vec<String>,
     /// The same samples rendered as a text table, for people.
     #[serde(skip)]
     pub sample_table: String,
+    /// The same samples as Arrow, saved as Parquet beside the report.
+    #[serde(skip)]
+    pub sample_batches: Vec<arrow::record_batch::RecordBatch>,
+    /// Time spent evaluating the rule (for rules sharing one scan: the scan's time).
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 impl RuleResult {
@@ -108,8 +118,48 @@ impl AuditReport {
         self.rules.iter().map(RuleResult::summary).collect()
     }
 
-    /// Writes the report under `_wap/runs/<run_id>/`.
+    /// Path of a rule's failing samples (Parquet), beside the report.
+    pub fn samples_path(run_id: &str, rule: &str) -> Path {
+        let file: String = rule
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Path::from(format!("_wap/runs/{run_id}/samples/{file}.parquet"))
+    }
+
+    /// Writes the report under `_wap/runs/<run_id>/`, with each failing rule's samples as
+    /// Parquet in `samples/`.
     pub async fn save(&self, table: &Arc<dyn ObjectStore>) -> Result<(), AuditError> {
+        for r in self.rules.iter().filter(|r| !r.sample_batches.is_empty()) {
+            let path = Self::samples_path(&self.run_id, &r.name);
+            let mut buf = Vec::new();
+            let written = (|| {
+                let mut w = parquet::arrow::ArrowWriter::try_new(
+                    &mut buf,
+                    r.sample_batches[0].schema(),
+                    None,
+                )?;
+                for b in &r.sample_batches {
+                    w.write(b)?;
+                }
+                w.close().map(|_| ())
+            })();
+            if written.is_ok() {
+                table
+                    .put(&path, PutPayload::from(buf))
+                    .await
+                    .map_err(|source| AuditError::Report {
+                        path: path.to_string(),
+                        source,
+                    })?;
+            }
+        }
         let path = manifest::report_path(&self.run_id);
         let body = serde_json::to_vec_pretty(self).expect("report serializes");
         table
@@ -137,4 +187,237 @@ impl AuditReport {
             Err(e) => Err(e),
         }
     }
+}
+
+impl AuditReport {
+    /// Every stored report's metadata (one listing of `_wap/runs/`).
+    pub async fn list(
+        table: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+        use futures::TryStreamExt;
+        let all: Vec<_> = table
+            .list(Some(&Path::from("_wap/runs")))
+            .try_collect()
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with("/report.json"))
+            .collect())
+    }
+
+    /// Every stored report, oldest first.
+    pub async fn load_all(table: &Arc<dyn ObjectStore>) -> Result<Vec<Self>, object_store::Error> {
+        let mut metas = Self::list(table).await?;
+        metas.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let bytes = table.get(&m.location).await?.bytes().await?;
+            if let Ok(r) = serde_json::from_slice::<AuditReport>(&bytes) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most recently written report.
+    pub async fn last(table: &Arc<dyn ObjectStore>) -> Result<Option<Self>, object_store::Error> {
+        let metas = Self::list(table).await?;
+        let Some(newest) = metas
+            .into_iter()
+            .max_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)))
+        else {
+            return Ok(None);
+        };
+        let bytes = table.get(&newest.location).await?.bytes().await?;
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    fn verdict(r: &RuleResult) -> &'static str {
+        match (r.passed, r.blocks()) {
+            (true, _) => "pass",
+            (false, true) => "FAIL",
+            (false, false) => "warn",
+        }
+    }
+
+    fn sample_rows(r: &RuleResult) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut columns: Vec<String> = r.sample_columns.clone();
+        for s in &r.samples {
+            if let Some(o) = s.as_object() {
+                for k in o.keys() {
+                    if !columns.contains(k) {
+                        columns.push(k.clone());
+                    }
+                }
+            }
+        }
+        let rows = r
+            .samples
+            .iter()
+            .map(|s| {
+                columns
+                    .iter()
+                    .map(|c| match s.get(c) {
+                        None | Some(serde_json::Value::Null) => "NULL".to_string(),
+                        Some(serde_json::Value::String(v)) => v.clone(),
+                        Some(v) => v.to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        (columns, rows)
+    }
+
+    /// A readable text rendering: one line per rule, then the samples of failing rules.
+    pub fn render_text(&self) -> String {
+        let mut out = format!(
+            "report of run {} ({} {}): {} ({} rows in {} partition(s))\n",
+            self.run_id,
+            self.job,
+            self.logical_date,
+            self.status,
+            self.rows,
+            self.partitions.len()
+        );
+        let width = self
+            .rules
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        out.push_str(&format!(
+            "  {:<4}  {:<width$}  {:<16}  {:<8}  {:>12}  message\n",
+            "", "rule", "kind", "severity", "failing rows"
+        ));
+        for r in &self.rules {
+            out.push_str(&format!(
+                "  {:<4}  {:<width$}  {:<16}  {:<8}  {:>12}  {}\n",
+                Self::verdict(r),
+                r.name,
+                r.kind,
+                format!("{:?}", r.severity).to_lowercase(),
+                r.failing_rows,
+                r.message
+            ));
+        }
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| !r.passed && !r.samples.is_empty())
+        {
+            let (cols, rows) = Self::sample_rows(r);
+            out.push_str(&format!(
+                "\nsamples of {} ({}):\n  {}\n",
+                r.name,
+                r.defined_at,
+                cols.join(" | ")
+            ));
+            for row in rows {
+                out.push_str(&format!("  {}\n", row.join(" | ")));
+            }
+        }
+        out
+    }
+
+    /// Markdown for pasting into a ticket.
+    pub fn render_markdown(&self) -> String {
+        let esc = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+        let mut out = format!(
+            "### Audit of `{}` for {}: **{}**\n\nRun `{}`, {} rows in {} partition(s).\n\n",
+            self.job,
+            self.logical_date,
+            self.status,
+            self.run_id,
+            self.rows,
+            self.partitions.len()
+        );
+        out.push_str(
+            "| | rule | kind | severity | failing rows | message |\n|---|---|---|---|---:|---|\n",
+        );
+        for r in &self.rules {
+            out.push_str(&format!(
+                "| {} | `{}` | {} | {} | {} | {} |\n",
+                Self::verdict(r),
+                esc(&r.name),
+                r.kind,
+                format!("{:?}", r.severity).to_lowercase(),
+                r.failing_rows,
+                esc(&r.message)
+            ));
+        }
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| !r.passed && !r.samples.is_empty())
+        {
+            let (cols, rows) = Self::sample_rows(r);
+            out.push_str(&format!(
+                "\n**Samples of `{}`** ({})\n\n",
+                esc(&r.name),
+                esc(&r.defined_at)
+            ));
+            out.push_str(&format!(
+                "| {} |\n|{}\n",
+                cols.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | "),
+                "---|".repeat(cols.len())
+            ));
+            for row in rows {
+                out.push_str(&format!(
+                    "| {} |\n",
+                    row.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// One row per rule per run, for `wap query` over table `wap_audit_results`.
+pub fn audit_results(reports: &[AuditReport]) -> arrow::record_batch::RecordBatch {
+    use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let rows: Vec<(&AuditReport, &RuleResult)> = reports
+        .iter()
+        .flat_map(|r| r.rules.iter().map(move |x| (r, x)))
+        .collect();
+    let strings = |f: &dyn Fn(&(&AuditReport, &RuleResult)) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|(r, _)| r.run_id.clone()),
+        strings(&|(r, _)| r.logical_date.clone()),
+        strings(&|(r, _)| r.job.clone()),
+        strings(&|(_, x)| x.name.clone()),
+        strings(&|(_, x)| x.kind.clone()),
+        strings(&|(_, x)| format!("{:?}", x.severity).to_lowercase()),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|(_, x)| x.passed).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            rows.iter().map(|(_, x)| x.failing_rows).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            rows.iter().map(|(_, x)| x.checked_rows).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            rows.iter().map(|(_, x)| x.duration_ms).collect::<Vec<_>>(),
+        )),
+        strings(&|(_, x)| x.message.clone()),
+    ];
+    let schema = Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("logical_date", DataType::Utf8, false),
+        Field::new("job", DataType::Utf8, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("passed", DataType::Boolean, false),
+        Field::new("failing_rows", DataType::UInt64, false),
+        Field::new("checked_rows", DataType::UInt64, false),
+        Field::new("duration_ms", DataType::UInt64, false),
+        Field::new("message", DataType::Utf8, false),
+    ]);
+    arrow::record_batch::RecordBatch::try_new(Arc::new(schema), columns)
+        .expect("columns match the schema")
 }

@@ -193,7 +193,10 @@ fn result(rule: &Rule, failing: u64, checked: u64, message: String) -> RuleResul
         message,
         defined_at: rule.location(),
         samples: Vec::new(),
+        sample_columns: Vec::new(),
         sample_table: String::new(),
+        sample_batches: Vec::new(),
+        duration_ms: 0,
     }
 }
 
@@ -543,6 +546,7 @@ pub async fn run(
             continue;
         }
         let table = scope.table();
+        let started = std::time::Instant::now();
         let agg = query(
             ctx,
             &format!("(rules over {table})"),
@@ -551,6 +555,7 @@ pub async fn run(
         .await?;
         let rows = int_at(&agg, 0);
         rows_in.insert(scope, rows);
+        let scan_ms = started.elapsed().as_millis() as u64;
         for (i, rule) in agg_rules.iter().enumerate() {
             if let RuleKind::RowCount { min, max } = &rule.kind {
                 let low = min.is_some_and(|m| rows < m);
@@ -564,6 +569,7 @@ pub async fn run(
                 };
                 let mut r = result(rule, 0, rows, message);
                 r.passed = !(low || high);
+                r.duration_ms = scan_ms;
                 by_name.insert(rule.name.clone(), r);
                 continue;
             }
@@ -584,11 +590,14 @@ pub async fn run(
                 let mut r = result(rule, 0, rows, message);
                 r.passed = failing == 0;
                 r.failing_rows = failing;
+                r.duration_ms = scan_ms;
                 by_name.insert(rule.name.clone(), r);
                 continue;
             }
             let message = format!("{failing} of {rows} rows {}", describe(&rule.kind));
-            by_name.insert(rule.name.clone(), result(rule, failing, rows, message));
+            let mut r = result(rule, failing, rows, message);
+            r.duration_ms = scan_ms;
+            by_name.insert(rule.name.clone(), r);
             if failing > 0 && sample_limit > 0 {
                 let pred = sql::failing_predicate(&rule.kind).expect("row-level kind");
                 sample_jobs.push((
@@ -610,10 +619,16 @@ pub async fn run(
         })?
         .schema();
     for rule in rules {
-        if let Some(r) = judge_metadata(rule, &staged_schema, base, rows) {
-            by_name.insert(rule.name.clone(), r);
+        let started = std::time::Instant::now();
+        let judged = if let Some(r) = judge_metadata(rule, &staged_schema, base, rows) {
+            Some(r)
         } else if matches!(rule.kind, RuleKind::NullRateChange { .. }) {
-            let r = judge_null_rate(ctx, rule, base, rows).await?;
+            Some(judge_null_rate(ctx, rule, base, rows).await?)
+        } else {
+            None
+        };
+        if let Some(mut r) = judged {
+            r.duration_ms = started.elapsed().as_millis() as u64;
             by_name.insert(rule.name.clone(), r);
         }
     }
@@ -628,7 +643,8 @@ pub async fn run(
             )
         })
         .map(|rule| async move {
-            match &rule.kind {
+            let started = std::time::Instant::now();
+            let (mut r, sample) = match &rule.kind {
                 RuleKind::Unique(cols) => {
                     let table = rule.scope.table();
                     let rows = rows_in.get(&rule.scope).copied().unwrap_or(rows);
@@ -642,7 +658,7 @@ pub async fn run(
                     );
                     let sample = (failing > 0 && sample_limit > 0)
                         .then(|| sql::unique_sample_query(cols, table, sample_limit));
-                    Ok::<_, AuditError>((result(rule, failing, rows, message), sample))
+                    (result(rule, failing, rows, message), sample)
                 }
                 RuleKind::Sql(_) | RuleKind::Relationships { .. } => {
                     let q = match &rule.kind {
@@ -658,10 +674,12 @@ pub async fn run(
                     let message = format!("{failing} rows {}", describe(&rule.kind));
                     let sample = (failing > 0 && sample_limit > 0)
                         .then(|| sql::sql_sample_query(q, sample_limit));
-                    Ok((result(rule, failing, rows, message), sample))
+                    (result(rule, failing, rows, message), sample)
                 }
                 _ => unreachable!("aggregate rules are handled above"),
-            }
+            };
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            Ok::<_, AuditError>((r, sample))
         });
     for (r, sample) in try_join_all(own).await? {
         if let Some(q) = sample {
@@ -679,6 +697,15 @@ pub async fn run(
             let (rows, table) = samples(&batches);
             r.samples = rows;
             r.sample_table = table;
+            r.sample_batches = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+            if let Some(b) = r.sample_batches.first() {
+                r.sample_columns = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+            }
         }
     }
     Ok(rules

@@ -423,7 +423,14 @@ async fn relationships_check_another_tables_published_version() {
 async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
     let f = Fixture::new();
     rules(&f, "rules: []\n");
-    f.orders("2024-01-01", &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed"), (3, 1, "3.00", "placed")]);
+    f.orders(
+        "2024-01-01",
+        &[
+            (1, 1, "1.00", "placed"),
+            (2, 1, "2.00", "placed"),
+            (3, 1, "3.00", "placed"),
+        ],
+    );
     f.job().run("2024-01-01", Mode::Publish).await.unwrap();
     rules(
         &f,
@@ -434,7 +441,10 @@ async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
   - {name: total, sql: 'SELECT 1 FROM result HAVING SUM(amount) > 100'}
 ",
     );
-    f.orders("2024-01-02", &[(2, 1, "50.00", "placed"), (4, 1, "60.00", "placed")]);
+    f.orders(
+        "2024-01-02",
+        &[(2, 1, "50.00", "placed"), (4, 1, "60.00", "placed")],
+    );
     let out = f.job().run("2024-01-02", Mode::AuditOnly).await.unwrap();
     let v: BTreeMap<_, _> = out
         .audit_report
@@ -448,7 +458,10 @@ async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
     assert_eq!(v["table_size"], (false, 0, 5));
     assert_eq!(v["total"], (false, 1, 2));
     // Replacing day 1 itself: its old rows are not in `result`.
-    f.orders("2024-01-01", &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed")]);
+    f.orders(
+        "2024-01-01",
+        &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed")],
+    );
     let out = f.job().run("2024-01-01", Mode::AuditOnly).await.unwrap();
     let r = out.audit_report.unwrap();
     let table_size = r.rules.iter().find(|r| r.name == "table_size").unwrap();
@@ -458,5 +471,8 @@ async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
         "rules:\n  - {name: s, schema_change: forbid, scope: result}\n",
     )
     .unwrap_err();
-    assert!(err.to_string().contains("scope applies to row-level rules"), "{err}");
+    assert!(
+        err.to_string().contains("scope applies to row-level rules"),
+        "{err}"
+    );
 }

@@ -270,3 +270,105 @@ fn check_compiles_everything_without_writing_and_lists_every_problem() {
     assert!(!err.contains("rule `fine`"), "{err}");
     assert!(!ex.dir.path().join("lake").exists());
 }
+
+#[test]
+fn reports_samples_history_and_auditing_a_published_version() {
+    let ex = Example::new();
+    assert_eq!(
+        ex.wap(&["run", "--conf", CONF, "--date", "2024-01-01"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let (code, failed) = ex.json(&["run", "--conf", CONF, "--date", "2024-01-02", "--json"]);
+    assert_eq!(code, 3);
+    let run_id = failed["run_id"].as_str().unwrap().to_string();
+
+    // Failing samples are kept as Parquet beside the report.
+    let samples = ex.dir.path().join(format!(
+        "lake/orders/_wap/runs/{run_id}/samples/known_status.parquet"
+    ));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&samples).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 1);
+
+    let out = ex.wap(&["report", "--conf", CONF, "--last"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text.contains(&format!("report of run {run_id}")) && text.contains("failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL  known_status") && text.contains("samples of known_status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2003 | 41 | 18.4 | lost | 2024-01-02"),
+        "{text}"
+    );
+
+    let out = ex.wap(&[
+        "report", "--conf", CONF, "--run", &run_id, "--format", "markdown",
+    ]);
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.starts_with("### Audit of `orders` for 2024-01-02: **failed**"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| FAIL | `known_status` | accepted_values | error | 1 |"),
+        "{md}"
+    );
+    assert!(md.contains("**Samples of `known_status`**"), "{md}");
+    assert_eq!(
+        ex.wap(&["report", "--conf", CONF, "--run", "nope"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // The audit history is a table.
+    let out = ex.wap(&[
+        "query", "--conf", CONF, "--format", "csv",
+        "SELECT logical_date, count(*) AS rules, sum(CASE WHEN passed THEN 0 ELSE 1 END) AS failed FROM wap_audit_results GROUP BY logical_date ORDER BY logical_date",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "logical_date,rules,failed\n2024-01-01,7,0\n2024-01-02,7,4\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A new rule tried on production data before it gates anything.
+    std::fs::write(
+        ex.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - name: big_orders_only\n    expression: amount > 20\n",
+    )
+    .unwrap();
+    let (code, v) = ex.json(&["audit", "--conf", CONF, "--json"]);
+    assert_eq!(code, 3);
+    assert_eq!(v["status"], "audit_failed");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["audits"][0]["failing_rows"], 3);
+    let (code, v) = ex.json(&["audit", "--conf", CONF, "--version", "1", "--json"]);
+    assert_eq!(
+        (code, v["audits"][0]["failing_rows"].as_u64()),
+        (3, Some(3))
+    );
+    assert_eq!(
+        ex.wap(&["log", "--conf", CONF, "--json"]).status.code(),
+        Some(0)
+    );
+    let (_, log) = ex.json(&["log", "--conf", CONF, "--json"]);
+    assert_eq!(
+        log.as_array().unwrap().len(),
+        1,
+        "auditing a version publishes nothing"
+    );
+}
