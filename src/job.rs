@@ -118,6 +118,50 @@ pub struct RunOutcome {
     pub audit_report: Option<AuditReport>,
 }
 
+/// (Hive path, rows) of each staged partition.
+fn staged_rows(staged: &write::StagedRun) -> Vec<(String, u64)> {
+    staged
+        .partitions
+        .iter()
+        .map(|p| (p.path.clone(), p.rows))
+        .collect()
+}
+
+/// Registers `staged` (the run's files) and `result` (the table as it would be after
+/// publishing: the current version minus the partitions the run replaces, plus the run's files).
+fn register_staged(
+    ctx: &SessionContext,
+    staged: &write::StagedRun,
+    current: Option<&Manifest>,
+) -> Result<()> {
+    let replaced: std::collections::BTreeSet<&str> =
+        staged.partitions.iter().map(|p| p.path.as_str()).collect();
+    let mut result_files = staged.objects();
+    if let Some(m) = current {
+        result_files.extend(
+            m.partitions
+                .values()
+                .filter(|p| !replaced.contains(p.path.as_str()))
+                .flat_map(|p| &p.files)
+                .map(table::object_meta),
+        );
+    }
+    for (name, files) in [
+        (audit::run::STAGED, staged.objects()),
+        (audit::run::RESULT, result_files),
+    ] {
+        let provider = table::files_table(Arc::clone(&staged.schema), files)?;
+        let register = ctx
+            .deregister_table(name)
+            .and_then(|_| ctx.register_table(name, Arc::new(provider)));
+        register.map_err(|source| table::TableError::Register {
+            name: name.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// What `wap check` verified.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
@@ -269,50 +313,50 @@ impl Job {
         );
 
         // Phase 2.
-        // `staged` is the run's files; `result` the table as it would be after publishing.
-        let replaced: std::collections::BTreeSet<&str> =
-            staged.partitions.iter().map(|p| p.path.as_str()).collect();
-        let mut result_files = staged.objects();
-        if let Some(m) = &current {
-            result_files.extend(
-                m.partitions
-                    .values()
-                    .filter(|p| !replaced.contains(p.path.as_str()))
-                    .flat_map(|p| &p.files)
-                    .map(table::object_meta),
-            );
-        }
-        for (name, files) in [
-            (audit::run::STAGED, staged.objects()),
-            (audit::run::RESULT, result_files),
-        ] {
-            let provider = table::files_table(Arc::clone(&staged.schema), files)?;
-            let register = ctx
-                .deregister_table(name)
-                .and_then(|_| ctx.register_table(name, Arc::new(provider)));
-            register.map_err(|source| table::TableError::Register {
-                name: name.to_string(),
-                source,
-            })?;
-        }
+        register_staged(&ctx, &staged, current.as_ref())?;
         let logical_date = parse_date(date)?;
         let samples = conf.audit_samples.unwrap_or(self.options.sample_limit);
-        let staged_rows: Vec<(String, u64)> = staged
-            .partitions
-            .iter()
-            .map(|p| (p.path.clone(), p.rows))
-            .collect();
+        let (quarantining, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
+            rules.iter().copied().partition(|r| r.quarantine);
+        let mut results = Vec::new();
+        let mut quarantine = None;
+        let mut staged = staged;
+        if !quarantining.is_empty() {
+            let staged_rows = staged_rows(&staged);
+            let baseline = audit::run::Baseline {
+                logical_date,
+                partition_by: &conf.partition_by,
+                staged: &staged_rows,
+                published: current.as_ref(),
+            };
+            let found = audit::run::run(&ctx, &quarantining, &conf.key, samples, &baseline)
+                .instrument(tracing::info_span!("audit", quarantine = true))
+                .await?;
+            if found.iter().any(|r| r.failing_rows > 0) {
+                let (clean, q) = self
+                    .quarantine(&ctx, &quarantining, &run_id, &source.location)
+                    .await?;
+                staged = clean;
+                register_staged(&ctx, &staged, current.as_ref())?;
+                quarantine = Some(q);
+            }
+            results.extend(found);
+        }
+        let staged_rows = staged_rows(&staged);
         let baseline = audit::run::Baseline {
             logical_date,
             partition_by: &conf.partition_by,
             staged: &staged_rows,
             published: current.as_ref(),
         };
-        let results = audit::run::run(&ctx, &rules, &conf.key, samples, &baseline)
-            .instrument(tracing::info_span!("audit"))
-            .await?;
+        results.extend(
+            audit::run::run(&ctx, &others, &conf.key, samples, &baseline)
+                .instrument(tracing::info_span!("audit"))
+                .await?,
+        );
+        results.sort_by_key(|r| rules.iter().position(|x| x.name == r.name));
         let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
-        let report = AuditReport::new(
+        let mut report = AuditReport::new(
             &conf.name,
             &run_id,
             date,
@@ -320,6 +364,7 @@ impl Job {
             partitions.clone(),
             results,
         );
+        report.quarantine = quarantine;
         report.save(&self.table).await?;
         let mut outcome = RunOutcome {
             status: Status::AuditPassed,
@@ -377,6 +422,62 @@ impl Job {
             audits: report.summaries(),
         };
         self.publish(proposal, current_version, outcome).await
+    }
+
+    /// Splits the staged rows: rows failing any quarantining rule go to
+    /// `_wap/runs/<run_id>/quarantine/` (Hive partitions, Parquet), the others are rewritten to
+    /// `staging/<run_id>-clean/` and become what the run publishes. Both are deterministic.
+    async fn quarantine(
+        &self,
+        ctx: &SessionContext,
+        rules: &[&audit::Rule],
+        run_id: &str,
+        source: &str,
+    ) -> Result<(write::StagedRun, audit::report::Quarantine)> {
+        let failing = rules
+            .iter()
+            .filter_map(|r| audit::sql::failing_predicate(&r.kind))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let plan =
+            |sql: String| async move { table::plan_query(ctx, &sql).await.map_err(Error::Table) };
+        let path = format!("_wap/runs/{run_id}/quarantine");
+        let bad = plan(format!("SELECT * FROM staged WHERE {failing}")).await?;
+        let held = write::write_partitions(
+            ctx,
+            bad,
+            &self.conf,
+            run_id,
+            &path,
+            &self.table,
+            &self.options.write,
+            source,
+        )
+        .await?;
+        let good = plan(format!("SELECT * FROM staged WHERE NOT ({failing})")).await?;
+        let clean = write::write_partitions(
+            ctx,
+            good,
+            &self.conf,
+            run_id,
+            &format!("staging/{run_id}-clean"),
+            &self.table,
+            &self.options.write,
+            source,
+        )
+        .await?;
+        info!(
+            quarantined = held.rows,
+            kept = clean.rows,
+            "quarantined failing rows"
+        );
+        Ok((
+            clean,
+            audit::report::Quarantine {
+                rows: held.rows,
+                path: format!("{path}/"),
+            },
+        ))
     }
 
     /// Plans the transform and compiles every rule against its schema, reading no data: the

@@ -504,12 +504,38 @@ impl Default for WriteOptions {
 /// core, each stream is sorted on its own (a spilling sort: no global merge), and each feeds its
 /// own writer. A partition lives in exactly one stream, so its files do not depend on the number
 /// of streams.
-#[allow(clippy::too_many_arguments)]
 pub async fn write_staging(
     ctx: &SessionContext,
     df: DataFrame,
     conf: &JobConf,
     run_id: &str,
+    table: &Arc<dyn ObjectStore>,
+    options: &WriteOptions,
+    source_location: &str,
+) -> Result<StagedRun, WriteError> {
+    let prefix = format!("staging/{run_id}");
+    write_partitions(
+        ctx,
+        df,
+        conf,
+        run_id,
+        &prefix,
+        table,
+        options,
+        source_location,
+    )
+    .await
+}
+
+/// [`write_staging`] under any prefix of the table (the clean rows of a quarantining run go to
+/// `staging/<run_id>-clean`, its quarantined rows to `_wap/runs/<run_id>/quarantine`).
+#[allow(clippy::too_many_arguments)]
+pub async fn write_partitions(
+    ctx: &SessionContext,
+    df: DataFrame,
+    conf: &JobConf,
+    run_id: &str,
+    prefix: &str,
     table: &Arc<dyn ObjectStore>,
     options: &WriteOptions,
     source_location: &str,
@@ -587,6 +613,7 @@ pub async fn write_staging(
             table: Arc::clone(table),
             schema: Arc::clone(&schema),
             run_id: run_id.to_string(),
+            prefix: prefix.to_string(),
             columns: conf.partition_by.clone(),
             key_idx: key_idx.clone(),
             options: options.clone(),
@@ -650,6 +677,8 @@ struct PartitionWriter {
     table: Arc<dyn ObjectStore>,
     schema: SchemaRef,
     run_id: String,
+    /// Folder of the files, relative to the table root.
+    prefix: String,
     columns: Vec<String>,
     key_idx: Vec<usize>,
     options: WriteOptions,
@@ -755,11 +784,11 @@ impl PartitionWriter {
             let open = self.current.as_mut().expect("opened above");
             if open.file.is_none() {
                 let rel = if open.path.is_empty() {
-                    format!("staging/{}/part-{:05}.parquet", self.run_id, open.part)
+                    format!("{}/part-{:05}.parquet", self.prefix, open.part)
                 } else {
                     format!(
-                        "staging/{}/{}/part-{:05}.parquet",
-                        self.run_id, open.path, open.part
+                        "{}/{}/part-{:05}.parquet",
+                        self.prefix, open.path, open.part
                     )
                 };
                 let location = object_path(&rel).map_err(|message| WriteError::Upload {

@@ -79,6 +79,17 @@ pub struct AuditReport {
     /// Partitions staged by the run (Hive paths).
     pub partitions: Vec<String>,
     pub rules: Vec<RuleResult>,
+    /// Rows held back by `on_fail: quarantine` rules, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// Rows a run held back instead of publishing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub rows: u64,
+    /// Folder of the quarantined rows (Hive partitions of Parquet), relative to the table root.
+    pub path: String,
 }
 
 impl AuditReport {
@@ -105,6 +116,7 @@ impl AuditReport {
             rows,
             partitions,
             rules,
+            quarantine: None,
         }
     }
 

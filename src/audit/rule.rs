@@ -247,6 +247,8 @@ pub struct Rule {
     pub kind: RuleKind,
     pub threshold: Threshold,
     pub scope: Scope,
+    /// `on_fail: quarantine`: failing rows are held back and the others publish.
+    pub quarantine: bool,
     /// The rule file and the line where the rule starts, for error messages.
     pub file: PathBuf,
     pub line: usize,
@@ -291,6 +293,8 @@ struct RawRule {
     max_failing_pct: Option<f64>,
     #[serde(default)]
     scope: Scope,
+    #[serde(default)]
+    on_fail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -711,12 +715,38 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
                     kind.name()
                 )));
             }
+            let quarantine = match r.on_fail.as_deref() {
+                None | Some("fail") => false,
+                Some("quarantine") => {
+                    let predicate = matches!(
+                        kind,
+                        RuleKind::NotNull(_)
+                            | RuleKind::AcceptedValues { .. }
+                            | RuleKind::Range { .. }
+                            | RuleKind::Expression(_)
+                    );
+                    if !predicate || r.scope != Scope::Staged {
+                        return Err(err(format!(
+                            "on_fail: quarantine applies to not_null, accepted_values, range and \
+                             expression rules over staged data, not to `{}`",
+                            kind.name()
+                        )));
+                    }
+                    true
+                }
+                Some(other) => {
+                    return Err(err(format!(
+                        "on_fail: `{other}`; expected fail or quarantine"
+                    )));
+                }
+            };
             Ok(Rule {
                 name,
                 severity: r.severity,
                 kind,
                 threshold,
                 scope: r.scope,
+                quarantine,
                 file: path.to_path_buf(),
                 line,
             })

@@ -476,3 +476,87 @@ async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn quarantine_publishes_the_good_rows_and_keeps_the_bad_ones() {
+    let f = Fixture::new();
+    let orders: Vec<(i64, i64, String, &'static str)> = (1..=10)
+        .map(|i| {
+            (
+                i,
+                i,
+                if i % 5 == 0 {
+                    format!("-{i}.00")
+                } else {
+                    format!("{i}.00")
+                },
+                "placed",
+            )
+        })
+        .collect();
+    write_day(&f, "2024-01-01", &orders);
+    rules(
+        &f,
+        "rules:
+  - {name: positive, expression: amount > 0, on_fail: quarantine, max_failing_pct: 25}
+  - {name: no_negatives_left, range: {column: amount, min: 0}}
+",
+    );
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert_eq!(out.rows, 8);
+    let report = out.audit_report.unwrap();
+    assert_eq!(report.quarantine.as_ref().unwrap().rows, 2);
+    let v: BTreeMap<_, _> = report
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), (r.passed, r.failing_rows)))
+        .collect();
+    assert_eq!(v["positive"], (true, 2), "20% quarantined is within 25%");
+    assert_eq!(
+        v["no_negatives_left"],
+        (true, 0),
+        "other rules see the clean rows"
+    );
+    let published = crate::fixture::rows(&job, None).await;
+    assert_eq!(published.len(), 8);
+    assert!(
+        !published
+            .iter()
+            .any(|r| r.starts_with("5|") || r.starts_with("10|"))
+    );
+    // The bad rows are kept as Parquet under the run.
+    let qdir = f.table_dir().join(format!(
+        "_wap/runs/{}/quarantine/order_date=2024-01-01",
+        out.run_id
+    ));
+    let file = std::fs::read_dir(&qdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 2);
+    // A re-run is a no-op.
+    assert_eq!(
+        job.run("2024-01-01", Mode::Publish).await.unwrap().status,
+        Status::Unchanged
+    );
+
+    // Above its threshold the rule still fails the run: nothing is published.
+    rules(
+        &f,
+        "rules:\n  - {name: positive, expression: amount > 0, on_fail: quarantine, max_failing_pct: 10}\n",
+    );
+    write_day(&f, "2024-01-02", &orders);
+    let out = f.job().run("2024-01-02", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::AuditFailed);
+    assert_eq!(f.job().log().await.unwrap().len(), 1);
+}
