@@ -134,6 +134,36 @@ fn hidden(meta: &ObjectMeta, prefix: &str) -> bool {
         .any(|part| part.starts_with('.') || part.starts_with('_'))
 }
 
+/// Objects matching a glob location (`*` and `?` stay within a folder, `**` crosses folders),
+/// skipping hidden `.`/`_` bookkeeping.
+async fn list_glob(loc: &Location, location: &str) -> Result<Vec<ObjectMeta>, WriteError> {
+    let g = glob_start(&loc.path).unwrap_or(loc.path.len());
+    let dir = loc.path[..g].rsplit_once('/').map_or("", |(d, _)| d);
+    let invalid = |reason: String| StoreError::Invalid {
+        location: location.to_string(),
+        reason,
+    };
+    let pattern = glob::Pattern::new(&loc.path).map_err(|e| invalid(format!("bad glob: {e}")))?;
+    let prefix = object_path(dir).map_err(invalid)?;
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut out = Vec::new();
+    let mut listing = loc.store.list(Some(&prefix));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|source| WriteError::ListSource {
+            location: location.to_string(),
+            source,
+        })?;
+        if pattern.matches_with(meta.location.as_ref(), opts) && !hidden(&meta, dir) {
+            out.push(meta);
+        }
+    }
+    Ok(out)
+}
+
 /// Lists the source objects for a date: a file, a folder (recursively, skipping hidden `.`/`_`
 /// files) or a glob (`*`, `?`, `[…]`).
 pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, WriteError> {
@@ -144,30 +174,8 @@ pub async fn list_source(conf: &JobConf, date: &str) -> Result<SourceObjects, Wr
         source,
     };
     let mut objects = Vec::new();
-    if let Some(g) = glob_start(&loc.path) {
-        let dir = loc.path[..g].rsplit_once('/').map_or("", |(d, _)| d);
-        let pattern = glob::Pattern::new(&loc.path).map_err(|e| {
-            WriteError::Location(StoreError::Invalid {
-                location: location.clone(),
-                reason: format!("bad glob: {e}"),
-            })
-        })?;
-        let prefix = object_path(dir).map_err(|reason| StoreError::Invalid {
-            location: location.clone(),
-            reason,
-        })?;
-        let mut listing = loc.store.list(Some(&prefix));
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(list_err)?;
-            let opts = glob::MatchOptions {
-                case_sensitive: true,
-                require_literal_separator: true,
-                require_literal_leading_dot: true,
-            };
-            if pattern.matches_with(meta.location.as_ref(), opts) && !hidden(&meta, dir) {
-                objects.push(meta);
-            }
-        }
+    if glob_start(&loc.path).is_some() {
+        objects = list_glob(&loc, &location).await?;
     } else {
         let path = object_path(&loc.path).map_err(|reason| StoreError::Invalid {
             location: location.clone(),
@@ -209,30 +217,10 @@ pub async fn list_source_sample(conf: &JobConf) -> Result<SourceObjects, WriteEr
         template.push_str("**");
     }
     let loc = Location::parse(&template, &conf.storage)?;
-    let g = glob_start(&loc.path).unwrap_or(loc.path.len());
-    let dir = loc.path[..g].rsplit_once('/').map_or("", |(d, _)| d);
-    let pattern = glob::Pattern::new(&loc.path).map_err(|e| StoreError::Invalid {
-        location: template.clone(),
-        reason: format!("bad glob: {e}"),
-    })?;
-    let prefix = object_path(dir).map_err(|reason| StoreError::Invalid {
-        location: template.clone(),
-        reason,
-    })?;
-    let mut listing = loc.store.list(Some(&prefix));
-    let mut last: Option<ObjectMeta> = None;
-    while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|source| WriteError::ListSource {
-            location: template.clone(),
-            source,
-        })?;
-        if pattern.matches(meta.location.as_ref())
-            && !hidden(&meta, dir)
-            && last.as_ref().is_none_or(|l| l.location < meta.location)
-        {
-            last = Some(meta);
-        }
-    }
+    let last = list_glob(&loc, &template)
+        .await?
+        .into_iter()
+        .max_by(|a, b| a.location.cmp(&b.location));
     let Some(last) = last else {
         return Err(WriteError::SourceNotFound {
             location: template,
