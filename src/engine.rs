@@ -66,6 +66,9 @@ pub fn session(
     let reserve = (options.memory_limit / 8).min(10 << 20);
     config.options_mut().execution.sort_spill_reservation_bytes = reserve;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_udaf(datafusion::logical_expr::AggregateUDF::from(
+        CountTrue::default(),
+    ));
     ctx.register_object_store(&url::Url::parse(TABLE_URL).expect("static url"), table);
     if let Some(source) = source {
         ctx.register_object_store(&url::Url::parse(SOURCE_URL).expect("static url"), source);
@@ -147,5 +150,93 @@ impl TableProvider for FilesTable {
             .with_limit(limit)
             .build();
         self.format.create_physical_plan(state, conf).await
+    }
+}
+
+/// `wap_count_true(predicate)`: how many rows a boolean expression is TRUE for. One popcount per
+/// batch instead of materialising `CASE WHEN p THEN 1 ELSE 0 END` and summing it: this is what
+/// the shared audit scan counts failing rows with.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CountTrue {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl Default for CountTrue {
+    fn default() -> Self {
+        CountTrue {
+            signature: datafusion::logical_expr::Signature::exact(
+                vec![datafusion::arrow::datatypes::DataType::Boolean],
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// The SQL name of [`CountTrue`].
+pub const COUNT_TRUE: &str = "wap_count_true";
+
+impl datafusion::logical_expr::AggregateUDFImpl for CountTrue {
+    fn name(&self) -> &str {
+        COUNT_TRUE
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[datafusion::arrow::datatypes::DataType],
+    ) -> DfResult<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Int64)
+    }
+
+    fn accumulator(
+        &self,
+        _: datafusion::logical_expr::function::AccumulatorArgs,
+    ) -> DfResult<Box<dyn datafusion::logical_expr::Accumulator>> {
+        Ok(Box::new(CountTrueAccumulator(0)))
+    }
+
+    fn state_fields(
+        &self,
+        _: datafusion::logical_expr::function::StateFieldsArgs,
+    ) -> DfResult<Vec<datafusion::arrow::datatypes::FieldRef>> {
+        Ok(vec![Arc::new(datafusion::arrow::datatypes::Field::new(
+            "count",
+            datafusion::arrow::datatypes::DataType::Int64,
+            true,
+        ))])
+    }
+}
+
+#[derive(Debug)]
+struct CountTrueAccumulator(i64);
+
+impl datafusion::logical_expr::Accumulator for CountTrueAccumulator {
+    fn update_batch(&mut self, values: &[datafusion::arrow::array::ArrayRef]) -> DfResult<()> {
+        use datafusion::arrow::array::AsArray;
+        // true_count only counts valid TRUE slots: NULL is not TRUE.
+        self.0 += values[0].as_boolean().true_count() as i64;
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[datafusion::arrow::array::ArrayRef]) -> DfResult<()> {
+        use datafusion::arrow::array::AsArray;
+        let counts = states[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        self.0 += counts.iter().flatten().sum::<i64>();
+        Ok(())
+    }
+
+    fn state(&mut self) -> DfResult<Vec<datafusion::common::ScalarValue>> {
+        Ok(vec![datafusion::common::ScalarValue::Int64(Some(self.0))])
+    }
+
+    fn evaluate(&mut self) -> DfResult<datafusion::common::ScalarValue> {
+        Ok(datafusion::common::ScalarValue::Int64(Some(self.0)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
     }
 }

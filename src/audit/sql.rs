@@ -73,7 +73,7 @@ pub fn aggregate_query(rules: &[&Rule], table: &str, logical_date: chrono::Naive
     for (i, r) in rules.iter().enumerate() {
         let (failing, value) = match (&r.kind, failing_predicate(&r.kind)) {
             (_, Some(p)) => (
-                format!("CAST(COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0) AS BIGINT)"),
+                format!("{}({p})", crate::engine::COUNT_TRUE),
                 "CAST(NULL AS VARCHAR)".to_string(),
             ),
             (RuleKind::Freshness { column, max_age }, None) => {
