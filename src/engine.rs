@@ -240,3 +240,25 @@ impl datafusion::logical_expr::Accumulator for CountTrueAccumulator {
         std::mem::size_of_val(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn count_true_counts_only_true() {
+        let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();
+        let batches = ctx
+            .sql("SELECT wap_count_true(x) AS n, wap_count_true(x AND false) AS none FROM (VALUES (true), (false), (NULL), (true)) AS t(x)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| 2 | 0    |"), "{text}");
+    }
+}
