@@ -118,6 +118,21 @@ pub struct RunOutcome {
     pub audit_report: Option<AuditReport>,
 }
 
+/// What a run's rules are judged against.
+fn baseline<'a>(
+    logical_date: NaiveDate,
+    conf: &'a JobConf,
+    staged: &'a [(String, u64)],
+    published: Option<&'a Manifest>,
+) -> audit::run::Baseline<'a> {
+    audit::run::Baseline {
+        logical_date,
+        partition_by: &conf.partition_by,
+        staged,
+        published,
+    }
+}
+
 /// (Hive path, rows) of each staged partition.
 fn staged_rows(staged: &write::StagedRun) -> Vec<(String, u64)> {
     staged
@@ -323,12 +338,7 @@ impl Job {
         let mut staged = staged;
         if !quarantining.is_empty() {
             let staged_rows = staged_rows(&staged);
-            let baseline = audit::run::Baseline {
-                logical_date,
-                partition_by: &conf.partition_by,
-                staged: &staged_rows,
-                published: current.as_ref(),
-            };
+            let baseline = baseline(logical_date, conf, &staged_rows, current.as_ref());
             let found = audit::run::run(&ctx, &quarantining, &conf.key, samples, &baseline)
                 .instrument(tracing::info_span!("audit", quarantine = true))
                 .await?;
@@ -343,12 +353,7 @@ impl Job {
             results.extend(found);
         }
         let staged_rows = staged_rows(&staged);
-        let baseline = audit::run::Baseline {
-            logical_date,
-            partition_by: &conf.partition_by,
-            staged: &staged_rows,
-            published: current.as_ref(),
-        };
+        let baseline = baseline(logical_date, conf, &staged_rows, current.as_ref());
         results.extend(
             audit::run::run(&ctx, &others, &conf.key, samples, &baseline)
                 .instrument(tracing::info_span!("audit"))

@@ -244,6 +244,13 @@ impl AuditReport {
         Ok(serde_json::from_slice(&bytes).ok())
     }
 
+    /// Failing rules that kept sample rows.
+    fn failing_with_samples(&self) -> impl Iterator<Item = &RuleResult> {
+        self.rules
+            .iter()
+            .filter(|r| !r.passed && !r.samples.is_empty())
+    }
+
     fn verdict(r: &RuleResult) -> &'static str {
         match (r.passed, r.blocks()) {
             (true, _) => "pass",
@@ -313,11 +320,7 @@ impl AuditReport {
                 r.message
             ));
         }
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| !r.passed && !r.samples.is_empty())
-        {
+        for r in self.failing_with_samples() {
             let (cols, rows) = Self::sample_rows(r);
             out.push_str(&format!(
                 "\nsamples of {} ({}):\n  {}\n",
@@ -358,11 +361,7 @@ impl AuditReport {
                 esc(&r.message)
             ));
         }
-        for r in self
-            .rules
-            .iter()
-            .filter(|r| !r.passed && !r.samples.is_empty())
-        {
+        for r in self.failing_with_samples() {
             let (cols, rows) = Self::sample_rows(r);
             out.push_str(&format!(
                 "\n**Samples of `{}`** ({})\n\n",
