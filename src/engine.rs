@@ -111,6 +111,18 @@ impl FilesTable {
     }
 }
 
+impl FilesTable {
+    /// The files of the table.
+    pub fn files(&self) -> &[ObjectMeta] {
+        &self.files
+    }
+
+    /// The URL of the store the files are in.
+    pub fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
+    }
+}
+
 #[async_trait]
 impl TableProvider for FilesTable {
     fn schema(&self) -> SchemaRef {
