@@ -155,9 +155,16 @@ async fn failing_rules_explain_themselves() {
     // Passing not_null and range rules over exact types are proven from the Parquet footers.
     for name in ["not_null_pass", "range_pass"] {
         let r = by(name);
-        assert!(r.message.contains("(proven from Parquet statistics)"), "{name}: {}", r.message);
+        assert!(
+            r.message.contains("(proven from Parquet statistics)"),
+            "{name}: {}",
+            r.message
+        );
     }
-    assert!(!by("range_fail").message.contains("proven"), "a failing range is counted by the scan");
+    assert!(
+        !by("range_fail").message.contains("proven"),
+        "a failing range is counted by the scan"
+    );
     let rc = by("row_count_fail");
     assert!(
         rc.message.contains("row count 10 is below the minimum 11"),
