@@ -265,8 +265,9 @@ impl Job {
     }
 
     fn session(&self, source: Option<Arc<dyn ObjectStore>>) -> Result<SessionContext> {
+        // Not the user's query at fault: an engine failure (exit 1).
         engine::session(&self.options.engine, Arc::clone(&self.table), source).map_err(|e| {
-            Error::Table(table::TableError::Query {
+            Error::Table(table::TableError::Execute {
                 message: e.to_string(),
             })
         })

@@ -18,7 +18,9 @@ use crate::store::object_path;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TableError {
-    #[error("table {table} has no published version yet")]
+    #[error(
+        "table {table} has no published version yet\nhelp: `wap run --conf FILE --date YYYY-MM-DD` publishes the first one"
+    )]
     Empty { table: String },
     #[error("query failed: {message}")]
     Query { message: String },

@@ -65,7 +65,10 @@ const UPLOAD_CONCURRENCY: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
-    #[error("source {location} matched no objects (for date {date})")]
+    #[error(
+        "source {location} matched no objects (for date {date})\n\
+         help: check source.path in the job file, or whether that day's data has arrived"
+    )]
     SourceNotFound { location: String, date: String },
     #[error(transparent)]
     Location(#[from] StoreError),

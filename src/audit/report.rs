@@ -14,6 +14,17 @@ use crate::manifest::{self, AuditSummary};
 /// Format tag of report files.
 pub const FORMAT: &str = "wap-report/1";
 
+async fn put(table: &Arc<dyn ObjectStore>, path: &Path, body: Vec<u8>) -> Result<(), AuditError> {
+    table
+        .put(path, PutPayload::from(body))
+        .await
+        .map_err(|source| AuditError::Report {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
 /// The outcome of one rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleResult {
@@ -146,42 +157,27 @@ impl AuditReport {
     }
 
     /// Writes the report under `_wap/runs/<run_id>/`, with each failing rule's samples as
-    /// Parquet in `samples/`.
+    /// Parquet in `samples/`. Samples that cannot be encoded are skipped with a warning: they
+    /// are also in the report itself.
     pub async fn save(&self, table: &Arc<dyn ObjectStore>) -> Result<(), AuditError> {
         for r in self.rules.iter().filter(|r| !r.sample_batches.is_empty()) {
             let path = Self::samples_path(&self.run_id, &r.name);
             let mut buf = Vec::new();
-            let written = (|| {
-                let mut w = parquet::arrow::ArrowWriter::try_new(
-                    &mut buf,
-                    r.sample_batches[0].schema(),
-                    None,
-                )?;
+            let encoded = (|| {
+                let schema = r.sample_batches[0].schema();
+                let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)?;
                 for b in &r.sample_batches {
                     w.write(b)?;
                 }
                 w.close().map(|_| ())
             })();
-            if written.is_ok() {
-                table
-                    .put(&path, PutPayload::from(buf))
-                    .await
-                    .map_err(|source| AuditError::Report {
-                        path: path.to_string(),
-                        source,
-                    })?;
+            match encoded {
+                Ok(()) => put(table, &path, buf).await?,
+                Err(e) => tracing::warn!(%path, error = %e, "samples not saved as Parquet"),
             }
         }
-        let path = manifest::report_path(&self.run_id);
         let body = serde_json::to_vec_pretty(self).expect("report serializes");
-        table
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|source| AuditError::Report {
-                path: path.to_string(),
-                source,
-            })?;
-        Ok(())
+        put(table, &manifest::report_path(&self.run_id), body).await
     }
 
     /// Reads the report of `run_id`, if one was written (a damaged one counts as absent).

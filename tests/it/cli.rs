@@ -205,6 +205,13 @@ fn exit_codes_for_usage_config_and_read_only_queries() {
         2
     );
     assert_eq!(code(&["frobnicate"]), 2);
+    let out = ex.wap(&["show", "--conf", CONF]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("help: `wap run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(code(&["run", "--conf", CONF, "--date", "2024-01-01"]), 0);
     let out = ex.wap(&["query", "--conf", CONF, "DROP TABLE orders"]);
     assert_eq!(out.status.code(), Some(2));

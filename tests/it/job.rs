@@ -298,6 +298,7 @@ async fn bad_inputs_give_clear_errors_and_change_nothing() {
     let err = job.run("2024-02-01", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 1);
     let msg = err.to_string();
+    assert!(msg.contains("help: check source.path"), "{msg}");
     assert!(
         msg.contains("data/orders/2024-02-01/") && msg.contains("matched no objects"),
         "{msg}"
