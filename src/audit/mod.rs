@@ -9,6 +9,7 @@
 //!   their own queries, concurrently. Samples are fetched only for failing rules.
 //! - This phase writes nothing but `_wap/runs/<run_id>/report.json`.
 
+mod proof;
 pub mod report;
 pub mod rule;
 pub mod run;

@@ -1,8 +1,6 @@
 //! Compiling and running rules against the tables registered in a session (`staged`,
 //! `published`).
 
-use std::sync::Arc;
-
 use arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::prelude::SessionContext;
 use futures::future::try_join_all;
@@ -525,160 +523,6 @@ async fn judge_null_rate(
     Ok(r)
 }
 
-/// Staged-scope `not_null` and `range` rules that the Parquet footers of `table` prove to pass,
-/// without a scan: every row group has a null count of 0 (not_null), or every row group's exact
-/// min and max lie within the bounds (range over integer, decimal and date columns, whose
-/// statistics are exact; floats are left to the scan because of NaN). Anything unproven, or any
-/// footer that cannot be read, is simply left to the scan.
-async fn proven_by_footers(
-    ctx: &SessionContext,
-    table: &str,
-    rules: &[&Rule],
-) -> std::collections::HashSet<String> {
-    use arrow::datatypes::DataType as D;
-    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-    let mut proven = std::collections::HashSet::new();
-    let candidates: Vec<&&Rule> = rules
-        .iter()
-        .filter(|r| {
-            r.scope == Scope::Staged
-                && matches!(r.kind, RuleKind::NotNull(_) | RuleKind::Range { .. })
-        })
-        .collect();
-    if candidates.is_empty() {
-        return proven;
-    }
-    let Ok(provider) = ctx.table_provider(table).await else {
-        return proven;
-    };
-    let any: &dyn std::any::Any = provider.as_ref();
-    let Some(files) = any.downcast_ref::<crate::engine::FilesTable>() else {
-        return proven;
-    };
-    let Ok(store) = ctx.runtime_env().object_store(files.store_url()) else {
-        return proven;
-    };
-    let mut metas = Vec::new();
-    for f in files.files() {
-        // Deprecated in favour of a hand-written AsyncFileReader; it reads exactly the footer.
-        #[allow(deprecated)]
-        let mut reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-            Arc::clone(&store),
-            f.location.clone(),
-        )
-        .with_file_size(f.size);
-        match parquet::arrow::arrow_reader::ArrowReaderMetadata::load_async(
-            &mut reader,
-            Default::default(),
-        )
-        .await
-        {
-            Ok(m) => metas.push(m),
-            Err(_) => return proven,
-        }
-    }
-    let schema = provider.schema();
-    'rules: for rule in candidates {
-        match &rule.kind {
-            RuleKind::NotNull(cols) => {
-                for c in cols {
-                    for m in &metas {
-                        let Ok(conv) =
-                            StatisticsConverter::try_new(c, m.schema(), m.parquet_schema())
-                        else {
-                            continue 'rules;
-                        };
-                        let Ok(nulls) = conv.row_group_null_counts(m.metadata().row_groups())
-                        else {
-                            continue 'rules;
-                        };
-                        if nulls.null_count() > 0 || nulls.values().iter().any(|n| *n > 0) {
-                            continue 'rules;
-                        }
-                    }
-                }
-                proven.insert(rule.name.clone());
-            }
-            RuleKind::Range { column, .. } => {
-                let exact_type = schema.field_with_name(column).is_ok_and(|f| {
-                    matches!(
-                        f.data_type(),
-                        D::Int8
-                            | D::Int16
-                            | D::Int32
-                            | D::Int64
-                            | D::UInt8
-                            | D::UInt16
-                            | D::UInt32
-                            | D::UInt64
-                            | D::Decimal128(_, _)
-                            | D::Date32
-                    )
-                });
-                if !exact_type {
-                    continue;
-                }
-                let mut bounds = Vec::new();
-                for m in &metas {
-                    let Ok(conv) =
-                        StatisticsConverter::try_new(column, m.schema(), m.parquet_schema())
-                    else {
-                        continue 'rules;
-                    };
-                    let groups = m.metadata().row_groups();
-                    let (Ok(mins), Ok(maxes), Ok(min_exact), Ok(max_exact)) = (
-                        conv.row_group_mins(groups),
-                        conv.row_group_maxes(groups),
-                        conv.row_group_is_min_value_exact(groups),
-                        conv.row_group_is_max_value_exact(groups),
-                    ) else {
-                        continue 'rules;
-                    };
-                    let all_exact = |b: &arrow::array::BooleanArray| {
-                        b.null_count() == 0 && b.true_count() == b.len()
-                    };
-                    if !all_exact(&min_exact) || !all_exact(&max_exact) {
-                        continue 'rules;
-                    }
-                    bounds.push(mins);
-                    bounds.push(maxes);
-                }
-                let refs: Vec<&dyn Array> = bounds.iter().map(|a| a.as_ref()).collect();
-                let Ok(values) = arrow::compute::concat(&refs) else {
-                    continue;
-                };
-                if values.null_count() > 0 {
-                    continue;
-                }
-                // Every value lies between its row group's min and max, so if none of those
-                // fails the (monotonic) range predicate, no row does.
-                let field = arrow::datatypes::Field::new(column, values.data_type().clone(), true);
-                let Ok(batch) = RecordBatch::try_new(
-                    Arc::new(arrow::datatypes::Schema::new(vec![field])),
-                    vec![values],
-                ) else {
-                    continue;
-                };
-                let pred = sql::failing_predicate(&rule.kind).expect("range has a predicate");
-                let Ok(df) = ctx.read_batch(batch) else {
-                    continue;
-                };
-                let Ok(expr) = df.parse_sql_expr(&pred) else {
-                    continue;
-                };
-                let Ok(df) = df.filter(expr) else {
-                    continue;
-                };
-                if matches!(df.count().await, Ok(0)) {
-                    proven.insert(rule.name.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-    proven
-}
-
 /// Runs every rule over the registered `staged` table. Row-level rules share one scan.
 pub async fn run(
     ctx: &SessionContext,
@@ -694,7 +538,7 @@ pub async fn run(
     // One scan per scope (the staged one always: it counts the run's rows).
     for scope in [Scope::Staged, Scope::Result] {
         let proven = if scope == Scope::Staged {
-            proven_by_footers(ctx, scope.table(), rules).await
+            super::proof::proven(ctx, scope.table(), rules).await
         } else {
             Default::default()
         };
@@ -719,7 +563,7 @@ pub async fn run(
         let scan_ms = started.elapsed().as_millis() as u64;
         for rule in rules.iter().filter(|r| proven.contains(&r.name)) {
             let message = format!(
-                "0 of {rows} rows {} (proven from Parquet statistics)",
+                "0 of {rows} rows {} (proven from Parquet metadata)",
                 describe(&rule.kind)
             );
             let mut r = result(rule, 0, rows, message);

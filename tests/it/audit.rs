@@ -156,7 +156,7 @@ async fn failing_rules_explain_themselves() {
     for name in ["not_null_pass", "range_pass"] {
         let r = by(name);
         assert!(
-            r.message.contains("(proven from Parquet statistics)"),
+            r.message.contains("(proven from Parquet metadata)"),
             "{name}: {}",
             r.message
         );
@@ -171,6 +171,36 @@ async fn failing_rules_explain_themselves() {
         "{}",
         rc.message
     );
+}
+
+#[tokio::test]
+async fn dictionary_proofs_are_exact() {
+    let rules = r#"rules:
+  - {name: status_known, accepted_values: {column: status, values: [placed, shipped, returned, lost]}}
+  - {name: status_long, expression: length(status) >= 4}
+  - {name: status_fail, accepted_values: {column: status, values: [placed, shipped]}}
+  - {name: customer_null_fails, expression: customer_id <> 99}
+  - {name: two_columns, expression: order_id > 0 OR amount > 0}
+  - {name: volatile, expression: random() < 2.0 AND status <> 'x'}
+"#;
+    let f = setup(rules);
+    let out = f.job().run("2024-03-11", Mode::AuditOnly).await.unwrap();
+    let report = out.audit_report.unwrap();
+    let by = |n: &str| report.rules.iter().find(|r| r.name == n).unwrap().clone();
+    let verdict = |n: &str| {
+        let r = by(n);
+        (r.passed, r.failing_rows, r.message.contains("proven"))
+    };
+    // Every value in the status dictionary is accepted / long enough: no scan needed.
+    assert_eq!(verdict("status_known"), (true, 0, true));
+    assert_eq!(verdict("status_long"), (true, 0, true));
+    // A dictionary value fails: the scan counts the rows (lost and returned).
+    assert_eq!(verdict("status_fail"), (false, 2, false));
+    // customer_id has a NULL, for which the predicate is NULL: a failure the proof must not hide.
+    assert_eq!(verdict("customer_null_fails"), (false, 1, false));
+    // Two columns, or a volatile function: never proven from one column's values.
+    assert_eq!(verdict("two_columns"), (true, 0, false));
+    assert_eq!(verdict("volatile"), (true, 0, false));
 }
 
 #[tokio::test]

@@ -1,0 +1,424 @@
+//! Row-level rules proven to pass from Parquet metadata, so the shared scan can leave them out.
+//!
+//! Three proofs, each exact (a rule is proven only if no row can fail it) and each falling back
+//! to the scan when anything is missing or unreadable:
+//! - `not_null`: every row group's null count is 0.
+//! - `range` over integer, decimal and date columns: every row group's exact min and max pass
+//!   (floats are left out because statistics skip NaN).
+//! - Any `accepted_values`, `range` or `expression` rule that depends on ONE column, when that
+//!   column is dictionary-encoded in every row group: the failing predicate is evaluated over the
+//!   dictionary values (plus a NULL unless the statistics say there is none). A row's value is
+//!   one of those, so if none fails, no row does. This covers low-cardinality columns, which is
+//!   where `accepted_values` rules live, for the price of reading the dictionary pages.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use bytes::{Buf, Bytes};
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::basic::{Encoding, Type as Physical};
+use parquet::column::page::{Page, PageReader};
+use parquet::file::metadata::ColumnChunkMetaData;
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
+
+use super::rule::{Rule, RuleKind, Scope};
+use super::sql;
+
+/// How many footers or dictionary fetches are in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// The names of the staged-scope rules in `rules` that the Parquet metadata of `table` proves
+/// to pass. Anything unproven is simply left to the scan.
+pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -> HashSet<String> {
+    let mut proven = HashSet::new();
+    let candidates: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| r.scope == Scope::Staged && sql::failing_predicate(&r.kind).is_some())
+        .collect();
+    if candidates.is_empty() {
+        return proven;
+    }
+    let Ok(provider) = ctx.table_provider(table).await else {
+        return proven;
+    };
+    let any: &dyn std::any::Any = provider.as_ref();
+    let Some(files) = any.downcast_ref::<crate::engine::FilesTable>() else {
+        return proven;
+    };
+    let Ok(store) = ctx.runtime_env().object_store(files.store_url()) else {
+        return proven;
+    };
+    let Some(footers) = footers(&store, files.files()).await else {
+        return proven;
+    };
+    let schema = provider.schema();
+    for rule in candidates {
+        let done = match &rule.kind {
+            RuleKind::NotNull(cols) => cols.iter().all(|c| no_nulls(c, &footers)),
+            RuleKind::Range { column, .. } => {
+                range_by_statistics(ctx, rule, column, &schema, &footers).await
+            }
+            _ => false,
+        };
+        let done = done
+            || match single_column(ctx, rule, &schema) {
+                Some(column) => by_dictionary(ctx, &store, rule, &column, &schema, &footers).await,
+                None => false,
+            };
+        if done {
+            proven.insert(rule.name.clone());
+        }
+    }
+    proven
+}
+
+/// A staged file with its footer.
+struct Footer {
+    file: ObjectMeta,
+    meta: ArrowReaderMetadata,
+}
+
+/// Every file's footer (one ranged read each, concurrently), or None if any cannot be read.
+async fn footers(store: &Arc<dyn ObjectStore>, files: &[ObjectMeta]) -> Option<Vec<Footer>> {
+    futures::stream::iter(files.iter().cloned())
+        .map(|file| {
+            let store = Arc::clone(store);
+            async move {
+                // Deprecated in favour of a hand-written AsyncFileReader; it reads exactly the
+                // footer.
+                #[allow(deprecated)]
+                let mut reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+                    store,
+                    file.location.clone(),
+                )
+                .with_file_size(file.size);
+                let meta = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
+                Ok::<_, parquet::errors::ParquetError>(Footer { file, meta })
+            }
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await
+        .ok()
+}
+
+fn no_nulls(column: &str, footers: &[Footer]) -> bool {
+    footers.iter().all(|f| {
+        let m = &f.meta;
+        let Ok(conv) = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()) else {
+            return false;
+        };
+        conv.row_group_null_counts(m.metadata().row_groups())
+            .is_ok_and(|nulls| nulls.null_count() == 0 && nulls.values().iter().all(|n| *n == 0))
+    })
+}
+
+/// Every value lies between its row group's exact min and max, so if none of those fails the
+/// (monotonic) range predicate, no row does.
+async fn range_by_statistics(
+    ctx: &SessionContext,
+    rule: &Rule,
+    column: &str,
+    schema: &Schema,
+    footers: &[Footer],
+) -> bool {
+    use DataType as D;
+    let exact_type = schema.field_with_name(column).is_ok_and(|f| {
+        matches!(
+            f.data_type(),
+            D::Int8
+                | D::Int16
+                | D::Int32
+                | D::Int64
+                | D::UInt8
+                | D::UInt16
+                | D::UInt32
+                | D::UInt64
+                | D::Decimal128(_, _)
+                | D::Date32
+        )
+    });
+    if !exact_type {
+        return false;
+    }
+    let mut bounds = Vec::new();
+    for f in footers {
+        let m = &f.meta;
+        let Ok(conv) = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()) else {
+            return false;
+        };
+        let groups = m.metadata().row_groups();
+        let (Ok(mins), Ok(maxes), Ok(min_exact), Ok(max_exact)) = (
+            conv.row_group_mins(groups),
+            conv.row_group_maxes(groups),
+            conv.row_group_is_min_value_exact(groups),
+            conv.row_group_is_max_value_exact(groups),
+        ) else {
+            return false;
+        };
+        let all_exact =
+            |b: &arrow::array::BooleanArray| b.null_count() == 0 && b.true_count() == b.len();
+        if !all_exact(&min_exact) || !all_exact(&max_exact) {
+            return false;
+        }
+        bounds.push(mins);
+        bounds.push(maxes);
+    }
+    let refs: Vec<&dyn Array> = bounds.iter().map(|a| a.as_ref()).collect();
+    let Ok(values) = arrow::compute::concat(&refs) else {
+        return false;
+    };
+    if values.null_count() > 0 {
+        return false;
+    }
+    no_value_fails(ctx, rule, column, values).await
+}
+
+/// True when the rule's failing predicate holds for none of `values` (a column named `column`).
+async fn no_value_fails(ctx: &SessionContext, rule: &Rule, column: &str, values: ArrayRef) -> bool {
+    let Some(pred) = sql::failing_predicate(&rule.kind) else {
+        return false;
+    };
+    let field = Field::new(column, values.data_type().clone(), true);
+    let Ok(batch) = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![values]) else {
+        return false;
+    };
+    let Ok(df) = ctx.read_batch(batch) else {
+        return false;
+    };
+    let Ok(expr) = df.parse_sql_expr(&pred) else {
+        return false;
+    };
+    let Ok(df) = df.filter(expr) else {
+        return false;
+    };
+    matches!(df.count().await, Ok(0))
+}
+
+/// The one column a row-level rule's verdict on a row depends on, if there is exactly one and
+/// the rule is deterministic.
+fn single_column(ctx: &SessionContext, rule: &Rule, schema: &Schema) -> Option<String> {
+    match &rule.kind {
+        RuleKind::AcceptedValues { column, .. } | RuleKind::Range { column, .. } => {
+            Some(column.clone())
+        }
+        RuleKind::Expression(e) => {
+            let df_schema = datafusion::common::DFSchema::try_from(schema.clone()).ok()?;
+            let expr = ctx.parse_sql_expr(e, &df_schema).ok()?;
+            if expr.is_volatile() {
+                return None;
+            }
+            let columns = expr.column_refs();
+            match columns.into_iter().collect::<Vec<_>>().as_slice() {
+                [c] => Some(c.name.clone()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The dictionary proof (see the module comment).
+async fn by_dictionary(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    rule: &Rule,
+    column: &str,
+    schema: &Schema,
+    footers: &[Footer],
+) -> bool {
+    let Ok(field) = schema.field_with_name(column) else {
+        return false;
+    };
+    let target = field.data_type().clone();
+    // Per file: the column's chunk in each row group, all dictionary-encoded.
+    let mut wanted = Vec::new();
+    let mut maybe_null = false;
+    for f in footers {
+        let parquet = f.meta.parquet_schema();
+        let Some(index) = parquet
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [column.to_string()])
+        else {
+            return false;
+        };
+        let mut chunks = Vec::new();
+        for group in f.meta.metadata().row_groups() {
+            let chunk = group.column(index);
+            if !all_dictionary_encoded(chunk) {
+                return false;
+            }
+            maybe_null |= chunk
+                .statistics()
+                .and_then(|s| s.null_count_opt())
+                .is_none_or(|n| n > 0);
+            chunks.push((chunk.clone(), group.num_rows()));
+        }
+        wanted.push((f.file.location.clone(), chunks));
+    }
+    let fetched: Result<Vec<Vec<ArrayRef>>, ()> = futures::stream::iter(wanted)
+        .map(|(location, chunks)| {
+            let store = Arc::clone(store);
+            let target = target.clone();
+            async move {
+                let ranges: Vec<std::ops::Range<u64>> = chunks
+                    .iter()
+                    .map(|(c, _)| {
+                        let start = c.dictionary_page_offset().unwrap_or(0) as u64;
+                        start..(c.data_page_offset() as u64).max(start)
+                    })
+                    .collect();
+                let pages = store.get_ranges(&location, &ranges).await.map_err(|_| ())?;
+                chunks
+                    .iter()
+                    .zip(ranges.iter().zip(pages))
+                    .map(|((chunk, rows), (range, bytes))| {
+                        dictionary(chunk, *rows, range.start, bytes, &target).ok_or(())
+                    })
+                    .collect()
+            }
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await;
+    let Ok(fetched) = fetched else {
+        return false;
+    };
+    let mut arrays: Vec<ArrayRef> = fetched.into_iter().flatten().collect();
+    if maybe_null {
+        arrays.push(arrow::array::new_null_array(&target, 1));
+    }
+    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+    let Ok(values) = arrow::compute::concat(&refs) else {
+        return false;
+    };
+    no_value_fails(ctx, rule, column, values).await
+}
+
+fn all_dictionary_encoded(chunk: &ColumnChunkMetaData) -> bool {
+    chunk.dictionary_page_offset().is_some_and(|o| o > 0)
+        && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+            mask.is_only(Encoding::PLAIN_DICTIONARY) || mask.is_only(Encoding::RLE_DICTIONARY)
+        })
+}
+
+/// A column chunk's dictionary page bytes, addressed by their offset in the file.
+struct At {
+    start: u64,
+    bytes: Bytes,
+}
+
+impl Length for At {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl ChunkReader for At {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let rest = (self.len().saturating_sub(start)) as usize;
+        Ok(self.get_bytes(start, rest)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let from = start
+            .checked_sub(self.start)
+            .map(|f| f as usize)
+            .filter(|f| f + length <= self.bytes.len())
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::EOF(format!(
+                    "{length} bytes at {start} are outside the dictionary page"
+                ))
+            })?;
+        Ok(self.bytes.slice(from..from + length))
+    }
+}
+
+/// Decodes one chunk's dictionary page into an array of `target`, for the physical types whose
+/// plain encoding maps onto it one to one; None for anything else.
+fn dictionary(
+    chunk: &ColumnChunkMetaData,
+    rows: i64,
+    start: u64,
+    bytes: Bytes,
+    target: &DataType,
+) -> Option<ArrayRef> {
+    let reader = Arc::new(At { start, bytes });
+    let mut pages = SerializedPageReader::new(reader, chunk, rows.max(0) as usize, None).ok()?;
+    let Page::DictionaryPage {
+        buf,
+        num_values,
+        encoding: Encoding::PLAIN | Encoding::PLAIN_DICTIONARY,
+        ..
+    } = pages.get_next_page().ok()??
+    else {
+        return None;
+    };
+    let n = num_values as usize;
+    let mut buf = buf;
+    let decoded: ArrayRef = match (chunk.column_type(), target) {
+        (Physical::BYTE_ARRAY, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                if buf.remaining() < 4 {
+                    return None;
+                }
+                let len = buf.get_u32_le() as usize;
+                if buf.remaining() < len {
+                    return None;
+                }
+                let value = buf.split_to(len);
+                values.push(std::str::from_utf8(&value).ok()?.to_string());
+            }
+            Arc::new(arrow::array::StringArray::from(values))
+        }
+        (
+            Physical::INT32,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Date32,
+        ) => {
+            if buf.remaining() < 4 * n {
+                return None;
+            }
+            let values: Vec<i32> = (0..n).map(|_| buf.get_i32_le()).collect();
+            Arc::new(arrow::array::Int32Array::from(values))
+        }
+        (Physical::INT64, DataType::Int64) => {
+            if buf.remaining() < 8 * n {
+                return None;
+            }
+            let values: Vec<i64> = (0..n).map(|_| buf.get_i64_le()).collect();
+            Arc::new(arrow::array::Int64Array::from(values))
+        }
+        (Physical::FLOAT, DataType::Float32) => {
+            if buf.remaining() < 4 * n {
+                return None;
+            }
+            let values: Vec<f32> = (0..n).map(|_| buf.get_f32_le()).collect();
+            Arc::new(arrow::array::Float32Array::from(values))
+        }
+        (Physical::DOUBLE, DataType::Float64) => {
+            if buf.remaining() < 8 * n {
+                return None;
+            }
+            let values: Vec<f64> = (0..n).map(|_| buf.get_f64_le()).collect();
+            Arc::new(arrow::array::Float64Array::from(values))
+        }
+        _ => return None,
+    };
+    if decoded.data_type() == target {
+        Some(decoded)
+    } else {
+        arrow::compute::cast(&decoded, target).ok()
+    }
+}
