@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
 use datafusion::prelude::{DataFrame, SessionContext};
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info};
@@ -116,6 +116,53 @@ pub struct RunOutcome {
     /// The audit report, for rendering.
     #[serde(skip)]
     pub audit_report: Option<AuditReport>,
+}
+
+/// What became of one run, as `wap log` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub logical_date: String,
+    pub status: RunStatus,
+    /// The version that published it (for `published`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub rows: u64,
+    pub partitions: Vec<String>,
+    /// When its report was written (RFC 3339).
+    pub at: String,
+    /// The last re-run that found it already published, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_unchanged: Option<UnchangedCheck>,
+}
+
+/// The fate of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// A version holds its partitions.
+    Published,
+    /// An error-severity rule failed.
+    AuditFailed,
+    /// Audited and passed, but no version holds it: `wap audit`, a conflict, or a run
+    /// interrupted before its publish.
+    NotPublished,
+    /// The transform produced no rows.
+    NothingToPublish,
+    /// `wap audit --version N`: rules tried on a published version.
+    VersionAudit,
+}
+
+/// Written to `_wap/runs/<run_id>/unchanged.json` by a re-run of an already published run (its
+/// only write): when it ran and which version held the run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UnchangedCheck {
+    pub version: u64,
+    pub checked_at: String,
+}
+
+fn unchanged_path(run_id: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("_wap/runs/{run_id}/unchanged.json"))
 }
 
 /// What a run's rules are judged against.
@@ -303,6 +350,16 @@ impl Job {
                 version = current_version,
                 "run already published; nothing to do"
             );
+            // Bookkeeping for `wap log` only: a failure here does not fail an idempotent re-run.
+            let check = UnchangedCheck {
+                version: current_version,
+                checked_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            };
+            let path = unchanged_path(&run_id);
+            let body = serde_json::to_vec_pretty(&check).expect("serializable");
+            if let Err(e) = self.table.put(&path, body.into()).await {
+                tracing::warn!(path = %path, error = %e, "unable to record the unchanged re-run");
+            }
             return Ok(done);
         }
 
@@ -738,6 +795,12 @@ impl Job {
         })
     }
 
+    /// `wap gc`: deletes staged files no retained version references and expired manifests,
+    /// once older than the retention (see [`crate::gc`]).
+    pub async fn gc(&self, options: &crate::gc::GcOptions) -> Result<crate::gc::GcReport> {
+        Ok(crate::gc::gc(&self.table, options).await?)
+    }
+
     /// Publishes a new version whose content equals version `to`.
     pub async fn rollback(&self, to: u64) -> Result<RunOutcome> {
         let latest = versions::latest_version(&self.table).await?;
@@ -784,6 +847,88 @@ impl Job {
         {
             out.push(versions::read_manifest(&self.table, v).await?);
         }
+        Ok(out)
+    }
+
+    /// Every run with a stored report, oldest first, with what became of it.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
+        use futures::TryStreamExt;
+        let storage = |source| {
+            Error::Versions(versions::VersionsError::Storage {
+                op: "list",
+                path: "_wap/runs/".into(),
+                source,
+            })
+        };
+        let objects: Vec<object_store::ObjectMeta> = self
+            .table
+            .list(Some(&object_store::path::Path::from("_wap/runs")))
+            .try_collect()
+            .await
+            .map_err(storage)?;
+        let versions = self.log().await?;
+        let mut out = Vec::new();
+        for meta in objects
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with("/report.json"))
+        {
+            let bytes = self
+                .table
+                .get(&meta.location)
+                .await
+                .map_err(storage)?
+                .bytes()
+                .await
+                .map_err(storage)?;
+            let Ok(report) = serde_json::from_slice::<AuditReport>(&bytes) else {
+                tracing::warn!(path = %meta.location, "unreadable audit report skipped");
+                continue;
+            };
+            let run_id = report.run_id.clone();
+            let published = versions
+                .iter()
+                .rev()
+                .find(|m| {
+                    m.change.run_id == run_id && m.change.kind == crate::manifest::ChangeKind::Run
+                })
+                .map(|m| m.version);
+            let status = if run_id.starts_with("audit-v") {
+                RunStatus::VersionAudit
+            } else if !report.passed() {
+                RunStatus::AuditFailed
+            } else if published.is_some() {
+                RunStatus::Published
+            } else if report.partitions.is_empty() {
+                RunStatus::NothingToPublish
+            } else {
+                RunStatus::NotPublished
+            };
+            let unchanged = unchanged_path(&run_id);
+            let last_unchanged = match objects.iter().any(|m| m.location == unchanged) {
+                false => None,
+                true => match self.table.get(&unchanged).await {
+                    Ok(g) => g
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok()),
+                    Err(_) => None,
+                },
+            };
+            out.push(RunRecord {
+                run_id,
+                logical_date: report.logical_date.clone(),
+                status,
+                version: published,
+                rows: report.rows,
+                partitions: report.partitions.clone(),
+                at: meta
+                    .last_modified
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                last_unchanged,
+            });
+        }
+        out.sort_by(|a, b| (&a.at, &a.run_id).cmp(&(&b.at, &b.run_id)));
         Ok(out)
     }
 

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod conf;
 pub mod doctor;
 pub mod engine;
+pub mod gc;
 pub mod job;
 pub mod manifest;
 pub mod publish;
@@ -47,6 +48,8 @@ pub enum Error {
     Table(#[from] table::TableError),
     #[error(transparent)]
     Versions(#[from] versions::VersionsError),
+    #[error(transparent)]
+    Gc(#[from] gc::GcError),
 }
 
 /// Result with the crate error by default.

@@ -95,6 +95,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete staged files no retained version references (runs that never published, versions
+    /// past retention) and expired manifests, once older than the retention.
+    Gc {
+        #[arg(long)]
+        conf: PathBuf,
+        /// Retention: nothing younger goes, and a version stays while it was current less than
+        /// this long ago. `<n>s|m|h|d|w`.
+        #[arg(long, default_value = "7d", value_parser = parse_retention)]
+        older_than: i64,
+        /// Keep at least the N newest versions whatever their age.
+        #[arg(long)]
+        keep_versions: Option<usize>,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a new version whose content equals version N.
     Rollback {
         #[arg(long)]
@@ -117,6 +135,12 @@ struct DateArgs {
     /// Print the outcome as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_retention(s: &str) -> Result<i64, String> {
+    wap::audit::rule::MaxAge::parse(s)
+        .map(|d| d.seconds)
+        .ok_or_else(|| format!("`{s}` is not a duration: expected <n>s, <n>m, <n>h, <n>d or <n>w"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,6 +229,49 @@ async fn execute(command: Command) -> Result<i32, Error> {
             };
             Ok(render_outcome(&outcome, json))
         }
+        Command::Gc {
+            conf,
+            older_than,
+            keep_versions,
+            dry_run,
+            json,
+        } => {
+            let options = wap::gc::GcOptions {
+                older_than_seconds: older_than,
+                keep_versions,
+                dry_run,
+                ..Default::default()
+            };
+            let report = job(&conf)?.gc(&options).await?;
+            if json {
+                print_json(&report);
+            } else {
+                let verb = if report.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                for d in &report.deleted {
+                    let why = match d.reason {
+                        wap::gc::Reason::UnpublishedRun => "run never published",
+                        wap::gc::Reason::ExpiredVersion => "only expired versions use it",
+                        wap::gc::Reason::ExpiredManifest => "expired version",
+                    };
+                    println!("{verb} {} ({} bytes; {why})", d.path, d.bytes);
+                }
+                println!(
+                    "{verb} {} object(s), {} bytes; retained versions {:?} (current {}); expired {:?}; {} unreferenced object(s) younger than {} kept",
+                    report.deleted.len(),
+                    report.deleted_bytes,
+                    report.retained_versions,
+                    report.current_version,
+                    report.expired_versions,
+                    report.kept_young,
+                    report.cutoff
+                );
+            }
+            Ok(exit_code::OK)
+        }
         Command::Rollback { conf, to, json } => {
             let outcome = job(&conf)?.rollback(to).await?;
             Ok(render_outcome(&outcome, json))
@@ -268,8 +335,10 @@ async fn execute(command: Command) -> Result<i32, Error> {
             })
         }
         Command::Log { conf, json } => {
-            let versions = job(&conf)?.log().await?;
-            render_log(&versions, json);
+            let job = job(&conf)?;
+            let versions = job.log().await?;
+            let runs = job.runs().await?;
+            render_log(&versions, &runs, json);
             Ok(exit_code::OK)
         }
         Command::Show {
@@ -385,7 +454,7 @@ struct LogEntry<'a> {
     restored_version: Option<u64>,
 }
 
-fn render_log(versions: &[Manifest], json: bool) {
+fn render_log(versions: &[Manifest], runs: &[wap::job::RunRecord], json: bool) {
     let entries: Vec<LogEntry> = versions
         .iter()
         .map(|m| LogEntry {
@@ -401,11 +470,12 @@ fn render_log(versions: &[Manifest], json: bool) {
         })
         .collect();
     if json {
-        print_json(&entries);
+        print_json(&serde_json::json!({"versions": entries, "runs": runs}));
         return;
     }
+    println!("versions, newest first:");
     if entries.is_empty() {
-        println!("no versions yet");
+        println!("  no versions yet");
     }
     for e in entries {
         let what = match e.restored_version {
@@ -413,13 +483,39 @@ fn render_log(versions: &[Manifest], json: bool) {
             None => format!("run {} for {}", e.run_id, e.logical_date),
         };
         println!(
-            "version {:>4}  {}  {}  {} rows  changed: {}",
+            "  version {:>4}  {}  {}  {} rows  changed: {}",
             e.version,
             e.published_at,
             what,
             e.rows,
             e.partitions.join(", ")
         );
+    }
+    println!("runs, oldest first:");
+    if runs.is_empty() {
+        println!("  no runs yet");
+    }
+    for r in runs {
+        let status = match r.status {
+            wap::job::RunStatus::Published => format!(
+                "published in version {}",
+                r.version.map_or("?".into(), |v| v.to_string())
+            ),
+            wap::job::RunStatus::AuditFailed => "audit failed, not published".into(),
+            wap::job::RunStatus::NotPublished => "audit passed, not published".into(),
+            wap::job::RunStatus::NothingToPublish => "no rows, nothing to publish".into(),
+            wap::job::RunStatus::VersionAudit => "audit of a published version".into(),
+        };
+        println!(
+            "  {}  run {} for {}  {} rows  {status}",
+            r.at, r.run_id, r.logical_date, r.rows
+        );
+        if let Some(u) = &r.last_unchanged {
+            println!(
+                "  {}  run {} re-run: unchanged, version {} already held it",
+                u.checked_at, r.run_id, u.version
+            );
+        }
     }
 }
 

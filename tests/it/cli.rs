@@ -144,9 +144,47 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
         "order_date,n\n2024-01-01,5\n2024-01-03,4\n"
     );
 
-    let (code, log) = ex.json(&["log", "--conf", CONF, "--json"]);
+    let (code, all) = ex.json(&["log", "--conf", CONF, "--json"]);
     assert_eq!(code, 0);
-    let log = log.as_array().unwrap();
+    // Runs, oldest first: published, failed audit (twice, one report), published; day 1's
+    // re-run recorded as unchanged.
+    let runs: Vec<(String, String)> = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["logical_date"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut sorted = runs.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            ("2024-01-01".to_string(), "published".to_string()),
+            ("2024-01-02".to_string(), "audit_failed".to_string()),
+            ("2024-01-03".to_string(), "published".to_string()),
+        ]
+    );
+    let day1_run = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == day1["run_id"])
+        .unwrap();
+    assert_eq!(day1_run["version"], 1);
+    assert_eq!(day1_run["last_unchanged"]["version"], 2);
+    let text = String::from_utf8_lossy(&ex.wap(&["log", "--conf", CONF]).stdout).to_string();
+    assert!(
+        text.contains("audit failed, not published")
+            && text.contains("published in version 2")
+            && text.contains("re-run: unchanged, version 2 already held it"),
+        "{text}"
+    );
+    let log = all["versions"].as_array().unwrap();
     assert_eq!(log.len(), 2);
     assert_eq!(log[0]["version"], 2);
     assert_eq!(log[0]["run_id"], day3["run_id"]);
@@ -374,7 +412,7 @@ fn reports_samples_history_and_auditing_a_published_version() {
     );
     let (_, log) = ex.json(&["log", "--conf", CONF, "--json"]);
     assert_eq!(
-        log.as_array().unwrap().len(),
+        log["versions"].as_array().unwrap().len(),
         1,
         "auditing a version publishes nothing"
     );

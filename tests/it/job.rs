@@ -42,7 +42,13 @@ async fn same_date_twice_is_unchanged_and_new_input_replaces_only_its_partition(
     assert_eq!(again.status, Status::Unchanged);
     assert_eq!(again.version, 2);
     assert_eq!(again.run_id, first.run_id, "same input, same run id");
-    assert_eq!(f.listing(), before, "an unchanged re-run writes nothing");
+    let mut after = f.listing();
+    let record = format!("_wap/runs/{}/unchanged.json", first.run_id);
+    assert!(
+        after.remove(&record).is_some(),
+        "the re-run is recorded for `wap log`"
+    );
+    assert_eq!(after, before, "an unchanged re-run writes nothing else");
     assert_eq!(job.log().await.unwrap().len(), 2);
 
     // New input for day 1: exactly that partition is replaced.
@@ -540,7 +546,7 @@ async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
         .filter(|r| r.op == "put" && r.path.starts_with("staging/"))
         .count();
     assert_eq!(puts, 7, "one upload per staged file");
-    // A re-run: no data read, no write.
+    // A re-run: no data read, no write but its record for `wap log`.
     rec.clear();
     let again = job.run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!(again.status, Status::Unchanged);
@@ -549,12 +555,17 @@ async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
         .iter()
         .map(|r| format!("{} {}", r.op, r.path))
         .collect();
+    let record = format!("put _wap/runs/{}/unchanged.json", out.run_id);
     assert!(
         ops.iter()
-            .all(|o| !o.starts_with("put") && !o.contains("staging/")),
+            .all(|o| (!o.starts_with("put") || *o == record) && !o.contains("staging/")),
         "{ops:?}"
     );
-    assert_eq!(ops.len(), 4, "pointer, probe, manifest, report: {ops:?}");
+    assert_eq!(
+        ops.len(),
+        5,
+        "pointer, probe, manifest, report, unchanged record: {ops:?}"
+    );
 }
 
 #[tokio::test]

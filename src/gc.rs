@@ -1,0 +1,255 @@
+//! Retention and cleanup (`wap gc`): deletes what no retained version needs, once it is older
+//! than the retention period.
+//!
+//! Invariants:
+//! - A retained version always reads completely: no file it references is ever deleted.
+//! - The current version (the newest committed manifest, even if the pointer lags) is always
+//!   retained. A version is retained while it is among the `keep_versions` newest or while it
+//!   was current less than `older_than` ago (a reader that read its manifest then may still be
+//!   reading its files).
+//! - Nothing younger than `older_than` is deleted, so a job still writing its staging prefix is
+//!   never hurt. Objects outside `staging/` and `_wap/manifests/` are never touched (reports and
+//!   quarantined rows under `_wap/runs/` are audit history).
+//! - Deleting is idempotent and every decision is made from manifests read before the first
+//!   delete: gc interrupted at any request leaves every retained version readable, and a retry
+//!   finishes the job. If any manifest cannot be read or verified, nothing is deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::Serialize;
+
+use crate::manifest::{self, Manifest};
+use crate::versions::{self, VersionsError};
+
+/// Default retention: 7 days.
+pub const DEFAULT_OLDER_THAN_SECONDS: i64 = 7 * 86_400;
+
+/// Errors of gc. Nothing was deleted unless the error names a delete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GcError {
+    #[error(transparent)]
+    Versions(#[from] VersionsError),
+    #[error("gc: unable to list {prefix}: {source}")]
+    List {
+        prefix: String,
+        source: object_store::Error,
+    },
+    #[error("gc: unable to delete {path}: {source} (gc is idempotent: run it again)")]
+    Delete {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error(
+        "gc: version {version} has no readable publication time ({published_at:?}); nothing deleted"
+    )]
+    BadTime { version: u64, published_at: String },
+}
+
+/// What to keep.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Retention in seconds: nothing younger is deleted, and a version stays while it was current
+    /// less than this long ago.
+    pub older_than_seconds: i64,
+    /// Keep at least this many newest versions whatever their age (None: age alone decides).
+    pub keep_versions: Option<usize>,
+    /// List what would go, delete nothing.
+    pub dry_run: bool,
+    /// The clock (tests pin it).
+    pub now: DateTime<Utc>,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            older_than_seconds: DEFAULT_OLDER_THAN_SECONDS,
+            keep_versions: None,
+            dry_run: false,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// Why an object goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A staged file of a run no version ever referenced (failed audit, crash, conflict).
+    UnpublishedRun,
+    /// A data file only expired versions referenced.
+    ExpiredVersion,
+    /// The manifest of an expired version.
+    ExpiredManifest,
+}
+
+/// One object gc deletes (or would, with `dry_run`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Doomed {
+    pub path: String,
+    pub bytes: u64,
+    pub reason: Reason,
+}
+
+/// The result of `wap gc` (the `--json` output).
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Objects last modified before this are old enough to delete (RFC 3339).
+    pub cutoff: String,
+    pub current_version: u64,
+    pub retained_versions: Vec<u64>,
+    pub expired_versions: Vec<u64>,
+    pub deleted: Vec<Doomed>,
+    pub deleted_bytes: u64,
+    /// Unreferenced staged objects kept because they are younger than the cutoff.
+    pub kept_young: usize,
+}
+
+/// Plans and (unless `dry_run`) carries out gc on the table at `store`.
+pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcReport, GcError> {
+    let cutoff = options.now - chrono::Duration::seconds(options.older_than_seconds.max(0));
+    // Every manifest, verified, before anything is decided.
+    let prefix = manifest::manifests_prefix();
+    let sizes: BTreeMap<u64, u64> = store
+        .list(Some(&prefix))
+        .map_ok(|m| (manifest::version_of(&m.location), m.size))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|source| GcError::List {
+            prefix: prefix.to_string(),
+            source,
+        })?
+        .into_iter()
+        .filter_map(|(v, size)| Some((v?, size)))
+        .collect();
+    let listed: Vec<u64> = sizes.keys().copied().collect();
+    let latest = versions::latest_version(store)
+        .await?
+        .max(listed.last().copied().unwrap_or(0));
+    let mut manifests: BTreeMap<u64, Manifest> = BTreeMap::new();
+    let all: Vec<u64> = listed
+        .iter()
+        .copied()
+        .chain(std::iter::once(latest).filter(|v| *v > 0))
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let read: Vec<Manifest> = futures::stream::iter(all.iter().copied())
+        .map(|v| versions::read_manifest(store, v))
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for m in read {
+        manifests.insert(m.version, m);
+    }
+
+    // Retention of versions.
+    let versions: Vec<u64> = manifests.keys().copied().collect();
+    let mut retained = BTreeSet::new();
+    for (i, v) in versions.iter().enumerate() {
+        let newest_n = options
+            .keep_versions
+            .is_some_and(|n| versions.len() - i <= n);
+        let recent = match versions.get(i + 1) {
+            None => true,
+            Some(next) => {
+                let superseded = &manifests[next].change.published_at;
+                let at = DateTime::parse_from_rfc3339(superseded)
+                    .map_err(|_| GcError::BadTime {
+                        version: *next,
+                        published_at: superseded.clone(),
+                    })?
+                    .with_timezone(&Utc);
+                at > cutoff
+            }
+        };
+        if newest_n || recent {
+            retained.insert(*v);
+        }
+    }
+    let expired: Vec<u64> = versions
+        .iter()
+        .copied()
+        .filter(|v| !retained.contains(v))
+        .collect();
+    let needed: BTreeSet<&str> = retained
+        .iter()
+        .flat_map(|v| manifests[v].files())
+        .map(|f| f.path.as_str())
+        .collect();
+    let ever: BTreeSet<&str> = manifests
+        .values()
+        .flat_map(|m| m.files())
+        .map(|f| f.path.as_str())
+        .collect();
+
+    // Staged objects no retained version needs.
+    let mut doomed = Vec::new();
+    let mut kept_young = 0;
+    let staging = Path::from("staging");
+    let mut listing = store.list(Some(&staging));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|source| GcError::List {
+            prefix: staging.to_string(),
+            source,
+        })?;
+        let path = meta.location.as_ref();
+        if needed.contains(path) {
+            continue;
+        }
+        if meta.last_modified >= cutoff {
+            kept_young += 1;
+            continue;
+        }
+        doomed.push(Doomed {
+            path: path.to_string(),
+            bytes: meta.size,
+            reason: if ever.contains(path) {
+                Reason::ExpiredVersion
+            } else {
+                Reason::UnpublishedRun
+            },
+        });
+    }
+    doomed.sort_by(|a, b| a.path.cmp(&b.path));
+    // Manifests last: until they go, an interrupted gc still shows what expired.
+    for v in &expired {
+        doomed.push(Doomed {
+            path: manifest::manifest_path(*v).to_string(),
+            bytes: sizes.get(v).copied().unwrap_or(0),
+            reason: Reason::ExpiredManifest,
+        });
+    }
+
+    if !options.dry_run {
+        futures::stream::iter(doomed.iter().map(|d| Path::from(d.path.as_str())))
+            .map(|path| async move {
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(source) => Err(GcError::Delete {
+                        path: path.to_string(),
+                        source,
+                    }),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    Ok(GcReport {
+        dry_run: options.dry_run,
+        cutoff: cutoff.to_rfc3339(),
+        current_version: latest,
+        retained_versions: retained.into_iter().collect(),
+        expired_versions: expired,
+        deleted_bytes: doomed.iter().map(|d| d.bytes).sum(),
+        deleted: doomed,
+        kept_young,
+    })
+}
