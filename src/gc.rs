@@ -13,6 +13,8 @@
 //! - Deleting is idempotent and every decision is made from manifests read before the first
 //!   delete: gc interrupted at any request leaves every retained version readable, and a retry
 //!   finishes the job. If any manifest cannot be read or verified, nothing is deleted.
+//! - Expired manifests go before the files only they referenced, so no listed version ever
+//!   misses a file, even while gc runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -218,29 +220,24 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
         });
     }
     doomed.sort_by(|a, b| a.path.cmp(&b.path));
-    // Manifests last: until they go, an interrupted gc still shows what expired.
-    for v in &expired {
-        doomed.push(Doomed {
+    // Manifests first: once an expired version's manifest is gone nobody can ask for it, so an
+    // interrupted gc never leaves a listed version whose files are missing (only orphan files,
+    // which the next gc deletes).
+    let manifests_doomed: Vec<Doomed> = expired
+        .iter()
+        .map(|v| Doomed {
             path: manifest::manifest_path(*v).to_string(),
             bytes: sizes.get(v).copied().unwrap_or(0),
             reason: Reason::ExpiredManifest,
-        });
-    }
-
+        })
+        .collect();
+    let doomed: Vec<Doomed> = manifests_doomed.into_iter().chain(doomed).collect();
     if !options.dry_run {
-        futures::stream::iter(doomed.iter().map(|d| Path::from(d.path.as_str())))
-            .map(|path| async move {
-                match store.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(source) => Err(GcError::Delete {
-                        path: path.to_string(),
-                        source,
-                    }),
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let (first, then): (Vec<&Doomed>, Vec<&Doomed>) = doomed
+            .iter()
+            .partition(|d| d.reason == Reason::ExpiredManifest);
+        delete_all(store, &first).await?;
+        delete_all(store, &then).await?;
     }
     Ok(GcReport {
         dry_run: options.dry_run,
@@ -252,4 +249,22 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
         deleted: doomed,
         kept_young,
     })
+}
+
+/// Deletes `objects`, 16 at a time; an object already gone is fine (gc is idempotent).
+async fn delete_all(store: &Arc<dyn ObjectStore>, objects: &[&Doomed]) -> Result<(), GcError> {
+    futures::stream::iter(objects.iter().map(|d| Path::from(d.path.as_str())))
+        .map(|path| async move {
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(source) => Err(GcError::Delete {
+                    path: path.to_string(),
+                    source,
+                }),
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
 }

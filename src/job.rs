@@ -810,6 +810,24 @@ impl Job {
             )));
         }
         let target = versions::read_manifest(&self.table, to).await?;
+        // A retried rollback (its first attempt landed) has nothing left to do.
+        let current = versions::read_manifest(&self.table, latest).await?;
+        if current.partitions == target.partitions && current.schema == target.schema {
+            return Ok(RunOutcome {
+                status: Status::Unchanged,
+                version: latest,
+                run_id: current.change.run_id.clone(),
+                logical_date: String::new(),
+                rows: target.rows(),
+                partitions: target.partitions.keys().cloned().collect(),
+                audits: target.audits.clone(),
+                report: None,
+                message: Some(format!(
+                    "version {latest} already holds the content of version {to}"
+                )),
+                audit_report: None,
+            });
+        }
         let run_id = {
             let mut h = Sha256::new();
             h.update(format!("wap-rollback/1 to={to} from={latest}"));

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli;
+mod faults;
 mod fixture;
 mod job;
 mod publish;

@@ -1,4 +1,5 @@
-//! A store wrapper for tests: records every request and can inject a fault into one of them.
+//! A store wrapper for tests: records every request and can inject a fault into one of them,
+//! chosen by (operation, path pattern) or by its number in the request sequence.
 
 use std::fmt;
 use std::ops::Range;
@@ -27,13 +28,31 @@ pub enum FaultKind {
     Before,
     /// The request reaches the store, then the caller sees an error.
     After,
+    /// The request is answered `Precondition` without reaching the store.
+    Precondition,
+    /// The request is held back a while, then forwarded.
+    Delay,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Before,
+        FaultKind::After,
+        FaultKind::Precondition,
+        FaultKind::Delay,
+    ];
 }
 
 #[derive(Debug, Clone)]
-struct Fault {
-    op: &'static str,
-    path_contains: String,
-    kind: FaultKind,
+enum Fault {
+    /// The next request with this op on a path containing the pattern.
+    Matching {
+        op: &'static str,
+        path_contains: String,
+        kind: FaultKind,
+    },
+    /// The request with this number (1-based, counting every recorded request).
+    At { number: usize, kind: FaultKind },
 }
 
 /// How the wrapper treats conditional puts (to imitate weaker stores).
@@ -60,8 +79,8 @@ pub struct Pause {
 #[derive(Debug)]
 pub struct RecordingStore {
     inner: Arc<dyn ObjectStore>,
-    log: Mutex<Vec<Request>>,
-    fault: Mutex<Option<Fault>>,
+    log: Arc<Mutex<Vec<Request>>>,
+    fault: Arc<Mutex<Option<Fault>>>,
     pause: Mutex<Option<(&'static str, String, Arc<Pause>)>>,
     conditions: Mutex<Conditions>,
 }
@@ -76,8 +95,8 @@ impl RecordingStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
         Arc::new(RecordingStore {
             inner,
-            log: Mutex::new(Vec::new()),
-            fault: Mutex::new(None),
+            log: Arc::new(Mutex::new(Vec::new())),
+            fault: Arc::new(Mutex::new(None)),
             pause: Mutex::new(None),
             conditions: Mutex::new(Conditions::Honour),
         })
@@ -95,11 +114,21 @@ impl RecordingStore {
 
     /// Arms a one-shot fault for the next `op` on a path containing `path_contains`.
     pub fn fail_next(&self, op: &'static str, path_contains: &str, kind: FaultKind) {
-        *self.fault.lock().unwrap() = Some(Fault {
+        *self.fault.lock().unwrap() = Some(Fault::Matching {
             op,
             path_contains: path_contains.to_string(),
             kind,
         });
+    }
+
+    /// Arms a one-shot fault for request number `number` (1-based) from the last `clear`.
+    pub fn fail_at(&self, number: usize, kind: FaultKind) {
+        *self.fault.lock().unwrap() = Some(Fault::At { number, kind });
+    }
+
+    /// True while an armed fault has not fired.
+    pub fn armed(&self) -> bool {
+        self.fault.lock().unwrap().is_some()
     }
 
     /// Changes how conditional puts are treated from now on.
@@ -131,25 +160,70 @@ impl RecordingStore {
     }
 
     fn record(&self, op: &'static str, path: &Path) -> Option<FaultKind> {
-        self.log.lock().unwrap().push(Request {
-            op,
-            path: path.to_string(),
-        });
-        let mut fault = self.fault.lock().unwrap();
-        match &*fault {
-            Some(f) if f.op == op && path.as_ref().contains(&f.path_contains) => {
-                let kind = f.kind;
-                *fault = None;
-                Some(kind)
-            }
-            _ => None,
-        }
+        record(&self.log, &self.fault, op, path)
     }
 
     fn injected(op: &'static str, path: &Path) -> object_store::Error {
         object_store::Error::Generic {
             store: "RecordingStore",
             source: format!("injected fault on {op} {path}").into(),
+        }
+    }
+}
+
+/// Logs a request and returns the fault to apply to it, if one is armed for it (disarming it).
+fn record(
+    log: &Mutex<Vec<Request>>,
+    fault: &Mutex<Option<Fault>>,
+    op: &'static str,
+    path: &Path,
+) -> Option<FaultKind> {
+    let number = {
+        let mut log = log.lock().unwrap();
+        log.push(Request {
+            op,
+            path: path.to_string(),
+        });
+        log.len()
+    };
+    let mut fault = fault.lock().unwrap();
+    let kind = match &*fault {
+        Some(Fault::Matching {
+            op: o,
+            path_contains,
+            kind,
+        }) if *o == op && path.as_ref().contains(path_contains.as_str()) => *kind,
+        Some(Fault::At { number: n, kind }) if *n == number => *kind,
+        _ => return None,
+    };
+    *fault = None;
+    Some(kind)
+}
+
+/// How long a `Delay` fault holds a request.
+const DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Runs `forward` under `fault`: fail before, answer `Precondition`, delay, or forward and fail.
+async fn apply<T>(
+    fault: Option<FaultKind>,
+    op: &'static str,
+    path: &Path,
+    forward: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match fault {
+        None => forward.await,
+        Some(FaultKind::Before) => Err(RecordingStore::injected(op, path)),
+        Some(FaultKind::Precondition) => Err(object_store::Error::Precondition {
+            path: path.to_string(),
+            source: format!("injected precondition failure on {op}").into(),
+        }),
+        Some(FaultKind::Delay) => {
+            tokio::time::sleep(DELAY).await;
+            forward.await
+        }
+        Some(FaultKind::After) => {
+            let _ = forward.await;
+            Err(RecordingStore::injected(op, path))
         }
     }
 }
@@ -183,6 +257,33 @@ impl MultipartUpload for FaultyUpload {
     }
 }
 
+/// A listing under `fault`: an error instead of the listing (Before, Precondition), after it
+/// (After: the caller saw every entry, then an error), or a late start (Delay).
+fn faulty_listing(
+    fault: Option<FaultKind>,
+    prefix: Path,
+    listing: BoxStream<'static, Result<ObjectMeta>>,
+) -> BoxStream<'static, Result<ObjectMeta>> {
+    use futures::StreamExt;
+    let error = move || RecordingStore::injected("list", &prefix);
+    match fault {
+        None => listing,
+        Some(FaultKind::Before | FaultKind::Precondition) => {
+            futures::stream::once(async move { Err(error()) }).boxed()
+        }
+        Some(FaultKind::After) => listing
+            .chain(futures::stream::once(async move { Err(error()) }))
+            .boxed(),
+        Some(FaultKind::Delay) => futures::stream::once(async {
+            tokio::time::sleep(DELAY).await;
+            futures::stream::empty()
+        })
+        .flatten()
+        .chain(listing)
+        .boxed(),
+    }
+}
+
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl ObjectStore for RecordingStore {
@@ -207,14 +308,13 @@ impl ObjectStore for RecordingStore {
                 }
             }
         }
-        if fault == Some(FaultKind::Before) {
-            return Err(Self::injected("put", location));
-        }
-        let result = self.inner.put_opts(location, payload, opts).await;
-        if fault == Some(FaultKind::After) {
-            return Err(Self::injected("put", location));
-        }
-        result
+        apply(
+            fault,
+            "put",
+            location,
+            self.inner.put_opts(location, payload, opts),
+        )
+        .await
     }
 
     async fn put_multipart_opts(
@@ -222,15 +322,28 @@ impl ObjectStore for RecordingStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        if self.record("put_multipart", location).is_some() {
+        // A fault here fails the upload's creation (After too: an upload created and never
+        // completed is invisible).
+        let fault = self.record("put_multipart", location);
+        if fault.is_some_and(|f| f != FaultKind::Delay) {
             return Err(Self::injected("put_multipart", location));
         }
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        let inner = apply(
+            fault,
+            "put_multipart",
+            location,
+            self.inner.put_multipart_opts(location, opts),
+        )
+        .await?;
         // A fault armed for "put_part" on this path fails the upload's second part.
         let fail_part = {
             let mut fault = self.fault.lock().unwrap();
             match &*fault {
-                Some(f) if f.op == "put_part" && location.as_ref().contains(&f.path_contains) => {
+                Some(Fault::Matching {
+                    op: "put_part",
+                    path_contains,
+                    ..
+                }) if location.as_ref().contains(path_contains.as_str()) => {
                     *fault = None;
                     true
                 }
@@ -247,33 +360,55 @@ impl ObjectStore for RecordingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let op = if options.head { "head" } else { "get" };
-        if self.record(op, location).is_some() {
-            return Err(Self::injected(op, location));
-        }
-        self.inner.get_opts(location, options).await
+        let fault = self.record(op, location);
+        apply(fault, op, location, self.inner.get_opts(location, options)).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        if self.record("get_ranges", location).is_some() {
-            return Err(Self::injected("get_ranges", location));
-        }
-        self.inner.get_ranges(location, ranges).await
+        let fault = self.record("get_ranges", location);
+        apply(
+            fault,
+            "get_ranges",
+            location,
+            self.inner.get_ranges(location, ranges),
+        )
+        .await
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.log.lock().unwrap().push(Request {
-            op: "delete",
-            path: String::new(),
-        });
-        self.inner.delete_stream(locations)
+        use futures::StreamExt;
+        let (log, fault, inner) = (
+            Arc::clone(&self.log),
+            Arc::clone(&self.fault),
+            Arc::clone(&self.inner),
+        );
+        locations
+            .then(move |path| {
+                let (log, fault, inner) =
+                    (Arc::clone(&log), Arc::clone(&fault), Arc::clone(&inner));
+                async move {
+                    let path = path?;
+                    let f = record(&log, &fault, "delete", &path);
+                    apply(f, "delete", &path, async {
+                        inner
+                            .delete_stream(futures::stream::iter([Ok(path.clone())]).boxed())
+                            .next()
+                            .await
+                            .unwrap_or(Ok(path.clone()))
+                    })
+                    .await
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.record("list", &prefix.cloned().unwrap_or_default());
-        self.inner.list(prefix)
+        let prefix = prefix.cloned().unwrap_or_default();
+        let fault = self.record("list", &prefix);
+        faulty_listing(fault, prefix.clone(), self.inner.list(Some(&prefix)))
     }
 
     fn list_with_offset(
@@ -281,13 +416,24 @@ impl ObjectStore for RecordingStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.record("list", &prefix.cloned().unwrap_or_default());
-        self.inner.list_with_offset(prefix, offset)
+        let prefix = prefix.cloned().unwrap_or_default();
+        let fault = self.record("list", &prefix);
+        faulty_listing(
+            fault,
+            prefix.clone(),
+            self.inner.list_with_offset(Some(&prefix), offset),
+        )
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.record("list", &prefix.cloned().unwrap_or_default());
-        self.inner.list_with_delimiter(prefix).await
+        let fault = self.record("list", &prefix.cloned().unwrap_or_default());
+        apply(
+            fault,
+            "list",
+            &prefix.cloned().unwrap_or_default(),
+            self.inner.list_with_delimiter(prefix),
+        )
+        .await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
