@@ -416,12 +416,21 @@ async fn hostile_partition_values_stay_inside_the_table() {
             (3, 1, "1.00", "x=y%20z"),
             (4, 1, "1.00", ".."),
             (5, 1, "1.00", "ünï côdé"),
+            (6, 1, "1.00", "EMPTY"),
+            (7, 1, "1.00", ""),
+            (8, 1, "1.00", "%2F"),
+            (9, 1, "1.00", " lead and trail "),
         ],
+    );
+    // The empty CSV field reads as NULL; the transform makes "EMPTY" an empty string.
+    f.edit_conf(
+        "CAST(amount AS DECIMAL(18,2)) AS amount, status,",
+        "CAST(amount AS DECIMAL(18,2)) AS amount, CASE WHEN status = 'EMPTY' THEN '' ELSE status END AS status,",
     );
     std::fs::write(f.dir.path().join("audits/orders.yaml"), "rules: []\n").unwrap();
     let job = f.job();
     let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
-    assert_eq!(out.partitions.len(), 5, "{:?}", out.partitions);
+    assert_eq!(out.partitions.len(), 9, "{:?}", out.partitions);
     for p in &out.partitions {
         let value = p.strip_prefix("status=").unwrap();
         assert!(!value.contains('/') && value != ".." && value != ".", "{p}");
@@ -437,10 +446,46 @@ async fn hostile_partition_values_stay_inside_the_table() {
         .collect();
     outside.sort();
     assert_eq!(outside, ["audits", "conf", "data", "lake"]);
-    let got = query(&job, None, "SELECT status FROM orders ORDER BY order_id").await;
-    for v in ["../../escape", "a/b", "x=y%20z", "..", "ünï côdé"] {
-        assert!(got.contains(v), "{v} missing in {got}");
+    // Every value round-trips exactly, the empty string and NULL apart.
+    let got = rows_of(
+        &job,
+        "SELECT COALESCE('[' || status || ']', 'NULL') FROM orders ORDER BY order_id",
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            "[../../escape]",
+            "[a/b]",
+            "[x=y%20z]",
+            "[..]",
+            "[ünï côdé]",
+            "[]",
+            "NULL",
+            "[%2F]",
+            "[ lead and trail ]",
+        ]
+    );
+    // And a filter on the partition column finds each one.
+    for v in ["../../escape", "a/b", "%2F", ""] {
+        let n = rows_of(
+            &job,
+            &format!("SELECT count(*) FROM orders WHERE status = '{v}'"),
+        )
+        .await;
+        assert_eq!(n, ["1"], "{v}");
     }
+}
+
+async fn rows_of(job: &wap::job::Job, sql: &str) -> Vec<String> {
+    let batches = job.query(None, sql).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            out.push(arrow::util::display::array_value_to_string(b.column(0), i).unwrap());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,4 +724,142 @@ async fn adding_a_column_keeps_older_partitions_readable() {
         "{err}"
     );
     assert_eq!(job.log().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn audit_sql_cannot_write_or_read_local_files() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    let target = f.dir.path().join("leak.csv");
+    let target = target.display();
+    let rules = format!(
+        r#"rules:
+  - {{name: drop, sql: DROP TABLE staged}}
+  - {{name: ctas, sql: CREATE TABLE x AS SELECT * FROM staged}}
+  - {{name: external, sql: "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'"}}
+  - {{name: insert, sql: "INSERT INTO staged SELECT * FROM staged"}}
+  - {{name: delete, sql: "DELETE FROM staged"}}
+  - {{name: copy, sql: "COPY staged TO '{target}'"}}
+  - {{name: two, sql: "SELECT * FROM staged; DROP TABLE staged"}}
+  - {{name: set, sql: "SET datafusion.execution.batch_size = 1"}}
+  - {{name: file, sql: "SELECT * FROM '/etc/passwd'"}}
+  - {{name: file_in_expression, expression: "order_id > (SELECT count(*) FROM '/etc/hostname')"}}
+  - {{name: fine, sql: SELECT * FROM staged WHERE order_id < 0}}
+"#
+    );
+    std::fs::write(f.dir.path().join("audits/orders.yaml"), rules).unwrap();
+    let err = f.job().check(None).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let msg = err.to_string();
+    for (line, name) in [
+        (2, "drop"),
+        (3, "ctas"),
+        (4, "external"),
+        (5, "insert"),
+        (6, "delete"),
+        (7, "copy"),
+        (8, "two"),
+        (9, "set"),
+    ] {
+        let at = format!("audits/orders.yaml:{line}: rule `{name}` (sql)");
+        let found = msg.lines().find(|l| l.contains(&at));
+        assert!(
+            found.is_some_and(|l| l.contains("not a query") || l.contains("one statement")),
+            "{name}: {msg}"
+        );
+    }
+    for name in ["file", "file_in_expression"] {
+        let found = msg.lines().find(|l| l.contains(&format!("rule `{name}`")));
+        assert!(
+            found.is_some_and(|l| l.contains("not found")),
+            "{name} must not read a local file: {msg}"
+        );
+    }
+    assert!(!msg.contains("rule `fine`"), "{msg}");
+    assert!(!f.dir.path().join("leak.csv").exists(), "COPY wrote a file");
+    // And a run refuses the same rules before writing anything.
+    let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(!f.table_dir().join("staging").exists());
+}
+
+#[tokio::test]
+async fn a_corrupt_manifest_or_pointer_is_reported_not_read() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let manifest = f
+        .table_dir()
+        .join("_wap/manifests/00000000000000000001.json");
+    let pointer = f.table_dir().join("_wap/current");
+    let good_manifest = std::fs::read_to_string(&manifest).unwrap();
+    let good_pointer = std::fs::read_to_string(&pointer).unwrap();
+    let before = f.listing();
+
+    let cases: Vec<(&str, std::path::PathBuf, String, &str)> = vec![
+        (
+            "edited manifest",
+            manifest.clone(),
+            good_manifest.replacen("\"rows\": 3", "\"rows\": 4", 1),
+            "checksum",
+        ),
+        (
+            "truncated manifest",
+            manifest.clone(),
+            good_manifest[..good_manifest.len() / 2].to_string(),
+            "EOF while parsing",
+        ),
+        (
+            "truncated pointer",
+            pointer.clone(),
+            good_pointer[..good_pointer.len() / 2].to_string(),
+            "EOF while parsing",
+        ),
+        (
+            "edited pointer",
+            pointer.clone(),
+            good_pointer.replacen("\"version\":1", "\"version\":7", 1),
+            "does not match manifest",
+        ),
+    ];
+    for (what, path, bad, detail) in cases {
+        assert_ne!(bad, std::fs::read_to_string(&path).unwrap(), "{what}");
+        std::fs::write(&path, &bad).unwrap();
+        let object = path
+            .strip_prefix(f.table_dir())
+            .unwrap()
+            .display()
+            .to_string();
+        // Reading and running both refuse, naming the object and what is wrong.
+        let err = job.query(None, "SELECT * FROM orders").await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&object), "{what}: {msg}");
+        assert!(msg.contains(detail), "{what}: {msg}");
+        assert_eq!(err.exit_code(), wap::exit_code::FAILURE, "{what}");
+        let err = job.run("2024-01-02", Mode::Publish).await.unwrap_err();
+        assert!(err.to_string().contains(&object), "{what}: {err}");
+        // Nothing was published on top of it.
+        assert!(
+            !f.table_dir()
+                .join("_wap/manifests/00000000000000000002.json")
+                .exists(),
+            "{what}"
+        );
+        // Repaired, the table reads again.
+        std::fs::write(&manifest, &good_manifest).unwrap();
+        std::fs::write(&pointer, &good_pointer).unwrap();
+        assert_eq!(rows(&job, None).await.len(), 3, "{what}");
+    }
+    let after: Vec<String> = f.listing().into_keys().collect();
+    let staged_by_refused_runs: Vec<&String> = after
+        .iter()
+        .filter(|k| !before.contains_key(*k))
+        .filter(|k| !k.starts_with("staging/"))
+        .collect();
+    assert!(
+        staged_by_refused_runs.is_empty(),
+        "{staged_by_refused_runs:?}"
+    );
 }

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli;
+mod crash;
 mod faults;
 mod fixture;
 mod job;

@@ -1,0 +1,358 @@
+//! Real processes: `wap run` killed with SIGKILL at random moments, then re-run; publishers as
+//! separate processes on different and on the same partitions, with a reader querying in a loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::cli::Example;
+
+const CONF: &str = "conf/orders.yaml";
+
+/// A small deterministic generator (no seed from the clock: a failure reproduces).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// Writes `ids` as the source of `date` (amount = id / 100, so every version's rows differ).
+fn source(ex: &Example, folder: &str, date: &str, ids: &[u64]) {
+    let dir = ex.dir.path().join(folder).join(date);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("order_id,customer_id,amount,status,order_ts\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!(
+            "{id},{},{}.{:02},placed,{date}T{:02}:00:00\n",
+            id % 97,
+            id / 100,
+            id % 100,
+            i % 24
+        ));
+    }
+    std::fs::write(dir.join("orders.csv"), csv).unwrap();
+}
+
+/// The current version's `order_id|order_date` rows through `wap query`, or the failure.
+fn table_rows(ex: &Example) -> Result<Vec<String>, String> {
+    let out = ex.wap(&[
+        "query",
+        "--conf",
+        CONF,
+        "--format",
+        "csv",
+        "SELECT CAST(order_id AS VARCHAR) || '|' || CAST(order_date AS VARCHAR) AS r FROM orders ORDER BY order_id",
+    ]);
+    if out.status.code() != Some(0) {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect())
+}
+
+fn expected(published: &BTreeMap<String, Vec<u64>>) -> Vec<String> {
+    let mut rows: Vec<(u64, String)> = published
+        .iter()
+        .flat_map(|(date, ids)| ids.iter().map(move |id| (*id, date.clone())))
+        .collect();
+    rows.sort();
+    rows.into_iter()
+        .map(|(id, d)| format!("{id}|{d}"))
+        .collect()
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("wap did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every version listed by `wap log` reads completely through `wap show` + `wap query`.
+fn every_version_reads(ex: &Example, context: &str) {
+    let out = ex.wap(&["log", "--conf", CONF, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{context}: log failed");
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for v in log["versions"].as_array().unwrap() {
+        let version = v["version"].as_u64().unwrap().to_string();
+        let out = ex.wap(&[
+            "query",
+            "--conf",
+            CONF,
+            "--version",
+            &version,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM orders",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{context}: version {version} does not read: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            n,
+            v["rows"].as_u64().unwrap(),
+            "{context}: version {version}"
+        );
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_then_a_rerun_converges() {
+    let ex = Example::new();
+    let dates = ["2024-01-01", "2024-01-03", "2024-01-05"];
+    // A clean run's wall time bounds the random kill moments.
+    source(&ex, "data/orders", dates[0], &[1, 2, 3]);
+    let started = Instant::now();
+    assert_eq!(
+        ex.wap(&["run", "--conf", CONF, "--date", dates[0]])
+            .status
+            .code(),
+        Some(0)
+    );
+    let clean = started.elapsed();
+    let mut published: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    published.insert(dates[0].to_string(), vec![1, 2, 3]);
+
+    let mut rng = Lcg(0x5eed);
+    let budget = Duration::from_secs(90);
+    let loop_started = Instant::now();
+    let (mut iterations, mut killed, mut killed_after_commit) = (0, 0, 0);
+    while iterations < 40 && loop_started.elapsed() < budget {
+        iterations += 1;
+        let date = dates[(rng.next() % dates.len() as u64) as usize];
+        // New input for the date: a different set of orders.
+        let base = 1_000 * iterations as u64;
+        let ids: Vec<u64> = (0..1 + rng.next() % 20).map(|j| base + j).collect();
+        source(&ex, "data/orders", date, &ids);
+        let before = expected(&published);
+        let mut after = published.clone();
+        after.insert(date.to_string(), ids);
+        let after = expected(&after);
+
+        let mut child = ex.spawn(&["run", "--conf", CONF, "--date", date]);
+        let delay = Duration::from_micros(rng.next() % (clean.as_micros() as u64 * 5 / 4 + 1));
+        std::thread::sleep(delay);
+        let was_killed = child.try_wait().unwrap().is_none();
+        if was_killed {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let context = format!("iteration {iterations}: {date} killed after {delay:?}");
+
+        // The table reads as the old version or the new one, whole.
+        let now = table_rows(&ex).unwrap_or_else(|e| panic!("{context}: unreadable: {e}"));
+        assert!(
+            now == before || now == after,
+            "{context}: neither the old nor the new version: {now:?}"
+        );
+        every_version_reads(&ex, &context);
+        if was_killed && now == after && before != after {
+            killed_after_commit += 1;
+        }
+
+        // The re-run converges to what one clean run gives.
+        let mut rerun = ex.spawn(&["run", "--conf", CONF, "--date", date]);
+        let code = wait_with_deadline(&mut rerun, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{context}: the re-run failed");
+        let now = table_rows(&ex).unwrap();
+        assert_eq!(now, after, "{context}: the re-run did not converge");
+        published = {
+            let mut p = published.clone();
+            p.insert(date.to_string(), {
+                now.iter()
+                    .filter(|r| r.ends_with(date))
+                    .map(|r| r.split('|').next().unwrap().parse().unwrap())
+                    .collect()
+            });
+            p
+        };
+    }
+    assert!(
+        iterations >= 10,
+        "only {iterations} iterations in {budget:?}"
+    );
+    assert!(
+        killed >= iterations / 2,
+        "only {killed} of {iterations} runs were killed mid-way"
+    );
+    println!(
+        "crash loop: {iterations} iterations, {killed} runs killed mid-way ({killed_after_commit} after their commit), clean run {clean:?}, all converged"
+    );
+}
+
+/// 8 `wap run` processes on 8 dates from the same base, while a reader queries in a loop: all
+/// land, and the reader only ever sees whole versions (each date complete or absent, and dates
+/// never disappear).
+#[test]
+fn eight_processes_on_different_partitions_all_land_while_a_reader_loops() {
+    let ex = Example::new();
+    let dates: Vec<String> = (1..=8).map(|d| format!("2024-02-{d:02}")).collect();
+    let mut want: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (i, d) in dates.iter().enumerate() {
+        let ids: Vec<u64> = (0..5 + i as u64)
+            .map(|j| 100 * (i as u64 + 1) + j)
+            .collect();
+        source(&ex, "data/orders", d, &ids);
+        want.insert(d.clone(), ids);
+    }
+    let mut children: Vec<Child> = dates
+        .iter()
+        .map(|d| ex.spawn(&["run", "--conf", CONF, "--date", d]))
+        .collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut reads = 0;
+    loop {
+        let mut running = 0;
+        for c in children.iter_mut() {
+            if c.try_wait().unwrap().is_none() {
+                running += 1;
+            }
+        }
+        match table_rows(&ex) {
+            Ok(rows) => {
+                reads += 1;
+                let mut by_date: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+                for r in &rows {
+                    let (id, d) = r.split_once('|').unwrap();
+                    by_date
+                        .entry(d.to_string())
+                        .or_default()
+                        .push(id.parse().unwrap());
+                }
+                for (d, ids) in &by_date {
+                    let mut ids = ids.clone();
+                    ids.sort();
+                    assert_eq!(&ids, &want[d], "a partial partition {d} was visible");
+                }
+                let dates_now: BTreeSet<String> = by_date.keys().cloned().collect();
+                assert!(
+                    seen.is_subset(&dates_now),
+                    "dates disappeared: saw {seen:?}, now {dates_now:?}"
+                );
+                seen = dates_now;
+            }
+            Err(e) => assert!(
+                e.contains("has no published version yet"),
+                "the reader failed: {e}"
+            ),
+        }
+        if running == 0 {
+            break;
+        }
+    }
+    for c in &mut children {
+        assert_eq!(c.wait().unwrap().code(), Some(0));
+    }
+    assert_eq!(table_rows(&ex).unwrap(), expected(&want));
+    let out = ex.wap(&["log", "--conf", CONF, "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        log["versions"].as_array().unwrap().len(),
+        8,
+        "one version each"
+    );
+    println!("8 publisher processes, {reads} reads in between, no mix seen");
+}
+
+/// 8 processes replace the same partition with different data (8 job files, 8 sources): each
+/// version has exactly one publisher, every other process exits 4 naming the partition, and the
+/// table holds exactly one process's rows.
+#[test]
+fn eight_processes_on_the_same_partition_one_wins_each_version() {
+    let ex = Example::new();
+    let date = "2024-03-01";
+    let conf = std::fs::read_to_string(ex.dir.path().join(CONF)).unwrap();
+    let mut data: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for p in 0..8u64 {
+        let folder = format!("data/orders{p}");
+        let ids: Vec<u64> = (0..3 + p).map(|j| 10_000 * (p + 1) + j).collect();
+        source(&ex, &folder, date, &ids);
+        let text = conf.replace(
+            "path: ../data/orders/{date}/",
+            &format!("path: ../{folder}/{{date}}/"),
+        );
+        assert_ne!(text, conf);
+        std::fs::write(ex.dir.path().join(format!("conf/p{p}.yaml")), text).unwrap();
+        data.insert(format!("conf/p{p}.yaml"), ids);
+    }
+    let children: Vec<(String, Child)> = data
+        .keys()
+        .map(|c| {
+            (
+                c.clone(),
+                ex.spawn(&["run", "--conf", c, "--date", date, "--json"]),
+            )
+        })
+        .collect();
+    let mut winners: BTreeMap<u64, String> = BTreeMap::new();
+    let mut conflicts = 0;
+    for (conf, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{conf}: {}", String::from_utf8_lossy(&out.stderr)));
+        match out.status.code() {
+            Some(0) => {
+                assert_eq!(v["status"], "published", "{conf}: {v}");
+                let version = v["version"].as_u64().unwrap();
+                assert!(
+                    winners.insert(version, conf.clone()).is_none(),
+                    "two winners of version {version}"
+                );
+            }
+            Some(4) => {
+                conflicts += 1;
+                assert_eq!(v["status"], "conflict");
+                let message = v["message"].as_str().unwrap();
+                assert!(
+                    message.contains("order_date=2024-03-01"),
+                    "{conf}: the conflict names the partition: {message}"
+                );
+            }
+            other => panic!(
+                "{conf}: exit {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    assert_eq!(winners.len() + conflicts, 8);
+    assert!(!winners.is_empty());
+    let versions: Vec<u64> = winners.keys().copied().collect();
+    assert_eq!(versions, (1..=winners.len() as u64).collect::<Vec<_>>());
+    // The table holds exactly the last winner's rows.
+    let last = &winners[versions.last().unwrap()];
+    let mut want = BTreeMap::new();
+    want.insert(date.to_string(), data[last].clone());
+    assert_eq!(table_rows(&ex).unwrap(), expected(&want));
+    every_version_reads(&ex, "same partition");
+    println!(
+        "same partition: {} process(es) published (versions {versions:?}), {conflicts} exited 4",
+        winners.len()
+    );
+}
