@@ -260,7 +260,7 @@ async fn execute(command: Command) -> Result<i32, Error> {
                     println!("{verb} {} ({} bytes; {why})", d.path, d.bytes);
                 }
                 println!(
-                    "{verb} {} object(s), {} bytes; retained versions {:?} (current {}); expired {:?}; {} unreferenced object(s) younger than {} kept",
+                    "{verb} {} object(s), {} bytes; retained versions {:?} (current {}); expired {:?}; {} unreferenced object(s) modified after {} kept",
                     report.deleted.len(),
                     report.deleted_bytes,
                     report.retained_versions,

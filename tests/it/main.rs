@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod faults;
 mod fixture;
+mod gc;
 mod job;
 mod publish;
 mod s3;

@@ -172,13 +172,32 @@ fn full_cycle_on_s3_through_the_cli_without_leaking_secrets() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: "));
     outputs.push(out);
+    // Every other command, with debug logging.
+    for args in [
+        &["gc", "--conf", conf, "--dry-run", "--json", "-vv"][..],
+        &["gc", "--conf", conf, "-vv"],
+        &["log", "--conf", conf, "-vv"],
+        &["doctor", "--conf", conf, "-vv"],
+        &["report", "--conf", conf, "--format", "markdown", "-vv"],
+        &["show", "--conf", conf, "-vv"],
+        &["check", "--conf", conf, "-vv"],
+        &["audit", "--conf", conf, "--version", "1", "-vv"],
+    ] {
+        let out = ex.wap_env(args, &env);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(out);
+    }
 
     for out in &outputs {
         for stream in [&out.stdout, &out.stderr] {
-            assert!(
-                !String::from_utf8_lossy(stream).contains(SENTINEL),
-                "the secret leaked"
-            );
+            let text = String::from_utf8_lossy(stream);
+            for secret in [SENTINEL, "Signature=", "X-Amz-Signature", "x-amz-security-token"] {
+                assert!(!text.contains(secret), "{secret} leaked: {text}");
+            }
         }
     }
     // Nor in anything stored.
