@@ -12,7 +12,10 @@ use crate::fixture::{Fixture, rows};
 /// staged by a run whose audit failed.
 async fn history() -> (Fixture, Job) {
     let f = Fixture::new();
-    f.orders("2024-01-01", &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed")]);
+    f.orders(
+        "2024-01-01",
+        &[(1, 1, "1.00", "placed"), (2, 1, "2.00", "placed")],
+    );
     f.orders("2024-01-02", &[(3, 2, "3.00", "placed")]);
     f.orders("2024-01-03", &[(4, 2, "4.00", "lost")]);
     let job = f.job();
@@ -53,7 +56,11 @@ fn staged_files(f: &Fixture) -> BTreeSet<String> {
 async fn every_retained_version_reads(job: &Job, retained: &[u64]) {
     for v in retained {
         let m = job.show(Some(*v)).await.unwrap();
-        assert_eq!(rows(job, Some(*v)).await.len() as u64, m.rows(), "version {v}");
+        assert_eq!(
+            rows(job, Some(*v)).await.len() as u64,
+            m.rows(),
+            "version {v}"
+        );
     }
 }
 
@@ -161,7 +168,15 @@ fn the_cli_lists_and_deletes_with_json() {
     for date in ["2024-01-01", "2024-01-02", "2024-01-03"] {
         ex.wap(&["run", "--conf", conf, "--date", date]);
     }
-    let out = ex.wap(&["gc", "--conf", conf, "--older-than", "0s", "--dry-run", "--json"]);
+    let out = ex.wap(&[
+        "gc",
+        "--conf",
+        conf,
+        "--older-than",
+        "0s",
+        "--dry-run",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["dry_run"], true);
@@ -176,7 +191,15 @@ fn the_cli_lists_and_deletes_with_json() {
     assert_eq!(reasons, ["expired_manifest", "unpublished_run"], "{v}");
     assert_eq!(v["retained_versions"], serde_json::json!([2]));
     // Keeping 2 versions, only the unpublished run goes.
-    let out = ex.wap(&["gc", "--conf", conf, "--older-than", "0s", "--keep-versions", "2"]);
+    let out = ex.wap(&[
+        "gc",
+        "--conf",
+        conf,
+        "--older-than",
+        "0s",
+        "--keep-versions",
+        "2",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("deleted 1 object(s)") && text.contains("run never published"),

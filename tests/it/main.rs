@@ -7,6 +7,7 @@ mod faults;
 mod fixture;
 mod gc;
 mod job;
+mod props;
 mod publish;
 mod s3;
 mod store;

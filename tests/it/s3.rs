@@ -195,7 +195,12 @@ fn full_cycle_on_s3_through_the_cli_without_leaking_secrets() {
     for out in &outputs {
         for stream in [&out.stdout, &out.stderr] {
             let text = String::from_utf8_lossy(stream);
-            for secret in [SENTINEL, "Signature=", "X-Amz-Signature", "x-amz-security-token"] {
+            for secret in [
+                SENTINEL,
+                "Signature=",
+                "X-Amz-Signature",
+                "x-amz-security-token",
+            ] {
                 assert!(!text.contains(secret), "{secret} leaked: {text}");
             }
         }
