@@ -156,7 +156,13 @@ fn sigkill_at_random_moments_then_a_rerun_converges() {
         let after = expected(&after);
 
         let mut child = ex.spawn(&["run", "--conf", CONF, "--date", date]);
-        let delay = Duration::from_micros(rng.next() % (clean.as_micros() as u64 * 5 / 4 + 1));
+        // Half the kills anywhere in the run, half late in it (audit and publish).
+        let span = clean.as_micros() as u64;
+        let delay = Duration::from_micros(if rng.next() % 2 == 0 {
+            rng.next() % (span * 5 / 4 + 1)
+        } else {
+            span * 6 / 10 + rng.next() % (span / 2 + 1)
+        });
         std::thread::sleep(delay);
         let was_killed = child.try_wait().unwrap().is_none();
         if was_killed {
