@@ -205,7 +205,7 @@ fn sigkill_at_random_moments_then_a_rerun_converges() {
         "only {iterations} iterations in {budget:?}"
     );
     assert!(
-        killed >= iterations / 2,
+        killed >= iterations / 4,
         "only {killed} of {iterations} runs were killed mid-way"
     );
     println!(
