@@ -124,7 +124,19 @@ fn every_version_reads(ex: &Example, context: &str) {
 
 #[test]
 fn sigkill_at_random_moments_then_a_rerun_converges() {
+    crash_loop(&Example::new(), 40, "local filesystem");
+}
+
+#[test]
+fn sigkill_at_random_moments_on_s3() {
+    let s3 = crate::s3::s3();
     let ex = Example::new();
+    let table = s3.prefix("crash") + "/orders";
+    crate::s3::point_at_s3(&ex.dir.path().join(CONF), &table, &s3);
+    crash_loop(&ex, 15, "S3");
+}
+
+fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
     let dates = ["2024-01-01", "2024-01-03", "2024-01-05"];
     // A clean run's wall time bounds the random kill moments.
     source(&ex, "data/orders", dates[0], &[1, 2, 3]);
@@ -143,7 +155,7 @@ fn sigkill_at_random_moments_then_a_rerun_converges() {
     let budget = Duration::from_secs(90);
     let loop_started = Instant::now();
     let (mut iterations, mut killed, mut killed_after_commit) = (0, 0, 0);
-    while iterations < 40 && loop_started.elapsed() < budget {
+    while iterations < max_iterations && loop_started.elapsed() < budget {
         iterations += 1;
         let date = dates[(rng.next() % dates.len() as u64) as usize];
         // New input for the date: a different set of orders.
@@ -209,7 +221,7 @@ fn sigkill_at_random_moments_then_a_rerun_converges() {
         "only {killed} of {iterations} runs were killed mid-way"
     );
     println!(
-        "crash loop: {iterations} iterations, {killed} runs killed mid-way ({killed_after_commit} after their commit), clean run {clean:?}, all converged"
+        "crash loop on {store}: {iterations} iterations, {killed} runs killed mid-way ({killed_after_commit} after their commit), clean run {clean:?}, all converged"
     );
 }
 

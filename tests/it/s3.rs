@@ -70,7 +70,7 @@ impl S3 {
     }
 }
 
-fn point_at_s3(conf: &std::path::Path, table: &str, s3: &S3) {
+pub(crate) fn point_at_s3(conf: &std::path::Path, table: &str, s3: &S3) {
     let text = std::fs::read_to_string(conf).unwrap();
     assert!(text.contains("table: ../lake/orders"));
     let text = text.replace("table: ../lake/orders", &format!("table: {table}"));
