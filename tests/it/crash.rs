@@ -139,7 +139,7 @@ fn sigkill_at_random_moments_on_s3() {
 fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
     let dates = ["2024-01-01", "2024-01-03", "2024-01-05"];
     // A clean run's wall time bounds the random kill moments.
-    source(&ex, "data/orders", dates[0], &[1, 2, 3]);
+    source(ex, "data/orders", dates[0], &[1, 2, 3]);
     let started = Instant::now();
     assert_eq!(
         ex.wap(&["run", "--conf", CONF, "--date", dates[0]])
@@ -161,7 +161,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         // New input for the date: a different set of orders.
         let base = 1_000 * iterations as u64;
         let ids: Vec<u64> = (0..1 + rng.next() % 20).map(|j| base + j).collect();
-        source(&ex, "data/orders", date, &ids);
+        source(ex, "data/orders", date, &ids);
         let before = expected(&published);
         let mut after = published.clone();
         after.insert(date.to_string(), ids);
@@ -170,7 +170,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         let mut child = ex.spawn(&["run", "--conf", CONF, "--date", date]);
         // Half the kills anywhere in the run, half late in it (audit and publish).
         let span = clean.as_micros() as u64;
-        let delay = Duration::from_micros(if rng.next() % 2 == 0 {
+        let delay = Duration::from_micros(if rng.next().is_multiple_of(2) {
             rng.next() % (span * 5 / 4 + 1)
         } else {
             span * 6 / 10 + rng.next() % (span / 2 + 1)
@@ -185,12 +185,12 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         let context = format!("iteration {iterations}: {date} killed after {delay:?}");
 
         // The table reads as the old version or the new one, whole.
-        let now = table_rows(&ex).unwrap_or_else(|e| panic!("{context}: unreadable: {e}"));
+        let now = table_rows(ex).unwrap_or_else(|e| panic!("{context}: unreadable: {e}"));
         assert!(
             now == before || now == after,
             "{context}: neither the old nor the new version: {now:?}"
         );
-        every_version_reads(&ex, &context);
+        every_version_reads(ex, &context);
         if was_killed && now == after && before != after {
             killed_after_commit += 1;
         }
@@ -199,7 +199,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         let mut rerun = ex.spawn(&["run", "--conf", CONF, "--date", date]);
         let code = wait_with_deadline(&mut rerun, Duration::from_secs(60));
         assert_eq!(code, Some(0), "{context}: the re-run failed");
-        let now = table_rows(&ex).unwrap();
+        let now = table_rows(ex).unwrap();
         assert_eq!(now, after, "{context}: the re-run did not converge");
         published = {
             let mut p = published.clone();
