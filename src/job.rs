@@ -116,6 +116,27 @@ pub struct RunOutcome {
     /// The audit report, for rendering.
     #[serde(skip)]
     pub audit_report: Option<AuditReport>,
+    /// Wall time by phase.
+    pub timings: Timings,
+}
+
+/// Milliseconds spent in each phase of a run (0 for phases not reached).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// Listing the source, reading the current version, planning the transform and compiling
+    /// the rules.
+    pub plan_ms: u64,
+    /// Phase 1: transform and staged Parquet files.
+    pub write_ms: u64,
+    /// Phase 2: the rules (and quarantine, if any).
+    pub audit_ms: u64,
+    /// Phase 3: the manifest commit and pointer swap.
+    pub publish_ms: u64,
+    pub total_ms: u64,
+}
+
+fn ms_since(t: std::time::Instant) -> u64 {
+    t.elapsed().as_millis() as u64
 }
 
 /// What became of one run, as `wap log` shows it.
@@ -322,14 +343,20 @@ impl Job {
 
     /// Runs the job for one logical date.
     pub async fn run(&self, date: &str, mode: Mode) -> Result<RunOutcome> {
+        let started = std::time::Instant::now();
         parse_date(date)?;
         let conf = &self.conf;
         let source = write::list_source(conf, date).await?;
         let run_id = run_id(conf, date, &source.objects);
         let span = tracing::info_span!("run", job = %conf.name, run_id = %run_id, date);
-        self.run_phases(date, mode, source, run_id)
+        let mut timings = Timings::default();
+        let mut outcome = self
+            .run_phases(date, mode, source, run_id, &mut timings)
             .instrument(span)
-            .await
+            .await?;
+        timings.total_ms = ms_since(started);
+        outcome.timings = timings;
+        Ok(outcome)
     }
 
     async fn run_phases(
@@ -338,8 +365,10 @@ impl Job {
         mode: Mode,
         source: write::SourceObjects,
         run_id: String,
+        timings: &mut Timings,
     ) -> Result<RunOutcome> {
         let conf = &self.conf;
+        let mut phase = std::time::Instant::now();
         let current = versions::current(&self.table).await?;
         let current_version = current.as_ref().map_or(0, |m| m.version);
 
@@ -365,6 +394,8 @@ impl Job {
 
         // Plan everything before writing anything.
         let (ctx, df) = self.prepare(date, &source, current.as_ref()).await?;
+        timings.plan_ms = ms_since(phase);
+        phase = std::time::Instant::now();
         let rules = conf.rules.rules();
 
         // Phase 1.
@@ -385,6 +416,8 @@ impl Job {
             "staged"
         );
 
+        timings.write_ms = ms_since(phase);
+        phase = std::time::Instant::now();
         // Phase 2.
         register_staged(&ctx, &staged, current.as_ref())?;
         let logical_date = parse_date(date)?;
@@ -429,6 +462,8 @@ impl Job {
         );
         report.quarantine = quarantine;
         report.save(&self.table).await?;
+        timings.audit_ms = ms_since(phase);
+        phase = std::time::Instant::now();
         let mut outcome = RunOutcome {
             status: Status::AuditPassed,
             version: current_version,
@@ -440,6 +475,7 @@ impl Job {
             report: Some(crate::manifest::report_path(&run_id).to_string()),
             message: None,
             audit_report: Some(report.clone()),
+            timings: Timings::default(),
         };
         if !report.passed() {
             outcome.status = Status::AuditFailed;
@@ -484,7 +520,9 @@ impl Job {
                 .collect(),
             audits: report.summaries(),
         };
-        self.publish(proposal, current_version, outcome).await
+        let outcome = self.publish(proposal, current_version, outcome).await;
+        timings.publish_ms = ms_since(phase);
+        outcome
     }
 
     /// Splits the staged rows: rows failing any quarantining rule go to
@@ -710,6 +748,7 @@ impl Job {
             report: Some(crate::manifest::report_path(run_id).to_string()),
             message: None,
             audit_report: Some(report),
+            timings: Timings::default(),
         }))
     }
 
@@ -792,6 +831,7 @@ impl Job {
             report: Some(crate::manifest::report_path(&run_id).to_string()),
             message: None,
             audit_report: Some(report),
+            timings: Timings::default(),
         })
     }
 
@@ -826,6 +866,7 @@ impl Job {
                     "version {latest} already holds the content of version {to}"
                 )),
                 audit_report: None,
+                timings: Timings::default(),
             });
         }
         let run_id = {
@@ -845,6 +886,7 @@ impl Job {
             report: None,
             message: None,
             audit_report: None,
+            timings: Timings::default(),
         };
         self.publish(Proposal::Restore { run_id, target }, latest, outcome)
             .await

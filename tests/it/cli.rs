@@ -89,6 +89,12 @@ fn the_example_job_runs_fails_an_audit_and_keeps_production() {
     assert_eq!(day1["audits"].as_array().unwrap().len(), 7);
     assert!(day1["audits"][0]["name"].is_string() && day1["audits"][0]["failing_rows"].is_u64());
     assert_eq!(day1["run_id"].as_str().unwrap().len(), 24);
+    let t = &day1["timings"];
+    let phases: u64 = ["plan_ms", "write_ms", "audit_ms", "publish_ms"]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap_or_else(|| panic!("timings.{k}: {t}")))
+        .sum();
+    assert!(phases <= t["total_ms"].as_u64().unwrap(), "{t}");
 
     // Day 2 fails: exit 3, human output on stderr names the rules and shows rows.
     let out = ex.wap(&["run", "--conf", CONF, "--date", "2024-01-02"]);
