@@ -1,0 +1,270 @@
+//! Publish cost: latency and request count of publishing one partition onto tables of 10, 1,000
+//! and 100,000 files (synthetic manifests: the data files are never read by a publish), on the
+//! local filesystem and on S3.
+//!
+//!     scripts/with-s3.sh cargo bench --bench publish
+//!
+//! `scripts/with-s3.sh` starts the S3 test server (moto) and sets `WAP_TEST_S3_ENDPOINT`; without
+//! it the bench stops and says so. Target (issue #6): at most 4 requests, and under 50 ms on the
+//! local filesystem, whatever the file count. Prints the figures; exits 1 when a target is missed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+};
+use wap::manifest::{DataFile, Partition};
+use wap::publish::{Proposal, PublishOptions, PublishOutcome, Publisher};
+
+/// Counts requests.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ObjectStore>,
+    requests: AtomicUsize,
+}
+
+impl fmt::Display for Counting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+impl Counting {
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.count();
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.count();
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.count();
+        self.inner.get_opts(location, options).await
+    }
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.count();
+        self.inner.get_ranges(location, ranges).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.count();
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.count();
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.count();
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.count();
+        self.inner.copy_opts(from, to, options).await
+    }
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.count();
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("day", DataType::Utf8, false),
+    ])
+}
+
+/// `partitions` partitions of `files_each` files, written by `run`.
+fn partitions(range: Range<usize>, files_each: usize, run: &str) -> Vec<Partition> {
+    range
+        .map(|p| {
+            let path = format!("day={p:06}");
+            Partition {
+                path: path.clone(),
+                values: BTreeMap::from([("day".to_string(), Some(format!("{p:06}")))]),
+                rows: 1_000 * files_each as u64,
+                files: (0..files_each)
+                    .map(|f| DataFile {
+                        path: format!("staging/{run}/{path}/part-{f:05}.parquet"),
+                        size: 1 << 20,
+                        rows: 1_000,
+                        sha256: format!("{:064x}", p * 1_000 + f),
+                        key_min: vec![Some((f * 1_000).to_string())],
+                        key_max: vec![Some((f * 1_000 + 999).to_string())],
+                    })
+                    .collect(),
+                run_id: run.to_string(),
+                logical_date: "2024-01-01".to_string(),
+            }
+        })
+        .collect()
+}
+
+fn proposal(run: &str, parts: Vec<Partition>) -> Proposal {
+    Proposal::Replace {
+        run_id: run.to_string(),
+        logical_date: "2024-01-01".to_string(),
+        table: "bench".to_string(),
+        schema: schema(),
+        partition_by: vec!["day".to_string()],
+        key: vec!["id".to_string()],
+        partitions: parts,
+        audits: Vec::new(),
+    }
+}
+
+struct Figure {
+    store: &'static str,
+    files: usize,
+    manifest_bytes: u64,
+    latency: Duration,
+    requests: usize,
+}
+
+/// Publishes one 10-file partition onto a table of `files` files, 5 times; median latency and
+/// the largest request count.
+async fn measure(store_name: &'static str, store: Arc<dyn ObjectStore>, files: usize) -> Figure {
+    let files_each = 10;
+    let count = (files / files_each).max(1);
+    let publisher = Publisher::new(Arc::clone(&store), PublishOptions::default());
+    let base = proposal("base", partitions(0..count, files_each, "base"));
+    publisher
+        .publish(&base, None)
+        .await
+        .expect("base publishes");
+    let counting = Arc::new(Counting {
+        inner: Arc::clone(&store),
+        requests: AtomicUsize::new(0),
+    });
+    let publisher = Publisher::new(counting.clone(), PublishOptions::default());
+    let mut latencies = Vec::new();
+    let mut requests = 0;
+    for i in 0..5 {
+        let run = format!("nightly{i}");
+        let p = proposal(&run, partitions(i..i + 1, files_each, &run));
+        counting.requests.store(0, Ordering::SeqCst);
+        let t = Instant::now();
+        let out = publisher.publish(&p, None).await.expect("publishes");
+        latencies.push(t.elapsed());
+        assert!(matches!(out, PublishOutcome::Published { .. }));
+        requests = requests.max(counting.requests.load(Ordering::SeqCst));
+    }
+    latencies.sort();
+    let current = wap::versions::latest_version(&store).await.unwrap();
+    let manifest_bytes = store
+        .head(&wap::manifest::manifest_path(current))
+        .await
+        .map(|m| m.size)
+        .unwrap_or(0);
+    Figure {
+        store: store_name,
+        files: count * files_each,
+        manifest_bytes,
+        latency: latencies[latencies.len() / 2],
+        requests,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let endpoint = std::env::var("WAP_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        eprintln!(
+            "WAP_TEST_S3_ENDPOINT is not set: run `scripts/with-s3.sh cargo bench --bench publish`, \
+             which starts the S3 test server"
+        );
+        std::process::exit(2)
+    });
+    let bucket = std::env::var("WAP_TEST_S3_BUCKET").unwrap_or_else(|_| "wap-test".into());
+    let options = wap::conf::StorageOptions {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        path_style: Some(true),
+    };
+    let mut figures = Vec::new();
+    for files in [10, 1_000, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let local =
+            wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
+                .unwrap()
+                .scoped()
+                .unwrap();
+        figures.push(measure("local", local, files).await);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let s3 =
+            wap::store::Location::parse(&format!("s3://{bucket}/publish-bench-{nanos}"), &options)
+                .unwrap()
+                .scoped()
+                .unwrap();
+        figures.push(measure("s3 (moto)", s3, files).await);
+    }
+    println!(
+        "| store | files in table | manifest bytes | publish latency (median of 5) | requests |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    let mut missed = Vec::new();
+    for f in &figures {
+        println!(
+            "| {} | {} | {} | {:.1} ms | {} |",
+            f.store,
+            f.files,
+            f.manifest_bytes,
+            f.latency.as_secs_f64() * 1e3,
+            f.requests
+        );
+        if f.requests > 4 {
+            missed.push(format!(
+                "{} with {} files: {} requests",
+                f.store, f.files, f.requests
+            ));
+        }
+        if f.store == "local" && f.latency > Duration::from_millis(50) {
+            missed.push(format!(
+                "local with {} files: {:.1} ms",
+                f.files,
+                f.latency.as_secs_f64() * 1e3
+            ));
+        }
+    }
+    if missed.is_empty() {
+        println!("targets met: at most 4 requests, local publish under 50 ms");
+    } else {
+        println!("TARGETS MISSED: {}", missed.join("; "));
+        std::process::exit(1);
+    }
+}
