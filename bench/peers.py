@@ -94,7 +94,9 @@ def main():
         import pyarrow.dataset as ds
         from deltalake import DeltaTable, write_deltalake
 
-        table = ds.dataset(src, format="parquet").to_table()
+        import glob
+
+        table = ds.dataset(sorted(glob.glob(src)), format="parquet").to_table()
         table = table.append_column(
             "ship_month", pc.strftime(table["l_shipdate"], format="%Y-%m")
         )

@@ -25,7 +25,7 @@ data="$cache/tpch-sf$sf"
 if [ ! -f "$data/.done" ]; then
   echo "bench: generating lineitem SF$sf into $data" >&2
   rm -rf "$data" && mkdir -p "$data"
-  tpchgen-cli --scale-factor "$sf" --tables lineitem --format parquet --output-dir "$data"
+  tpchgen-cli parquet --scale-factor "$sf" --tables lineitem --output-dir "$data"
   touch "$data/.done"
 fi
 ln -sfn "$data" target/bench/tpch

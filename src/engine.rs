@@ -50,6 +50,21 @@ impl Default for EngineOptions {
     }
 }
 
+/// Parses a memory size: bytes, or a number with `KiB`, `MiB` or `GiB`.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("GiB") {
+        (n, 1usize << 30)
+    } else if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
 /// A session with the table store (and optionally the source store) registered.
 pub fn session(
     options: &EngineOptions,
@@ -69,6 +84,7 @@ pub fn session(
     ctx.register_udaf(datafusion::logical_expr::AggregateUDF::from(
         CountTrue::default(),
     ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(RowHash::default()));
     ctx.register_object_store(&url::Url::parse(TABLE_URL).expect("static url"), table);
     if let Some(source) = source {
         ctx.register_object_store(&url::Url::parse(SOURCE_URL).expect("static url"), source);
@@ -162,6 +178,63 @@ impl TableProvider for FilesTable {
             .with_limit(limit)
             .build();
         self.format.create_physical_plan(state, conf).await
+    }
+}
+
+/// `wap_row_hash(a, b, ...)`: a 64-bit hash of the arguments, the same in every run of the same
+/// build (fixed seed). The writer sorts rows by partition columns, key, then this hash of the
+/// other columns: a total order that makes files deterministic even when keys repeat, without
+/// comparing every column (rows that hash alike and share a key are, barring a 64-bit collision,
+/// identical, so their order does not change the bytes).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RowHash {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl Default for RowHash {
+    fn default() -> Self {
+        RowHash {
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// The SQL name of [`RowHash`].
+pub const ROW_HASH: &str = "wap_row_hash";
+
+impl datafusion::logical_expr::ScalarUDFImpl for RowHash {
+    fn name(&self) -> &str {
+        ROW_HASH
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[datafusion::arrow::datatypes::DataType],
+    ) -> DfResult<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::UInt64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> DfResult<datafusion::logical_expr::ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let mut hashes = vec![0u64; rows];
+        datafusion::common::hash_utils::create_hashes(
+            &arrays,
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut hashes,
+        )?;
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            datafusion::arrow::array::UInt64Array::from(hashes),
+        )))
     }
 }
 

@@ -207,7 +207,15 @@ fn main() -> ExitCode {
 
 fn job(conf: &PathBuf) -> Result<Job, Error> {
     let conf = JobConf::load(conf)?;
-    Job::open(conf, JobOptions::default())
+    let mut options = JobOptions::default();
+    if let Ok(limit) = std::env::var("WAP_MEMORY_LIMIT") {
+        options.engine.memory_limit = wap::engine::parse_size(&limit).ok_or_else(|| {
+            Error::Usage(format!(
+                "WAP_MEMORY_LIMIT={limit}: expected bytes or a size such as 512MiB or 2GiB"
+            ))
+        })?;
+    }
+    Job::open(conf, options)
 }
 
 async fn execute(command: Command) -> Result<i32, Error> {

@@ -32,6 +32,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_expr::expressions::col as physical_col;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
@@ -518,6 +519,9 @@ pub async fn write_staging(
     .await
 }
 
+/// The sort-only column holding [`crate::engine::RowHash`] of the non-key columns.
+const TIEBREAK: &str = "__wap_tiebreak";
+
 /// [`write_staging`] under any prefix of the table (the clean rows of a quarantining run go to
 /// `staging/<run_id>-clean`, its quarantined rows to `_wap/runs/<run_id>/quarantine`).
 #[allow(clippy::too_many_arguments)]
@@ -538,13 +542,25 @@ pub async fn write_partitions(
     };
     let out_schema = df.schema().inner().clone();
     let schema = table_schema(&out_schema);
+    // Total order: partition columns, key, then a hash of every other column (see
+    // `engine::RowHash`), so that sorting never compares whole rows.
     let mut order: Vec<String> = conf.partition_by.clone();
     order.extend(conf.key.iter().cloned());
-    for f in out_schema.fields() {
-        if !order.contains(f.name()) && !f.data_type().is_nested() {
-            order.push(f.name().clone());
-        }
-    }
+    let rest: Vec<datafusion::prelude::Expr> = out_schema
+        .fields()
+        .iter()
+        .filter(|f| !order.contains(f.name()))
+        .map(|f| datafusion::prelude::ident(f.name()))
+        .collect();
+    let df = if rest.is_empty() {
+        df
+    } else {
+        let hash = datafusion::execution::FunctionRegistry::udf(ctx, crate::engine::ROW_HASH)
+            .map_err(exec_err)?;
+        order.push(TIEBREAK.to_string());
+        df.with_column(TIEBREAK, hash.call(rest))
+            .map_err(exec_err)?
+    };
     let plan = df.create_physical_plan().await.map_err(exec_err)?;
     let plan_schema = plan.schema();
     let column = |name: &str| -> Result<Arc<dyn PhysicalExpr>, WriteError> {
@@ -582,6 +598,17 @@ pub async fn write_partitions(
     let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, distributed).with_preserve_partitioning(true));
+    // The tiebreak column only orders rows; it is not written.
+    let sorted: Arc<dyn ExecutionPlan> = if order.last().map(String::as_str) == Some(TIEBREAK) {
+        let keep = out_schema
+            .fields()
+            .iter()
+            .map(|f| Ok(ProjectionExpr::new(column(f.name())?, f.name().clone())))
+            .collect::<Result<Vec<_>, WriteError>>()?;
+        Arc::new(ProjectionExec::try_new(keep, sorted).map_err(exec_err)?)
+    } else {
+        sorted
+    };
 
     let part_idx: Vec<usize> = conf
         .partition_by
