@@ -127,18 +127,19 @@ def main():
               f"audit {wap['audit_ms']:.0f}, publish {wap['publish_ms']:.0f}, "
               f"total {wap['total_ms']:.0f}; {wap['rows']} rows in {wap['partitions']} "
               "partitions")
-        # The nightly scenario, on the table the last wap run published.
+        # The nightly scenario: a fresh full publish, its re-run (unchanged), then one month
+        # re-published three times (three logical dates, so three runs).
         fresh(os.path.join(OUT, "wap"))
         run_wap(args.wap, "bench/lineitem.yaml")
         month, rerun = [], []
-        for day in ["1998-12-28", "1998-12-29", "1998-12-30"]:
-            out, wall, _ = run_wap(args.wap, "bench/lineitem-month.yaml", day)
-            assert out["status"] == "published" and len(out["partitions"]) == 1, out
-            month.append((wall, out["timings"]))
         for _ in range(3):
             out, wall, _ = run_wap(args.wap, "bench/lineitem.yaml")
             assert out["status"] == "unchanged", out
             rerun.append(wall)
+        for day in ["1998-12-28", "1998-12-29", "1998-12-30"]:
+            out, wall, _ = run_wap(args.wap, "bench/lineitem-month.yaml", day)
+            assert out["status"] == "published" and len(out["partitions"]) == 1, out
+            month.append((wall, out["timings"]))
         summary["nightly"] = {
             "one_month_wall_s": median([w for w, _ in month]),
             "one_month_publish_ms": median([t["publish_ms"] for _, t in month]),
