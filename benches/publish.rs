@@ -155,10 +155,15 @@ struct Figure {
 
 /// Publishes one 10-file partition onto a table of `files` files, 5 times; median latency and
 /// the largest request count.
-async fn measure(store_name: &'static str, store: Arc<dyn ObjectStore>, files: usize) -> Figure {
+async fn measure(store_name: &'static str, location: wap::store::Location, files: usize) -> Figure {
+    let options = PublishOptions {
+        compare_and_swap: location.compare_and_swap,
+        ..Default::default()
+    };
+    let store = location.scoped().unwrap();
     let files_each = 10;
     let count = (files / files_each).max(1);
-    let publisher = Publisher::new(Arc::clone(&store), PublishOptions::default());
+    let publisher = Publisher::new(Arc::clone(&store), options.clone());
     let base = proposal("base", partitions(0..count, files_each, "base"));
     publisher
         .publish(&base, None)
@@ -168,7 +173,7 @@ async fn measure(store_name: &'static str, store: Arc<dyn ObjectStore>, files: u
         inner: Arc::clone(&store),
         requests: AtomicUsize::new(0),
     });
-    let publisher = Publisher::new(counting.clone(), PublishOptions::default());
+    let publisher = Publisher::new(counting.clone(), options);
     let mut latencies = Vec::new();
     let mut requests = 0;
     for i in 0..5 {
@@ -218,8 +223,6 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let local =
             wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
-                .unwrap()
-                .scoped()
                 .unwrap();
         figures.push(measure("local", local, files).await);
         let nanos = std::time::SystemTime::now()
@@ -228,8 +231,6 @@ async fn main() {
             .as_nanos();
         let s3 =
             wap::store::Location::parse(&format!("s3://{bucket}/publish-bench-{nanos}"), &options)
-                .unwrap()
-                .scoped()
                 .unwrap();
         figures.push(measure("s3 (moto)", s3, files).await);
     }

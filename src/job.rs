@@ -308,8 +308,10 @@ pub struct Job {
 
 impl Job {
     /// Opens the table the configuration names.
-    pub fn open(conf: JobConf, options: JobOptions) -> Result<Self> {
-        let table = Location::parse(&conf.table, &conf.storage)?.scoped()?;
+    pub fn open(conf: JobConf, mut options: JobOptions) -> Result<Self> {
+        let location = Location::parse(&conf.table, &conf.storage)?;
+        options.publish.compare_and_swap &= location.compare_and_swap;
+        let table = location.scoped()?;
         Ok(Job::with_store(conf, table, options))
     }
 

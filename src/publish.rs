@@ -136,6 +136,9 @@ pub struct PublishOptions {
     pub max_attempts: u32,
     /// First backoff after a lost race; doubles, capped at one second.
     pub backoff: Duration,
+    /// Move the pointer with compare-and-swap (true), or with an atomic overwrite on a store
+    /// known to lack it (the local filesystem), saving the request that would be refused.
+    pub compare_and_swap: bool,
 }
 
 impl Default for PublishOptions {
@@ -143,6 +146,7 @@ impl Default for PublishOptions {
         PublishOptions {
             max_attempts: 32,
             backoff: Duration::from_millis(5),
+            compare_and_swap: true,
         }
     }
 }
@@ -401,11 +405,17 @@ impl Publisher {
                 mode,
                 ..Default::default()
             };
-            match self
-                .store
-                .put_opts(&path, PutPayload::from(body.clone()), opts)
-                .await
-            {
+            let tried = if self.options.compare_and_swap {
+                self.store
+                    .put_opts(&path, PutPayload::from(body.clone()), opts)
+                    .await
+            } else {
+                Err(object_store::Error::NotImplemented {
+                    operation: "compare-and-swap".into(),
+                    implementer: "this store".into(),
+                })
+            };
+            match tried {
                 Ok(_) => return,
                 Err(object_store::Error::NotImplemented { .. }) => {
                     // No compare-and-swap here (local filesystem): an atomic overwrite. Racing

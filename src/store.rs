@@ -36,6 +36,9 @@ pub struct Location {
     pub path: String,
     /// The location as the user wrote it, for messages.
     pub display: String,
+    /// False for the local filesystem, which has no compare-and-swap (publish overwrites the
+    /// pointer there instead of trying a conditional update first).
+    pub compare_and_swap: bool,
 }
 
 impl Location {
@@ -81,10 +84,12 @@ impl Location {
         if path.split('/').any(|seg| seg == "..") {
             return Err(invalid("`..` is not allowed in a store path"));
         }
+        let compare_and_swap = !(location.starts_with("file://") || location.starts_with('/'));
         Ok(Location {
             store,
             path,
             display: location.to_string(),
+            compare_and_swap,
         })
     }
 

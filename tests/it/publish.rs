@@ -110,6 +110,47 @@ async fn publish_costs_a_constant_number_of_requests() {
 }
 
 #[tokio::test]
+async fn on_the_local_filesystem_publish_is_four_requests_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let location =
+        wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
+            .unwrap();
+    assert!(
+        !location.compare_and_swap,
+        "no compare-and-swap on a local path"
+    );
+    assert!(
+        wap::store::Location::parse("memory://x", &Default::default())
+            .unwrap()
+            .compare_and_swap
+    );
+    let rec = RecordingStore::new(location.scoped().unwrap());
+    let store: Arc<dyn ObjectStore> = rec.clone();
+    let options = PublishOptions {
+        compare_and_swap: location.compare_and_swap,
+        ..Default::default()
+    };
+    let p = Publisher::new(Arc::clone(&store), options);
+    for (i, run) in ["r1", "r2", "r3"].iter().enumerate() {
+        rec.clear();
+        let out = p
+            .publish_now(&proposal(run, vec![partition("d=1", run, 3)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            PublishOutcome::Published {
+                version: i as u64 + 1
+            }
+        );
+        let n = rec.requests().len();
+        assert!(n <= 4, "{run}: {n} requests: {:?}", rec.requests());
+        let pointer = versions::read_pointer(&store).await.unwrap().unwrap();
+        assert_eq!(pointer.pointer.version, i as u64 + 1, "the pointer moved");
+    }
+}
+
+#[tokio::test]
 async fn concurrent_publishers_of_different_partitions_all_land() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     publisher(&store)
