@@ -331,6 +331,16 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(super::parse_size("1048576"), Some(1 << 20));
+        assert_eq!(super::parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(super::parse_size(" 2GiB "), Some(2 << 30));
+        assert_eq!(super::parse_size("64KiB"), Some(64 << 10));
+        assert_eq!(super::parse_size("lots"), None);
+        assert_eq!(super::parse_size("1.5GiB"), None);
+    }
+
     #[tokio::test]
     async fn count_true_counts_only_true() {
         let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();

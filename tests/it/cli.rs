@@ -257,6 +257,12 @@ fn exit_codes_for_usage_config_and_read_only_queries() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(code(&["run", "--conf", CONF, "--date", "2024-01-01"]), 0);
+    let out = ex.wap_env(
+        &["run", "--conf", CONF, "--date", "2024-01-01"],
+        &[("WAP_MEMORY_LIMIT", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WAP_MEMORY_LIMIT=lots"));
     let out = ex.wap(&["query", "--conf", CONF, "DROP TABLE orders"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a query"));
