@@ -439,6 +439,20 @@ impl Job {
                 let (clean, q) = self
                     .quarantine(&ctx, &quarantining, &run_id, &source.location)
                     .await?;
+                // A partition whose every row was quarantined still replaces its old content:
+                // with nothing, as an empty partition.
+                let mut clean = clean;
+                for p in &staged.partitions {
+                    if !clean.partitions.iter().any(|c| c.path == p.path) {
+                        clean.partitions.push(write::StagedPartition {
+                            path: p.path.clone(),
+                            values: p.values.clone(),
+                            rows: 0,
+                            files: Vec::new(),
+                        });
+                    }
+                }
+                clean.partitions.sort_by(|a, b| a.path.cmp(&b.path));
                 staged = clean;
                 register_staged(&ctx, &staged, current.as_ref())?;
                 quarantine = Some(q);

@@ -602,4 +602,45 @@ async fn quarantine_publishes_the_good_rows_and_keeps_the_bad_ones() {
     let out = f.job().run("2024-01-02", Mode::Publish).await.unwrap();
     assert_eq!(out.status, Status::AuditFailed);
     assert_eq!(f.job().log().await.unwrap().len(), 1);
+
+    // A partition whose every row is quarantined is replaced by an empty one: its old rows go.
+    let good: Vec<crate::fixture::Order> =
+        vec![(100, 1, "1.00", "placed"), (101, 1, "2.00", "placed")];
+    let bad: Vec<crate::fixture::Order> =
+        vec![(100, 1, "-1.00", "placed"), (101, 1, "-2.00", "placed")];
+    f.orders("2024-01-03", &good);
+    rules(
+        &f,
+        "rules:\n  - {name: positive, expression: amount > 0, on_fail: quarantine, max_failing_pct: 100}\n",
+    );
+    let job = f.job();
+    assert_eq!(
+        job.run("2024-01-03", Mode::Publish).await.unwrap().status,
+        Status::Published
+    );
+    let day3 = |rows: Vec<String>| {
+        rows.into_iter()
+            .filter(|r| r.ends_with("2024-01-03"))
+            .count()
+    };
+    assert_eq!(day3(crate::fixture::rows(&job, None).await), 2);
+    f.orders("2024-01-03", &bad);
+    let out = job.run("2024-01-03", Mode::Publish).await.unwrap();
+    assert_eq!(out.status, Status::Published, "{:?}", out.message);
+    assert_eq!(out.rows, 0);
+    assert_eq!(out.audit_report.unwrap().quarantine.unwrap().rows, 2);
+    assert_eq!(
+        day3(crate::fixture::rows(&job, None).await),
+        0,
+        "the old rows are gone"
+    );
+    let current = job.show(None).await.unwrap();
+    let p = &current.partitions["order_date=2024-01-03"];
+    assert_eq!((p.rows, p.files.len()), (0, 0));
+    assert_eq!(p.run_id, out.run_id);
+    // And its re-run is a no-op.
+    assert_eq!(
+        job.run("2024-01-03", Mode::Publish).await.unwrap().status,
+        Status::Unchanged
+    );
 }
