@@ -59,6 +59,10 @@ const WRITE_BATCH_ROWS: usize = 8192;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A row group is closed early when its buffered size reaches this.
 const ROW_GROUP_BYTES: usize = 64 << 20;
+/// Dictionary pages stop growing (and the column chunk falls back to plain encoding) past this:
+/// a quarter of parquet's default, so high-cardinality columns give up on dictionaries early
+/// while low-cardinality ones (flags, codes, dates) keep them.
+const DICTIONARY_PAGE_BYTES: usize = 256 << 10;
 /// Parts of one multipart upload in flight at once.
 const UPLOAD_CONCURRENCY: usize = 4;
 
@@ -710,6 +714,7 @@ fn writer_properties() -> WriterProperties {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")))
         .build()
 }
