@@ -11,10 +11,11 @@
 //!   one of those, so if none fails, no row does. This covers low-cardinality columns, which is
 //!   where `accepted_values` rules live, for the price of reading the dictionary pages.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, PrimitiveArray, RecordBatch};
+use arrow::datatypes::{ArrowPrimitiveType, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::{Buf, Bytes};
 use datafusion::prelude::SessionContext;
@@ -60,6 +61,8 @@ pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -
         return proven;
     };
     let schema = provider.schema();
+    // Each column's dictionary values are fetched once, however many rules use them.
+    let mut dictionaries: HashMap<String, Option<ArrayRef>> = HashMap::new();
     for rule in candidates {
         let done = match &rule.kind {
             RuleKind::NotNull(cols) => cols.iter().all(|c| no_nulls(c, &footers)),
@@ -70,7 +73,18 @@ pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -
         };
         let done = done
             || match single_column(ctx, rule, &schema) {
-                Some(column) => by_dictionary(ctx, &store, rule, &column, &schema, &footers).await,
+                Some(column) => {
+                    if !dictionaries.contains_key(&column) {
+                        let values = dictionary_values(&store, &column, &schema, &footers).await;
+                        dictionaries.insert(column.clone(), values);
+                    }
+                    match &dictionaries[&column] {
+                        Some(values) => {
+                            no_value_fails(ctx, rule, &column, Arc::clone(values)).await
+                        }
+                        None => false,
+                    }
+                }
                 None => false,
             };
         if done {
@@ -226,36 +240,31 @@ fn single_column(ctx: &SessionContext, rule: &Rule, schema: &Schema) -> Option<S
     }
 }
 
-/// The dictionary proof (see the module comment).
-async fn by_dictionary(
-    ctx: &SessionContext,
+/// For the dictionary proof (see the module comment): every value `column` can hold, read from
+/// its dictionary pages (plus a NULL unless the statistics rule NULLs out), or None when some row
+/// group does not dictionary-encode it or a page cannot be read.
+async fn dictionary_values(
     store: &Arc<dyn ObjectStore>,
-    rule: &Rule,
     column: &str,
     schema: &Schema,
     footers: &[Footer],
-) -> bool {
-    let Ok(field) = schema.field_with_name(column) else {
-        return false;
-    };
+) -> Option<ArrayRef> {
+    let field = schema.field_with_name(column).ok()?;
     let target = field.data_type().clone();
     // Per file: the column's chunk in each row group, all dictionary-encoded.
     let mut wanted = Vec::new();
     let mut maybe_null = false;
     for f in footers {
         let parquet = f.meta.parquet_schema();
-        let Some(index) = parquet
+        let index = parquet
             .columns()
             .iter()
-            .position(|c| c.path().parts() == [column.to_string()])
-        else {
-            return false;
-        };
+            .position(|c| c.path().parts() == [column.to_string()])?;
         let mut chunks = Vec::new();
         for group in f.meta.metadata().row_groups() {
             let chunk = group.column(index);
             if !all_dictionary_encoded(chunk) {
-                return false;
+                return None;
             }
             maybe_null |= chunk
                 .statistics()
@@ -290,18 +299,12 @@ async fn by_dictionary(
         .buffered(CONCURRENCY)
         .try_collect()
         .await;
-    let Ok(fetched) = fetched else {
-        return false;
-    };
-    let mut arrays: Vec<ArrayRef> = fetched.into_iter().flatten().collect();
+    let mut arrays: Vec<ArrayRef> = fetched.ok()?.into_iter().flatten().collect();
     if maybe_null {
         arrays.push(arrow::array::new_null_array(&target, 1));
     }
     let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
-    let Ok(values) = arrow::compute::concat(&refs) else {
-        return false;
-    };
-    no_value_fails(ctx, rule, column, values).await
+    arrow::compute::concat(&refs).ok()
 }
 
 fn all_dictionary_encoded(chunk: &ColumnChunkMetaData) -> bool {
@@ -345,6 +348,19 @@ impl ChunkReader for At {
     }
 }
 
+/// `n` plain-encoded (little-endian, `W` bytes each) values of `T` from the start of `buf`.
+fn plain<T: ArrowPrimitiveType, const W: usize>(
+    buf: &[u8],
+    n: usize,
+    from_le: fn([u8; W]) -> T::Native,
+) -> Option<ArrayRef> {
+    let values = buf
+        .get(..n.checked_mul(W)?)?
+        .chunks_exact(W)
+        .map(|c| from_le(c.try_into().expect("chunks of W bytes")));
+    Some(Arc::new(PrimitiveArray::<T>::from_iter_values(values)))
+}
+
 /// Decodes one chunk's dictionary page into an array of `target`, for the physical types whose
 /// plain encoding maps onto it one to one; None for anything else.
 fn dictionary(
@@ -386,33 +402,13 @@ fn dictionary(
         (
             Physical::INT32,
             DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Date32,
-        ) => {
-            if buf.remaining() < 4 * n {
-                return None;
-            }
-            let values: Vec<i32> = (0..n).map(|_| buf.get_i32_le()).collect();
-            Arc::new(arrow::array::Int32Array::from(values))
-        }
-        (Physical::INT64, DataType::Int64) => {
-            if buf.remaining() < 8 * n {
-                return None;
-            }
-            let values: Vec<i64> = (0..n).map(|_| buf.get_i64_le()).collect();
-            Arc::new(arrow::array::Int64Array::from(values))
-        }
+        ) => plain::<Int32Type, 4>(&buf, n, i32::from_le_bytes)?,
+        (Physical::INT64, DataType::Int64) => plain::<Int64Type, 8>(&buf, n, i64::from_le_bytes)?,
         (Physical::FLOAT, DataType::Float32) => {
-            if buf.remaining() < 4 * n {
-                return None;
-            }
-            let values: Vec<f32> = (0..n).map(|_| buf.get_f32_le()).collect();
-            Arc::new(arrow::array::Float32Array::from(values))
+            plain::<Float32Type, 4>(&buf, n, f32::from_le_bytes)?
         }
         (Physical::DOUBLE, DataType::Float64) => {
-            if buf.remaining() < 8 * n {
-                return None;
-            }
-            let values: Vec<f64> = (0..n).map(|_| buf.get_f64_le()).collect();
-            Arc::new(arrow::array::Float64Array::from(values))
+            plain::<Float64Type, 8>(&buf, n, f64::from_le_bytes)?
         }
         _ => return None,
     };

@@ -204,6 +204,50 @@ async fn dictionary_proofs_are_exact() {
 }
 
 #[tokio::test]
+async fn a_columns_dictionary_is_read_once_for_all_its_rules() {
+    // Ranged reads of staged files during an audit-only run with `rules`, all proven.
+    async fn ranged_reads(rules: &str) -> usize {
+        let f = setup(rules);
+        let rec = crate::store::RecordingStore::new(f.table_store());
+        let out = f
+            .job_on(rec.clone())
+            .run("2024-03-11", Mode::AuditOnly)
+            .await
+            .unwrap();
+        let report = out.audit_report.unwrap();
+        assert!(
+            report
+                .rules
+                .iter()
+                .all(|r| r.passed && r.message.contains("proven")),
+            "{:?}",
+            report.rules
+        );
+        rec.requests()
+            .iter()
+            .filter(|r| r.op == "get_ranges" && r.path.starts_with("staging/"))
+            .count()
+    }
+    let one = ranged_reads(
+        "rules:\n  - {name: status_known, accepted_values: {column: status, values: [placed, shipped, returned, lost]}}\n",
+    )
+    .await;
+    let three = ranged_reads(
+        r#"rules:
+  - {name: status_known, accepted_values: {column: status, values: [placed, shipped, returned, lost]}}
+  - {name: status_long, expression: length(status) >= 4}
+  - {name: status_not_x, expression: status <> 'x'}
+"#,
+    )
+    .await;
+    assert!(one > 0, "the dictionary pages are read");
+    assert_eq!(
+        three, one,
+        "three rules on one column read its dictionary once"
+    );
+}
+
+#[tokio::test]
 async fn thresholds_at_below_and_above_the_bound() {
     // not_null on customer_id, amount fails 2 of 10 rows (20%).
     let rules = "rules:
