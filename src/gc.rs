@@ -48,7 +48,7 @@ pub enum GcError {
         source: object_store::Error,
     },
     #[error(
-        "gc: version {version} has no readable publication time ({published_at:?}); nothing deleted"
+        "gc: version {version} has no readable publication time ({published_at:?}); nothing deleted\nhelp: gc decides retention from publication times and never guesses; restore that manifest from a backup or run gc with a --keep-versions that also keeps the version before it"
     )]
     BadTime { version: u64, published_at: String },
 }
@@ -117,19 +117,7 @@ pub struct GcReport {
 pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcReport, GcError> {
     let cutoff = options.now - chrono::Duration::seconds(options.older_than_seconds.max(0));
     // Every manifest, verified, before anything is decided.
-    let prefix = manifest::manifests_prefix();
-    let sizes: BTreeMap<u64, u64> = store
-        .list(Some(&prefix))
-        .map_ok(|m| (manifest::version_of(&m.location), m.size))
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|source| GcError::List {
-            prefix: prefix.to_string(),
-            source,
-        })?
-        .into_iter()
-        .filter_map(|(v, size)| Some((v?, size)))
-        .collect();
+    let sizes = versions::list_manifests(store).await?;
     let listed: Vec<u64> = sizes.keys().copied().collect();
     let latest = versions::latest_version(store)
         .await?
@@ -158,20 +146,21 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
         let newest_n = options
             .keep_versions
             .is_some_and(|n| versions.len() - i <= n);
-        let recent = match versions.get(i + 1) {
-            None => true,
-            Some(next) => {
-                let superseded = &manifests[next].change.published_at;
-                let at = DateTime::parse_from_rfc3339(superseded)
-                    .map_err(|_| GcError::BadTime {
-                        version: *next,
-                        published_at: superseded.clone(),
-                    })?
-                    .with_timezone(&Utc);
-                at > cutoff
-            }
-        };
-        if newest_n || recent {
+        let retain = newest_n
+            || match versions.get(i + 1) {
+                None => true,
+                Some(next) => {
+                    let superseded = &manifests[next].change.published_at;
+                    let at = DateTime::parse_from_rfc3339(superseded)
+                        .map_err(|_| GcError::BadTime {
+                            version: *next,
+                            published_at: superseded.clone(),
+                        })?
+                        .with_timezone(&Utc);
+                    at > cutoff
+                }
+            };
+        if retain {
             retained.insert(*v);
         }
     }

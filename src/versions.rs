@@ -137,15 +137,21 @@ pub async fn current(store: &Arc<dyn ObjectStore>) -> Result<Option<Manifest>, V
 
 /// Every committed version, ascending (one listing).
 pub async fn list_versions(store: &Arc<dyn ObjectStore>) -> Result<Vec<u64>, VersionsError> {
+    Ok(list_manifests(store).await?.into_keys().collect())
+}
+
+/// Every committed version with its manifest's size in bytes (one listing).
+pub async fn list_manifests(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<std::collections::BTreeMap<u64, u64>, VersionsError> {
     let prefix = manifest::manifests_prefix();
     let mut listing = store.list(Some(&prefix));
-    let mut out = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| VersionsError::storage("list", &prefix, e))?;
         if let Some(v) = manifest::version_of(&meta.location) {
-            out.push(v);
+            out.insert(v, meta.size);
         }
     }
-    out.sort_unstable();
     Ok(out)
 }

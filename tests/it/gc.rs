@@ -165,8 +165,10 @@ async fn a_version_current_within_the_retention_is_kept() {
 fn the_cli_lists_and_deletes_with_json() {
     let ex = crate::cli::Example::new();
     let conf = "conf/orders.yaml";
-    for date in ["2024-01-01", "2024-01-02", "2024-01-03"] {
-        ex.wap(&["run", "--conf", conf, "--date", date]);
+    // Day 2 of the example fails its audit (exit 3).
+    for (date, code) in [("2024-01-01", 0), ("2024-01-02", 3), ("2024-01-03", 0)] {
+        let out = ex.wap(&["run", "--conf", conf, "--date", date]);
+        assert_eq!(out.status.code(), Some(code), "{date}");
     }
     let out = ex.wap(&[
         "gc",
@@ -208,4 +210,27 @@ fn the_cli_lists_and_deletes_with_json() {
     let out = ex.wap(&["gc", "--conf", conf, "--older-than", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
+
+#[tokio::test]
+async fn an_unreadable_publication_time_stops_gc_before_any_delete() {
+    let (f, job) = history().await;
+    // Version 2 re-sealed with a time gc cannot read (checksum valid: only the time is wrong).
+    let path = f
+        .table_dir()
+        .join("_wap/manifests/00000000000000000002.json");
+    let mut m = job.show(Some(2)).await.unwrap();
+    m.change.published_at = "last tuesday".into();
+    std::fs::write(&path, m.encode()).unwrap();
+    let before = f.listing();
+    let err = job.gc(&later(0, Some(1), false)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 2") && msg.contains("last tuesday") && msg.contains("help:"),
+        "{msg}"
+    );
+    assert_eq!(f.listing(), before, "nothing deleted");
+    // Keeping the version before it, gc never needs that time.
+    let report = job.gc(&later(0, Some(3), false)).await.unwrap();
+    assert_eq!(report.retained_versions, [1, 2, 3]);
 }
