@@ -396,6 +396,9 @@ impl Publisher {
     async fn swap_pointer(&self, mut read: Option<PointerRead>, version: u64, run_id: &str) {
         let path = manifest::pointer_path();
         let body = Pointer::new(version, run_id).encode();
+        if !self.options.compare_and_swap {
+            return self.overwrite_pointer(body, version).await;
+        }
         for _ in 0..self.options.max_attempts {
             let mode = match &read {
                 Some(p) => PutMode::Update(p.version.clone()),
@@ -405,33 +408,14 @@ impl Publisher {
                 mode,
                 ..Default::default()
             };
-            let tried = if self.options.compare_and_swap {
-                self.store
-                    .put_opts(&path, PutPayload::from(body.clone()), opts)
-                    .await
-            } else {
-                Err(object_store::Error::NotImplemented {
-                    operation: "compare-and-swap".into(),
-                    implementer: "this store".into(),
-                })
-            };
-            match tried {
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(body.clone()), opts)
+                .await
+            {
                 Ok(_) => return,
                 Err(object_store::Error::NotImplemented { .. }) => {
-                    // No compare-and-swap here (local filesystem): an atomic overwrite. Racing
-                    // writers may leave it behind the newest version; readers probe forward.
-                    let opts = PutOptions {
-                        mode: PutMode::Overwrite,
-                        ..Default::default()
-                    };
-                    if let Err(e) = self
-                        .store
-                        .put_opts(&path, PutPayload::from(body), opts)
-                        .await
-                    {
-                        warn!(version, error = %e, "could not move {path}; readers will probe past it");
-                    }
-                    return;
+                    return self.overwrite_pointer(body, version).await;
                 }
                 Err(
                     object_store::Error::Precondition { .. }
@@ -449,6 +433,23 @@ impl Publisher {
                     return;
                 }
             }
+        }
+    }
+
+    /// Moves the pointer on a store without compare-and-swap (the local filesystem): an atomic
+    /// overwrite. Racing writers may leave it behind the newest version; readers probe forward.
+    async fn overwrite_pointer(&self, body: Vec<u8>, version: u64) {
+        let path = manifest::pointer_path();
+        let opts = PutOptions {
+            mode: PutMode::Overwrite,
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .store
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
+            warn!(version, error = %e, "could not move {path}; readers will probe past it");
         }
     }
 }
