@@ -182,6 +182,9 @@ pub struct UnchangedCheck {
     pub checked_at: String,
 }
 
+/// Run ids of `wap audit --version N` start with this (then `N-<hash>`).
+const VERSION_AUDIT_PREFIX: &str = "audit-v";
+
 fn unchanged_path(run_id: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("_wap/runs/{run_id}/unchanged.json"))
 }
@@ -785,7 +788,7 @@ impl Job {
                 h.update(f.text.as_bytes());
             }
             format!(
-                "audit-v{}-{}",
+                "{VERSION_AUDIT_PREFIX}{}-{}",
                 target.version,
                 crate::manifest::hex(&h.finalize()[..6])
             )
@@ -928,38 +931,19 @@ impl Job {
 
     /// Every run with a stored report, oldest first, with what became of it.
     pub async fn runs(&self) -> Result<Vec<RunRecord>> {
-        use futures::TryStreamExt;
         let storage = |source| {
             Error::Versions(versions::VersionsError::Storage {
-                op: "list",
+                op: "read",
                 path: "_wap/runs/".into(),
                 source,
             })
         };
-        let objects: Vec<object_store::ObjectMeta> = self
-            .table
-            .list(Some(&object_store::path::Path::from("_wap/runs")))
-            .try_collect()
+        let reports = AuditReport::load_all_dated(&self.table)
             .await
             .map_err(storage)?;
         let versions = self.log().await?;
         let mut out = Vec::new();
-        for meta in objects
-            .iter()
-            .filter(|m| m.location.as_ref().ends_with("/report.json"))
-        {
-            let bytes = self
-                .table
-                .get(&meta.location)
-                .await
-                .map_err(storage)?
-                .bytes()
-                .await
-                .map_err(storage)?;
-            let Ok(report) = serde_json::from_slice::<AuditReport>(&bytes) else {
-                tracing::warn!(path = %meta.location, "unreadable audit report skipped");
-                continue;
-            };
+        for (at, report) in reports {
             let run_id = report.run_id.clone();
             let published = versions
                 .iter()
@@ -968,7 +952,7 @@ impl Job {
                     m.change.run_id == run_id && m.change.kind == crate::manifest::ChangeKind::Run
                 })
                 .map(|m| m.version);
-            let status = if run_id.starts_with("audit-v") {
+            let status = if run_id.starts_with(VERSION_AUDIT_PREFIX) {
                 RunStatus::VersionAudit
             } else if !report.passed() {
                 RunStatus::AuditFailed
@@ -979,32 +963,26 @@ impl Job {
             } else {
                 RunStatus::NotPublished
             };
-            let unchanged = unchanged_path(&run_id);
-            let last_unchanged = match objects.iter().any(|m| m.location == unchanged) {
-                false => None,
-                true => match self.table.get(&unchanged).await {
-                    Ok(g) => g
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok()),
-                    Err(_) => None,
+            // Only a published run can have been re-run as unchanged.
+            let last_unchanged = match status {
+                RunStatus::Published => match self.table.get(&unchanged_path(&run_id)).await {
+                    Ok(got) => serde_json::from_slice(&got.bytes().await.map_err(storage)?).ok(),
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => return Err(storage(e)),
                 },
+                _ => None,
             };
             out.push(RunRecord {
                 run_id,
-                logical_date: report.logical_date.clone(),
+                logical_date: report.logical_date,
                 status,
                 version: published,
                 rows: report.rows,
-                partitions: report.partitions.clone(),
-                at: meta
-                    .last_modified
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                partitions: report.partitions,
+                at: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 last_unchanged,
             });
         }
-        out.sort_by(|a, b| (&a.at, &a.run_id).cmp(&(&b.at, &b.run_id)));
         Ok(out)
     }
 

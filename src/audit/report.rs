@@ -215,13 +215,28 @@ impl AuditReport {
 
     /// Every stored report, oldest first.
     pub async fn load_all(table: &Arc<dyn ObjectStore>) -> Result<Vec<Self>, object_store::Error> {
+        Ok(Self::load_all_dated(table)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Every stored report with the time it was written, oldest first (one listing, one read
+    /// each; an unreadable report is skipped with a warning).
+    pub async fn load_all_dated(
+        table: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, Self)>, object_store::Error> {
         let mut metas = Self::list(table).await?;
         metas.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         let mut out = Vec::with_capacity(metas.len());
         for m in metas {
             let bytes = table.get(&m.location).await?.bytes().await?;
-            if let Ok(r) = serde_json::from_slice::<AuditReport>(&bytes) {
-                out.push(r);
+            match serde_json::from_slice::<AuditReport>(&bytes) {
+                Ok(r) => out.push((m.last_modified, r)),
+                Err(e) => {
+                    tracing::warn!(path = %m.location, error = %e, "unreadable audit report skipped")
+                }
             }
         }
         Ok(out)

@@ -863,3 +863,80 @@ async fn a_corrupt_manifest_or_pointer_is_reported_not_read() {
         "{staged_by_refused_runs:?}"
     );
 }
+
+#[tokio::test]
+async fn the_run_log_tells_each_runs_fate() {
+    use wap::job::RunStatus;
+    let f = Fixture::new();
+    std::fs::write(
+        f.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - {name: ids, not_null: [order_id]}\n",
+    )
+    .unwrap();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    f.raw(
+        "2024-01-03",
+        "orders.csv",
+        "order_id,customer_id,amount,status,order_ts\n",
+    );
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(
+        job.run("2024-01-02", Mode::AuditOnly).await.unwrap().status,
+        Status::AuditPassed
+    );
+    assert_eq!(
+        job.run("2024-01-03", Mode::Publish).await.unwrap().status,
+        Status::Unchanged
+    );
+    job.audit_version(None).await.unwrap();
+    // A re-run of day 1 is recorded against it.
+    assert_eq!(
+        job.run("2024-01-01", Mode::Publish).await.unwrap().status,
+        Status::Unchanged
+    );
+    let runs = job.runs().await.unwrap();
+    let fate: Vec<(String, RunStatus, Option<u64>, bool)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.logical_date.clone(),
+                r.status,
+                r.version,
+                r.last_unchanged.is_some(),
+            )
+        })
+        .collect();
+    let mut fate = fate;
+    fate.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        fate,
+        [
+            (
+                "2024-01-01".to_string(),
+                RunStatus::Published,
+                Some(1),
+                true
+            ),
+            (
+                "2024-01-01".to_string(),
+                RunStatus::VersionAudit,
+                None,
+                false
+            ),
+            (
+                "2024-01-02".to_string(),
+                RunStatus::NotPublished,
+                None,
+                false
+            ),
+            (
+                "2024-01-03".to_string(),
+                RunStatus::NothingToPublish,
+                None,
+                false
+            ),
+        ]
+    );
+}
