@@ -440,22 +440,8 @@ impl Job {
                 .await?;
             if found.iter().any(|r| r.failing_rows > 0) {
                 let (clean, q) = self
-                    .quarantine(&ctx, &quarantining, &run_id, &source.location)
+                    .quarantine(&ctx, &quarantining, &staged, &source.location)
                     .await?;
-                // A partition whose every row was quarantined still replaces its old content:
-                // with nothing, as an empty partition.
-                let mut clean = clean;
-                for p in &staged.partitions {
-                    if !clean.partitions.iter().any(|c| c.path == p.path) {
-                        clean.partitions.push(write::StagedPartition {
-                            path: p.path.clone(),
-                            values: p.values.clone(),
-                            rows: 0,
-                            files: Vec::new(),
-                        });
-                    }
-                }
-                clean.partitions.sort_by(|a, b| a.path.cmp(&b.path));
                 staged = clean;
                 register_staged(&ctx, &staged, current.as_ref())?;
                 quarantine = Some(q);
@@ -546,14 +532,17 @@ impl Job {
 
     /// Splits the staged rows: rows failing any quarantining rule go to
     /// `_wap/runs/<run_id>/quarantine/` (Hive partitions, Parquet), the others are rewritten to
-    /// `staging/<run_id>-clean/` and become what the run publishes. Both are deterministic.
+    /// `staging/<run_id>-clean/` and become what the run publishes. Both are deterministic. A
+    /// partition whose every row is quarantined stays in the clean run, empty, so that publishing
+    /// replaces its old content with nothing.
     async fn quarantine(
         &self,
         ctx: &SessionContext,
         rules: &[&audit::Rule],
-        run_id: &str,
+        staged: &write::StagedRun,
         source: &str,
     ) -> Result<(write::StagedRun, audit::report::Quarantine)> {
+        let run_id = staged.run_id.as_str();
         let failing = rules
             .iter()
             .filter_map(|r| audit::sql::failing_predicate(&r.kind))
@@ -575,7 +564,7 @@ impl Job {
         )
         .await?;
         let good = plan(format!("SELECT * FROM staged WHERE NOT ({failing})")).await?;
-        let clean = write::write_partitions(
+        let mut clean = write::write_partitions(
             ctx,
             good,
             &self.conf,
@@ -586,6 +575,17 @@ impl Job {
             source,
         )
         .await?;
+        for p in &staged.partitions {
+            if !clean.partitions.iter().any(|c| c.path == p.path) {
+                clean.partitions.push(write::StagedPartition {
+                    path: p.path.clone(),
+                    values: p.values.clone(),
+                    rows: 0,
+                    files: Vec::new(),
+                });
+            }
+        }
+        clean.partitions.sort_by(|a, b| a.path.cmp(&b.path));
         info!(
             quarantined = held.rows,
             kept = clean.rows,
