@@ -9,94 +9,19 @@
 //! local filesystem, whatever the file count. Prints the figures; exits 1 when a target is missed.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
-};
+use object_store::ObjectStoreExt;
 use wap::manifest::{DataFile, Partition};
 use wap::publish::{Proposal, PublishOptions, PublishOutcome, Publisher};
 
-/// Counts requests.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn ObjectStore>,
-    requests: AtomicUsize,
-}
-
-impl fmt::Display for Counting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Counting({})", self.inner)
-    }
-}
-
-impl Counting {
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Counting {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        self.count();
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.count();
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.count();
-        self.inner.get_opts(location, options).await
-    }
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.count();
-        self.inner.get_ranges(location, ranges).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.count();
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.count();
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.count();
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.count();
-        self.inner.copy_opts(from, to, options).await
-    }
-    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.count();
-        self.inner.rename_opts(from, to, options).await
-    }
-}
+/// The tests' request-recording store, for counting.
+#[allow(dead_code)]
+#[path = "../tests/it/store.rs"]
+mod store;
 
 fn schema() -> Schema {
     Schema::new(vec![
@@ -169,22 +94,19 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
         .publish(&base, None)
         .await
         .expect("base publishes");
-    let counting = Arc::new(Counting {
-        inner: Arc::clone(&store),
-        requests: AtomicUsize::new(0),
-    });
+    let counting = store::RecordingStore::new(Arc::clone(&store));
     let publisher = Publisher::new(counting.clone(), options);
     let mut latencies = Vec::new();
     let mut requests = 0;
     for i in 0..5 {
         let run = format!("nightly{i}");
         let p = proposal(&run, partitions(i..i + 1, files_each, &run));
-        counting.requests.store(0, Ordering::SeqCst);
+        counting.clear();
         let t = Instant::now();
         let out = publisher.publish(&p, None).await.expect("publishes");
         latencies.push(t.elapsed());
         assert!(matches!(out, PublishOutcome::Published { .. }));
-        requests = requests.max(counting.requests.load(Ordering::SeqCst));
+        requests = requests.max(counting.requests().len());
     }
     latencies.sort();
     let current = wap::versions::latest_version(&store).await.unwrap();
