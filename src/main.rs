@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List versions, newest first.
+    /// List versions (newest first) and runs (oldest first) with what became of each.
     Log {
         #[arg(long)]
         conf: PathBuf,
