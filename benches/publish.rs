@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
 use object_store::ObjectStoreExt;
-use wap::manifest::{DataFile, Partition};
+use wap::manifest::{DataFile, Partition, Segment};
 use wap::publish::{Proposal, PublishOptions, PublishOutcome, Publisher};
 
 /// The tests' request-recording store, for counting.
@@ -31,28 +31,40 @@ fn schema() -> Schema {
     ])
 }
 
-/// `partitions` partitions of `files_each` files, written by `run`.
-fn partitions(range: Range<usize>, files_each: usize, run: &str) -> Vec<Partition> {
-    range
+/// `partitions` partitions of `files_each` files, written by `run`, whose file lists are put in
+/// one segment first (as a run's phase 1 ends: one PUT, outside what is counted as publish).
+async fn partitions(
+    store: &Arc<dyn object_store::ObjectStore>,
+    range: Range<usize>,
+    files_each: usize,
+    run: &str,
+) -> Vec<Partition> {
+    let lists: BTreeMap<String, Vec<DataFile>> = range
         .map(|p| {
             let path = format!("day={p:06}");
-            Partition {
-                path: path.clone(),
-                values: BTreeMap::from([("day".to_string(), Some(format!("{p:06}")))]),
-                rows: 1_000 * files_each as u64,
-                files: (0..files_each)
-                    .map(|f| DataFile {
-                        path: format!("staging/{run}/{path}/part-{f:05}.parquet"),
-                        size: 1 << 20,
-                        rows: 1_000,
-                        sha256: format!("{:064x}", p * 1_000 + f),
-                        key_min: vec![Some((f * 1_000).to_string())],
-                        key_max: vec![Some((f * 1_000 + 999).to_string())],
-                    })
-                    .collect(),
-                run_id: run.to_string(),
-                logical_date: "2024-01-01".to_string(),
-            }
+            let files = (0..files_each)
+                .map(|f| DataFile {
+                    path: format!("staging/{run}/{path}/part-{f:05}.parquet"),
+                    size: 1 << 20,
+                    rows: 1_000,
+                    sha256: format!("{:064x}", p * 1_000 + f),
+                    key_min: vec![Some((f * 1_000).to_string())],
+                    key_max: vec![Some((f * 1_000 + 999).to_string())],
+                })
+                .collect();
+            (path, files)
+        })
+        .collect();
+    let (segment, bytes) = Segment::new(lists.clone()).encode(&format!("staging/{run}"));
+    store.put(&segment, bytes.into()).await.unwrap();
+    lists
+        .iter()
+        .map(|(path, files)| {
+            let values = BTreeMap::from([(
+                "day".to_string(),
+                Some(path.trim_start_matches("day=").to_string()),
+            )]);
+            Partition::new(path, values, files, run, "2024-01-01", segment.as_ref())
         })
         .collect()
 }
@@ -89,7 +101,10 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
     let files_each = 10;
     let count = (files / files_each).max(1);
     let publisher = Publisher::new(Arc::clone(&store), options.clone());
-    let base = proposal("base", partitions(0..count, files_each, "base"));
+    let base = proposal(
+        "base",
+        partitions(&store, 0..count, files_each, "base").await,
+    );
     publisher
         .publish(&base, None)
         .await
@@ -100,7 +115,7 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
     let mut requests = 0;
     for i in 0..5 {
         let run = format!("nightly{i}");
-        let p = proposal(&run, partitions(i..i + 1, files_each, &run));
+        let p = proposal(&run, partitions(&store, i..i + 1, files_each, &run).await);
         counting.clear();
         let t = Instant::now();
         let out = publisher.publish(&p, None).await.expect("publishes");

@@ -138,6 +138,8 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
     for m in read {
         manifests.insert(m.version, m);
     }
+    // Their file lists, each segment read once.
+    versions::resolve_files(store, manifests.values_mut()).await?;
 
     // Retention of versions.
     let versions: Vec<u64> = manifests.keys().copied().collect();
@@ -169,16 +171,18 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
         .copied()
         .filter(|v| !retained.contains(v))
         .collect();
-    let needed: BTreeSet<&str> = retained
+    // A version needs its data files and the segments listing them.
+    let referenced = |m: &'_ Manifest| -> Vec<String> {
+        m.files()
+            .map(|f| f.path.clone())
+            .chain(m.segments().map(str::to_string))
+            .collect()
+    };
+    let needed: BTreeSet<String> = retained
         .iter()
-        .flat_map(|v| manifests[v].files())
-        .map(|f| f.path.as_str())
+        .flat_map(|v| referenced(&manifests[v]))
         .collect();
-    let ever: BTreeSet<&str> = manifests
-        .values()
-        .flat_map(|m| m.files())
-        .map(|f| f.path.as_str())
-        .collect();
+    let ever: BTreeSet<String> = manifests.values().flat_map(referenced).collect();
 
     // Staged objects no retained version needs.
     let mut doomed = Vec::new();

@@ -222,24 +222,26 @@ fn register_staged(
 ) -> Result<()> {
     let replaced: std::collections::BTreeSet<&str> =
         staged.partitions.iter().map(|p| p.path.as_str()).collect();
-    let mut result_files = staged.objects();
-    if let Some(m) = current {
-        result_files.extend(
-            m.partitions
-                .values()
-                .filter(|p| !replaced.contains(p.path.as_str()))
-                .flat_map(|p| &p.files)
-                .map(table::object_meta),
-        );
-    }
-    for (name, files) in [
-        (audit::run::STAGED, staged.objects()),
-        (audit::run::RESULT, result_files),
-    ] {
-        let provider = table::files_table(Arc::clone(&staged.schema), files)?;
+    let kept = current.into_iter().flat_map(|m| {
+        m.partitions
+            .values()
+            .filter(|p| !replaced.contains(p.path.as_str()))
+    });
+    let result = table::VersionTable::new(
+        crate::engine::TABLE_URL,
+        Arc::clone(&staged.schema),
+        staged.objects(),
+        kept,
+    )?;
+    let staged_table = table::files_table(Arc::clone(&staged.schema), staged.objects())?;
+    let providers: [(&str, Arc<dyn datafusion::datasource::TableProvider>); 2] = [
+        (audit::run::STAGED, Arc::new(staged_table)),
+        (audit::run::RESULT, Arc::new(result)),
+    ];
+    for (name, provider) in providers {
         let register = ctx
             .deregister_table(name)
-            .and_then(|_| ctx.register_table(name, Arc::new(provider)));
+            .and_then(|_| ctx.register_table(name, provider));
         register.map_err(|source| table::TableError::Register {
             name: name.to_string(),
             source,
@@ -498,7 +500,8 @@ impl Job {
             return Ok(outcome);
         }
 
-        // Phase 3.
+        // Phase 3: the run's file lists go up as one segment, then the manifest names it.
+        let segment = write::write_segment(&self.table, &staged).await?;
         let proposal = Proposal::Replace {
             run_id: run_id.clone(),
             logical_date: date.to_string(),
@@ -509,18 +512,14 @@ impl Job {
             partitions: staged
                 .partitions
                 .iter()
-                .map(|p| Partition {
-                    path: p.path.clone(),
-                    values: conf
+                .map(|p| {
+                    let values = conf
                         .partition_by
                         .iter()
                         .cloned()
                         .zip(p.values.iter().cloned())
-                        .collect(),
-                    rows: p.rows,
-                    files: p.files.clone(),
-                    run_id: run_id.clone(),
-                    logical_date: date.to_string(),
+                        .collect();
+                    Partition::new(&p.path, values, &p.files, &run_id, date, &segment)
                 })
                 .collect(),
             audits: report.summaries(),
@@ -642,10 +641,11 @@ impl Job {
                 Arc::clone(&store),
             );
             let provider = match &manifest {
-                Some(m) => table::files_table_at(
+                Some(m) => table::VersionTable::new(
                     &url,
                     m.schema_ref(),
-                    m.files().map(table::object_meta).collect(),
+                    Vec::new(),
+                    m.partitions.values(),
                 )?,
                 None => {
                     let data_type = staged
@@ -655,7 +655,7 @@ impl Job {
                     let schema = Arc::new(arrow::datatypes::Schema::new(vec![
                         arrow::datatypes::Field::new(field, data_type, true),
                     ]));
-                    table::files_table_at(&url, schema, Vec::new())?
+                    table::VersionTable::new(&url, schema, Vec::new(), [])?
                 }
             };
             let name = audit::sql::relationship_table(&rule.name);
@@ -986,7 +986,15 @@ impl Job {
         Ok(out)
     }
 
-    /// One version (default: current).
+    /// One version (default: current) with every partition's file list (read from its
+    /// segments).
+    pub async fn show_files(&self, version: Option<u64>) -> Result<Manifest> {
+        let mut m = self.show(version).await?;
+        versions::resolve_files(&self.table, [&mut m]).await?;
+        Ok(m)
+    }
+
+    /// One version (default: current): the index, without file lists.
     pub async fn show(&self, version: Option<u64>) -> Result<Manifest> {
         match version {
             Some(v) => Ok(versions::read_manifest(&self.table, v).await?),

@@ -354,7 +354,7 @@ async fn execute(command: Command) -> Result<i32, Error> {
             version,
             json,
         } => {
-            let manifest = job(&conf)?.show(version).await?;
+            let manifest = job(&conf)?.show_files(version).await?;
             render_show(&manifest, json);
             Ok(exit_code::OK)
         }
@@ -560,7 +560,7 @@ fn render_show(m: &Manifest, json: bool) {
                 &p.path
             },
             p.rows,
-            p.bytes(),
+            p.bytes,
             p.run_id,
             p.logical_date
         );

@@ -4,11 +4,21 @@
 //! <table>/_wap/current                              {"version": 7, "run_id": …}   (a hint)
 //! <table>/_wap/manifests/00000000000000000007.json  version 7, immutable, checksummed
 //! <table>/staging/<run_id>/<col>=<value>/part-00000.parquet   data, referenced in place
+//! <table>/staging/<run_id>/_wap-files-<sha256>.json the run's file lists (a segment)
 //! ```
 //!
-//! A manifest lists every partition of one version with its files, the table schema, the
-//! watermarks and the audit summary of the run that produced it. Its `checksum` covers every
-//! other byte of its canonical JSON, so a truncated or edited manifest is refused, not read.
+//! A manifest is the index of one version: every partition with its row, byte and file counts
+//! and the run that wrote it, the table schema, the watermarks and the audit summary of the run
+//! that produced it. Its `checksum` covers every other byte of its canonical JSON, so a truncated
+//! or edited manifest is refused, not read.
+//!
+//! The file lists live in segments: one immutable, content-addressed file per published run
+//! (named by the SHA-256 of its bytes, so it cannot change under a manifest that names it), with
+//! the files of each partition that run wrote. A new version reuses the segments of every
+//! partition it keeps, so publishing costs the size of the index, not of the table's file list.
+//! Format-1 manifests (files inline) are still read; their partitions keep their inline lists
+//! until a run replaces them.
+//!
 //! This module knows nothing of DataFusion and never talks to storage.
 
 use std::collections::BTreeMap;
@@ -18,8 +28,12 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The manifest format this build writes and reads.
-pub const FORMAT: &str = "wap-manifest/1";
+/// The manifest format this build writes (it also reads [`FORMAT_V1`]).
+pub const FORMAT: &str = "wap-manifest/2";
+/// The first format: every partition's files inline in the manifest.
+pub const FORMAT_V1: &str = "wap-manifest/1";
+/// The format of segments (file lists).
+pub const SEGMENT_FORMAT: &str = "wap-segment/1";
 
 /// Errors decoding manifests or the pointer.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +41,7 @@ pub const FORMAT: &str = "wap-manifest/1";
 pub enum ManifestError {
     #[error("manifest {path} is not valid JSON of format {FORMAT}: {message}")]
     Parse { path: String, message: String },
-    #[error("manifest {path} has format `{found}`; this wap reads {FORMAT}")]
+    #[error("manifest {path} has format `{found}`; this wap reads {FORMAT} and {FORMAT_V1}")]
     Format { path: String, found: String },
     #[error("manifest {path} is corrupt: checksum {found} does not match its content ({computed})")]
     Checksum {
@@ -43,6 +57,8 @@ pub enum ManifestError {
     },
     #[error("pointer {path} is corrupt: {message}")]
     Pointer { path: String, message: String },
+    #[error("segment {path} is corrupt: {message}")]
+    Segment { path: String, message: String },
 }
 
 /// Path of the pointer object, relative to the table root.
@@ -88,8 +104,8 @@ pub struct DataFile {
     pub key_max: Vec<Option<String>>,
 }
 
-/// One partition of a version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One partition of a version, as the index holds it.
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct Partition {
     /// Hive-style path relative to the staging run folder, e.g. `order_date=2024-01-02`
     /// (empty for an unpartitioned table).
@@ -97,16 +113,131 @@ pub struct Partition {
     /// Partition column values as text; `None` is NULL.
     pub values: BTreeMap<String, Option<String>>,
     pub rows: u64,
-    pub files: Vec<DataFile>,
+    /// Bytes in all files of this partition.
+    pub bytes: u64,
+    /// Number of files.
+    pub file_count: u64,
     /// The run that wrote this partition and its logical date.
     pub run_id: String,
     pub logical_date: String,
+    /// The segment holding this partition's file list (path relative to the table root).
+    /// `None` only for a partition carried over from a format-1 manifest: its files are inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// The files: inline (format 1), or filled in from the segment by
+    /// [`crate::versions::resolve_files`]. Written to the index only when `segment` is `None`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DataFile>,
+}
+
+impl PartialEq for Partition {
+    /// Same content: with a segment, the segment (content-addressed) stands for the files,
+    /// whether or not they were resolved.
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.values == other.values
+            && self.rows == other.rows
+            && self.bytes == other.bytes
+            && self.file_count == other.file_count
+            && self.run_id == other.run_id
+            && self.logical_date == other.logical_date
+            && self.segment == other.segment
+            && (self.segment.is_some() || self.files == other.files)
+    }
 }
 
 impl Partition {
-    /// Bytes in all files of this partition.
-    pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+    /// A partition of `files` whose list is stored in `segment`.
+    pub fn new(
+        path: &str,
+        values: BTreeMap<String, Option<String>>,
+        files: &[DataFile],
+        run_id: &str,
+        logical_date: &str,
+        segment: &str,
+    ) -> Self {
+        Partition {
+            path: path.to_string(),
+            values,
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.size).sum(),
+            file_count: files.len() as u64,
+            run_id: run_id.to_string(),
+            logical_date: logical_date.to_string(),
+            segment: Some(segment.to_string()),
+            files: files.to_vec(),
+        }
+    }
+
+    /// True when `files` holds this partition's file list (inline, or resolved).
+    pub fn files_known(&self) -> bool {
+        self.files.len() as u64 == self.file_count
+    }
+
+    /// This partition as written to the index: without resolved file lists.
+    fn for_index(&self) -> Partition {
+        let mut p = self.clone();
+        if p.segment.is_some() {
+            p.files.clear();
+        }
+        p
+    }
+}
+
+/// Path of the segment with SHA-256 `digest`, in the staging folder `folder` of its run.
+pub fn segment_path(folder: &str, digest: &str) -> Path {
+    Path::from(format!("{folder}/_wap-files-{digest}.json"))
+}
+
+/// The file lists of the partitions one run wrote. Immutable and content-addressed: its name
+/// carries the SHA-256 of its bytes, which [`Segment::decode`] checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub format: String,
+    /// Files of each partition, by partition path.
+    pub partitions: BTreeMap<String, Vec<DataFile>>,
+}
+
+impl Segment {
+    /// A segment of these partitions.
+    pub fn new(partitions: BTreeMap<String, Vec<DataFile>>) -> Self {
+        Segment {
+            format: SEGMENT_FORMAT.to_string(),
+            partitions,
+        }
+    }
+
+    /// Its path in the staging folder `folder`, and its bytes.
+    pub fn encode(&self, folder: &str) -> (Path, Vec<u8>) {
+        let bytes = serde_json::to_vec(self).expect("segment serializes");
+        (segment_path(folder, &sha256_hex(&bytes)), bytes)
+    }
+
+    /// Parses a segment read from `path`, checking its bytes against the digest in its name.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, ManifestError> {
+        let err = |message: String| ManifestError::Segment {
+            path: path.to_string(),
+            message,
+        };
+        let named = path
+            .filename()
+            .and_then(|n| n.strip_prefix("_wap-files-"))
+            .and_then(|n| n.strip_suffix(".json"))
+            .ok_or_else(|| err("not a segment name (_wap-files-<sha256>.json)".into()))?;
+        let computed = sha256_hex(bytes);
+        if computed != named {
+            return Err(err(format!(
+                "its bytes hash to {computed}, not to the digest in its name"
+            )));
+        }
+        let segment: Segment = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        if segment.format != SEGMENT_FORMAT {
+            return Err(err(format!(
+                "format `{}`; this wap reads {SEGMENT_FORMAT}",
+                segment.format
+            )));
+        }
+        Ok(segment)
     }
 }
 
@@ -188,9 +319,17 @@ impl Manifest {
         self.partitions.values().map(|p| p.rows).sum()
     }
 
-    /// Every data file of this version.
+    /// Every data file of this version. Complete only once the file lists are known (see
+    /// [`Partition::files_known`] and [`crate::versions::resolve_files`]).
     pub fn files(&self) -> impl Iterator<Item = &DataFile> {
         self.partitions.values().flat_map(|p| &p.files)
+    }
+
+    /// Segments this version references.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.partitions
+            .values()
+            .filter_map(|p| p.segment.as_deref())
     }
 
     fn canonical(&self) -> Vec<u8> {
@@ -199,10 +338,13 @@ impl Manifest {
         serde_json::to_vec_pretty(&copy).expect("manifest serializes")
     }
 
-    /// Serializes with a fresh checksum.
+    /// Serializes with a fresh checksum (resolved file lists are left out: segments hold them).
     pub fn encode(&self) -> Vec<u8> {
         let mut sealed = self.clone();
-        sealed.checksum = sha256_hex(&self.canonical());
+        for p in sealed.partitions.values_mut() {
+            *p = p.for_index();
+        }
+        sealed.checksum = sha256_hex(&sealed.canonical());
         serde_json::to_vec_pretty(&sealed).expect("manifest serializes")
     }
 
@@ -215,6 +357,9 @@ impl Manifest {
                 message: e.to_string(),
             })?;
         let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+        if format == FORMAT_V1 {
+            return v1::decode(path, value, expected);
+        }
         if format != FORMAT {
             return Err(ManifestError::Format {
                 path: path_s,
@@ -226,22 +371,157 @@ impl Manifest {
                 path: path_s.clone(),
                 message: e.to_string(),
             })?;
-        let computed = sha256_hex(&manifest.canonical());
-        if computed != manifest.checksum {
-            return Err(ManifestError::Checksum {
-                path: path_s,
-                found: manifest.checksum,
-                computed,
-            });
-        }
-        if manifest.version != expected {
-            return Err(ManifestError::Version {
-                path: path_s,
-                found: manifest.version,
-                expected,
-            });
-        }
-        Ok(manifest)
+        verify(path, manifest, expected)
+    }
+}
+
+/// Checks the checksum and version of a decoded manifest.
+fn verify(path: &Path, manifest: Manifest, expected: u64) -> Result<Manifest, ManifestError> {
+    check(
+        path,
+        &manifest.canonical(),
+        &manifest.checksum,
+        manifest.version,
+        expected,
+    )?;
+    Ok(manifest)
+}
+
+fn check(
+    path: &Path,
+    canonical: &[u8],
+    checksum: &str,
+    version: u64,
+    expected: u64,
+) -> Result<(), ManifestError> {
+    let computed = sha256_hex(canonical);
+    if computed != checksum {
+        return Err(ManifestError::Checksum {
+            path: path.to_string(),
+            found: checksum.to_string(),
+            computed,
+        });
+    }
+    if version != expected {
+        return Err(ManifestError::Version {
+            path: path.to_string(),
+            found: version,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// Format 1: the same manifest with every partition's files inline. Read only; its partitions
+/// become index entries without a segment.
+mod v1 {
+    use super::*;
+
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Partition1 {
+        path: String,
+        values: BTreeMap<String, Option<String>>,
+        rows: u64,
+        files: Vec<DataFile>,
+        run_id: String,
+        logical_date: String,
+    }
+
+    #[derive(Clone, Serialize, Deserialize)]
+    struct Manifest1 {
+        format: String,
+        version: u64,
+        parent: u64,
+        table: String,
+        schema: Schema,
+        partition_by: Vec<String>,
+        key: Vec<String>,
+        partitions: BTreeMap<String, Partition1>,
+        watermarks: BTreeMap<String, String>,
+        change: Change,
+        audits: Vec<AuditSummary>,
+        #[serde(default)]
+        checksum: String,
+    }
+
+    pub(super) fn decode(
+        path: &Path,
+        value: serde_json::Value,
+        expected: u64,
+    ) -> Result<Manifest, ManifestError> {
+        let m: Manifest1 = serde_json::from_value(value).map_err(|e| ManifestError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut copy = m.clone();
+        copy.checksum.clear();
+        let canonical = serde_json::to_vec_pretty(&copy).expect("manifest serializes");
+        check(path, &canonical, &m.checksum, m.version, expected)?;
+        Ok(Manifest {
+            format: FORMAT_V1.to_string(),
+            version: m.version,
+            parent: m.parent,
+            table: m.table,
+            schema: m.schema,
+            partition_by: m.partition_by,
+            key: m.key,
+            partitions: m
+                .partitions
+                .into_iter()
+                .map(|(k, p)| {
+                    let entry = Partition {
+                        path: p.path,
+                        values: p.values,
+                        rows: p.rows,
+                        bytes: p.files.iter().map(|f| f.size).sum(),
+                        file_count: p.files.len() as u64,
+                        run_id: p.run_id,
+                        logical_date: p.logical_date,
+                        segment: None,
+                        files: p.files,
+                    };
+                    (k, entry)
+                })
+                .collect(),
+            watermarks: m.watermarks,
+            change: m.change,
+            audits: m.audits,
+            checksum: m.checksum,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn encode_for_test(m: &Manifest) -> Vec<u8> {
+        let mut old = Manifest1 {
+            format: FORMAT_V1.to_string(),
+            version: m.version,
+            parent: m.parent,
+            table: m.table.clone(),
+            schema: m.schema.clone(),
+            partition_by: m.partition_by.clone(),
+            key: m.key.clone(),
+            partitions: m
+                .partitions
+                .iter()
+                .map(|(k, p)| {
+                    let old = Partition1 {
+                        path: p.path.clone(),
+                        values: p.values.clone(),
+                        rows: p.rows,
+                        files: p.files.clone(),
+                        run_id: p.run_id.clone(),
+                        logical_date: p.logical_date.clone(),
+                    };
+                    (k.clone(), old)
+                })
+                .collect(),
+            watermarks: m.watermarks.clone(),
+            change: m.change.clone(),
+            audits: m.audits.clone(),
+            checksum: String::new(),
+        };
+        old.checksum = sha256_hex(&serde_json::to_vec_pretty(&old).expect("serializes"));
+        serde_json::to_vec_pretty(&old).expect("serializes")
     }
 }
 
@@ -297,11 +577,10 @@ mod tests {
         let mut partitions = BTreeMap::new();
         partitions.insert(
             "d=2024-01-01".to_string(),
-            Partition {
-                path: "d=2024-01-01".into(),
-                values: [("d".to_string(), Some("2024-01-01".to_string()))].into(),
-                rows: 3,
-                files: vec![DataFile {
+            Partition::new(
+                "d=2024-01-01",
+                [("d".to_string(), Some("2024-01-01".to_string()))].into(),
+                &[DataFile {
                     path: "staging/r1/d=2024-01-01/part-00000.parquet".into(),
                     size: 100,
                     rows: 3,
@@ -309,9 +588,10 @@ mod tests {
                     key_min: vec![Some("1".into())],
                     key_max: vec![Some("3".into())],
                 }],
-                run_id: "r1".into(),
-                logical_date: "2024-01-01".into(),
-            },
+                "r1",
+                "2024-01-01",
+                "staging/r1/_wap-files-00.json",
+            ),
         );
         Manifest {
             format: FORMAT.into(),
@@ -347,6 +627,57 @@ mod tests {
         assert_eq!(back.partitions, m.partitions);
         assert_eq!(back.schema, m.schema);
         assert!(!back.checksum.is_empty());
+        // The index holds counts and the segment, not the file list.
+        let p = &back.partitions["d=2024-01-01"];
+        assert!(p.files.is_empty() && !p.files_known());
+        assert_eq!((p.rows, p.bytes, p.file_count), (3, 100, 1));
+        assert!(!String::from_utf8(bytes).unwrap().contains("part-00000"));
+    }
+
+    #[test]
+    fn reads_format_1_with_inline_files() {
+        let m = sample(4);
+        let bytes = v1::encode_for_test(&m);
+        assert!(
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .contains(FORMAT_V1)
+        );
+        let back = Manifest::decode(&manifest_path(4), &bytes, 4).unwrap();
+        let p = &back.partitions["d=2024-01-01"];
+        assert_eq!(p.segment, None);
+        assert!(p.files_known());
+        assert_eq!(p.files, m.partitions["d=2024-01-01"].files);
+        assert_eq!((p.rows, p.bytes, p.file_count), (3, 100, 1));
+        // Its checksum is checked like a format-2 one.
+        let edited = String::from_utf8(bytes)
+            .unwrap()
+            .replace("\"size\": 100", "\"size\": 101");
+        let err = Manifest::decode(&manifest_path(4), edited.as_bytes(), 4).unwrap_err();
+        assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
+        // Carried into a format-2 index, the inline files stay inline.
+        let mut next = back.clone();
+        next.format = FORMAT.into();
+        let again = Manifest::decode(&manifest_path(4), &next.encode(), 4).unwrap();
+        assert_eq!(again.partitions["d=2024-01-01"].files, p.files);
+    }
+
+    #[test]
+    fn segments_are_content_addressed() {
+        let files = sample(1).partitions["d=2024-01-01"].files.clone();
+        let seg = Segment::new([("d=2024-01-01".to_string(), files)].into());
+        let (path, bytes) = seg.encode("staging/r1");
+        assert!(path.as_ref().starts_with("staging/r1/_wap-files-"));
+        assert_eq!(Segment::decode(&path, &bytes).unwrap(), seg);
+        let (again, _) = seg.encode("staging/r1");
+        assert_eq!(again, path, "same content, same name");
+        let tampered = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"rows\":3", "\"rows\":4");
+        let err = Segment::decode(&path, tampered.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains(path.as_ref()), "{err}");
+        let err = Segment::decode(&Path::from("staging/r1/x.json"), &bytes).unwrap_err();
+        assert!(matches!(err, ManifestError::Segment { .. }), "{err}");
     }
 
     #[test]

@@ -205,11 +205,9 @@ impl Publisher {
                     return Ok(None);
                 }
                 let unchanged = base.is_some_and(|b| {
-                    partitions.iter().all(|p| {
-                        b.partitions
-                            .get(&p.path)
-                            .is_some_and(|q| q.run_id == p.run_id && q.files == p.files)
-                    })
+                    partitions
+                        .iter()
+                        .all(|p| b.partitions.get(&p.path).is_some_and(|q| q == p))
                 });
                 if unchanged {
                     return Ok(None);
@@ -274,6 +272,8 @@ impl Publisher {
                     )
                     .collect();
                 Ok(Some(Manifest {
+                    // The target may be a format-1 manifest; what is written is an index.
+                    format: manifest::FORMAT.into(),
                     version,
                     parent: version - 1,
                     change: Change {

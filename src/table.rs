@@ -5,14 +5,21 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::error::DataFusionError;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectMeta;
 
 use crate::engine::{self, FilesTable};
-use crate::manifest::{DataFile, Manifest};
+use crate::manifest::{DataFile, Manifest, Partition};
 use crate::store::object_path;
+use crate::versions;
 
 /// Errors reading or querying a version.
 #[derive(Debug, thiserror::Error)]
@@ -76,18 +83,116 @@ pub fn files_table_at(
     )
 }
 
-/// Registers `manifest` (or an empty table of `schema` when `None`) as table `name`.
+/// A table over files of a registered store, some known (staged files, format-1 partitions) and
+/// some named by partitions whose file lists are in segments. The segments are read at the first
+/// scan, once: a session that never reads the table never reads them.
+#[derive(Debug)]
+pub struct VersionTable {
+    schema: SchemaRef,
+    store_url: String,
+    known: Vec<ObjectMeta>,
+    pending: Vec<Partition>,
+    files: tokio::sync::OnceCell<Arc<FilesTable>>,
+}
+
+impl VersionTable {
+    /// A table over `known` files and the files of `partitions`, in the store at `store_url`.
+    pub fn new<'a>(
+        store_url: &str,
+        schema: SchemaRef,
+        known: Vec<ObjectMeta>,
+        partitions: impl IntoIterator<Item = &'a Partition>,
+    ) -> Result<Self, TableError> {
+        ObjectStoreUrl::parse(store_url).map_err(|source| TableError::Register {
+            name: store_url.into(),
+            source,
+        })?;
+        let mut known = known;
+        let mut pending = Vec::new();
+        for p in partitions {
+            if p.files_known() {
+                known.extend(p.files.iter().map(object_meta));
+            } else {
+                pending.push(p.clone());
+            }
+        }
+        Ok(VersionTable {
+            schema,
+            store_url: store_url.to_string(),
+            known,
+            pending,
+            files: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// A table over every file of `manifest`, in the table store.
+    pub fn of(manifest: &Manifest) -> Result<Self, TableError> {
+        Self::new(
+            engine::TABLE_URL,
+            manifest.schema_ref(),
+            Vec::new(),
+            manifest.partitions.values(),
+        )
+    }
+
+    async fn files(&self, state: &dyn Session) -> DfResult<&Arc<FilesTable>> {
+        self.files
+            .get_or_try_init(|| async {
+                let url = ObjectStoreUrl::parse(&self.store_url)?;
+                let store = state.runtime_env().object_store(&url)?;
+                let mut files = self.known.clone();
+                let resolved = versions::files_of(&store, &self.pending)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                files.extend(resolved.iter().map(object_meta));
+                let table = FilesTable::new(
+                    Arc::clone(&self.schema),
+                    Arc::new(ParquetFormat::default()),
+                    &self.store_url,
+                    files,
+                )?;
+                Ok(Arc::new(table))
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl TableProvider for VersionTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.files(state)
+            .await?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// Registers `manifest` (or an empty table of `schema` when `None`) as table `name`. File lists
+/// in segments are read when the table is first scanned.
 pub fn register_version(
     ctx: &SessionContext,
     name: &str,
     manifest: Option<&Manifest>,
     schema: SchemaRef,
 ) -> Result<(), TableError> {
-    let (schema, files) = match manifest {
-        Some(m) => (m.schema_ref(), m.files().map(object_meta).collect()),
-        None => (schema, Vec::new()),
+    let table = match manifest {
+        Some(m) => VersionTable::of(m)?,
+        None => VersionTable::new(engine::TABLE_URL, schema, Vec::new(), [])?,
     };
-    let table = files_table(schema, files)?;
     ctx.register_table(name, Arc::new(table))
         .map_err(|source| TableError::Register {
             name: name.to_string(),

@@ -7,12 +7,16 @@
 //! (one HEAD in the common case) until a version is missing. Reading the current version costs
 //! pointer + probe + manifest, whatever the history length.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
 
-use crate::manifest::{self, Manifest, ManifestError, Pointer};
+use crate::manifest::{self, DataFile, Manifest, ManifestError, Partition, Pointer, Segment};
+
+/// Segments read at once.
+const SEGMENT_CONCURRENCY: usize = 32;
 
 /// Most versions a reader walks past a stale pointer before giving up.
 const MAX_PROBE: u64 = 10_000;
@@ -31,6 +35,12 @@ pub enum VersionsError {
     Manifest(#[from] ManifestError),
     #[error("version {version} does not exist (current version: {current})")]
     NoSuchVersion { version: u64, current: u64 },
+    #[error("segment {segment} does not match the index for partition {partition}: {message}")]
+    SegmentMismatch {
+        segment: String,
+        partition: String,
+        message: String,
+    },
 }
 
 impl VersionsError {
@@ -154,4 +164,98 @@ pub async fn list_manifests(
         }
     }
     Ok(out)
+}
+
+/// Reads and verifies the segments at `paths`, [`SEGMENT_CONCURRENCY`] at a time.
+pub async fn read_segments(
+    store: &Arc<dyn ObjectStore>,
+    paths: BTreeSet<String>,
+) -> Result<BTreeMap<String, Segment>, VersionsError> {
+    let reads = paths.into_iter().map(|p| {
+        let store = Arc::clone(store);
+        async move {
+            let path = object_store::path::Path::from(p.as_str());
+            let bytes = store
+                .get(&path)
+                .await
+                .map_err(|e| VersionsError::storage("read segment", &path, e))?
+                .bytes()
+                .await
+                .map_err(|e| VersionsError::storage("read segment", &path, e))?;
+            Ok::<_, VersionsError>((p, Segment::decode(&path, &bytes)?))
+        }
+    });
+    futures::stream::iter(reads)
+        .buffer_unordered(SEGMENT_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Fills in the file list of every partition of `manifests` whose files are not known yet,
+/// reading each segment they name once.
+pub async fn resolve_files<'a>(
+    store: &Arc<dyn ObjectStore>,
+    manifests: impl IntoIterator<Item = &'a mut Manifest>,
+) -> Result<(), VersionsError> {
+    let mut manifests: Vec<&mut Manifest> = manifests.into_iter().collect();
+    let mut partitions: Vec<&mut Partition> = manifests
+        .iter_mut()
+        .flat_map(|m| m.partitions.values_mut())
+        .collect();
+    resolve_partitions(store, &mut partitions).await
+}
+
+/// [`resolve_files`] for some partitions.
+pub async fn resolve_partitions(
+    store: &Arc<dyn ObjectStore>,
+    partitions: &mut [&mut Partition],
+) -> Result<(), VersionsError> {
+    let wanted: BTreeSet<String> = partitions
+        .iter()
+        .filter(|p| !p.files_known())
+        .filter_map(|p| p.segment.clone())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let segments = read_segments(store, wanted).await?;
+    for p in partitions.iter_mut() {
+        if p.files_known() {
+            continue;
+        }
+        let Some(name) = p.segment.as_deref() else {
+            continue;
+        };
+        let mismatch = |message: String| VersionsError::SegmentMismatch {
+            segment: name.to_string(),
+            partition: p.path.clone(),
+            message,
+        };
+        let files: &Vec<DataFile> = segments
+            .get(name)
+            .and_then(|s| s.partitions.get(&p.path))
+            .ok_or_else(|| mismatch("the segment has no file list for it".into()))?;
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        if files.len() as u64 != p.file_count || rows != p.rows {
+            return Err(mismatch(format!(
+                "{} files and {rows} rows in the segment, {} files and {} rows in the index",
+                files.len(),
+                p.file_count,
+                p.rows
+            )));
+        }
+        p.files = files.clone();
+    }
+    Ok(())
+}
+
+/// The file lists of `partitions` (reading their segments), without changing them.
+pub async fn files_of<'a>(
+    store: &Arc<dyn ObjectStore>,
+    partitions: impl IntoIterator<Item = &'a Partition>,
+) -> Result<Vec<DataFile>, VersionsError> {
+    let mut owned: Vec<Partition> = partitions.into_iter().cloned().collect();
+    let mut refs: Vec<&mut Partition> = owned.iter_mut().collect();
+    resolve_partitions(store, &mut refs).await?;
+    Ok(owned.into_iter().flat_map(|p| p.files).collect())
 }

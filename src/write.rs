@@ -460,6 +460,8 @@ pub struct StagedPartition {
 #[derive(Debug, Clone)]
 pub struct StagedRun {
     pub run_id: String,
+    /// The staging folder of the files, relative to the table root (`staging/<run_id>`).
+    pub folder: String,
     pub schema: SchemaRef,
     pub partitions: Vec<StagedPartition>,
     pub rows: u64,
@@ -474,6 +476,32 @@ impl StagedRun {
             .map(crate::table::object_meta)
             .collect()
     }
+}
+
+/// Writes the run's file lists as one segment in its staging folder (one PUT, whatever the
+/// table's size) and returns the segment's path. The name is the SHA-256 of the content, so a
+/// re-run of the same run writes the same object again, and nothing can change a segment that a
+/// manifest names.
+pub async fn write_segment(
+    table: &Arc<dyn ObjectStore>,
+    staged: &StagedRun,
+) -> Result<String, WriteError> {
+    let segment = crate::manifest::Segment::new(
+        staged
+            .partitions
+            .iter()
+            .map(|p| (p.path.clone(), p.files.clone()))
+            .collect(),
+    );
+    let (path, bytes) = segment.encode(&staged.folder);
+    table
+        .put(&path, bytes.into())
+        .await
+        .map_err(|e| WriteError::Upload {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(path.to_string())
 }
 
 /// Options of the writer.
@@ -663,6 +691,7 @@ pub async fn write_partitions(
     let rows = partitions.iter().map(|p| p.rows).sum();
     Ok(StagedRun {
         run_id: run_id.to_string(),
+        folder: prefix.to_string(),
         schema,
         partitions,
         rows,

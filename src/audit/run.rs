@@ -459,16 +459,16 @@ async fn judge_null_rate(
             "column `{column}` is new: nothing to compare with"
         )));
     }
-    let files = needed
-        .iter()
-        .flat_map(|p| &p.files)
-        .map(table::object_meta)
-        .collect();
     let reference_table = format!(
         "wap_reference_{}",
         rule.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
     );
-    let provider = table::files_table(m.schema_ref(), files)?;
+    let provider = table::VersionTable::new(
+        crate::engine::TABLE_URL,
+        m.schema_ref(),
+        Vec::new(),
+        needed.iter().copied(),
+    )?;
     ctx.register_table(&reference_table, std::sync::Arc::new(provider))
         .map_err(|e| AuditError::Execute {
             rule: rule.name.clone(),

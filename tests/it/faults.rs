@@ -251,6 +251,9 @@ fn relative(objects: &BTreeSet<String>) -> Vec<String> {
                 .map(|seg| {
                     if seg.len() == 24 && seg.chars().all(|c| c.is_ascii_hexdigit()) {
                         "<run>"
+                    } else if seg.starts_with("_wap-files-") {
+                        // Segments are named by their content, which names the run's files.
+                        "_wap-files-<sha256>.json"
                     } else {
                         seg
                     }

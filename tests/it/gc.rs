@@ -78,8 +78,9 @@ async fn nothing_younger_than_the_retention_goes() {
 #[tokio::test]
 async fn expired_versions_and_unpublished_runs_go_and_retained_versions_read() {
     let (f, job) = history().await;
-    let v1 = job.show(Some(1)).await.unwrap();
+    let v1 = job.show_files(Some(1)).await.unwrap();
     let v1_file = v1.files().next().unwrap().path.clone();
+    let v1_segment = v1.segments().next().unwrap().to_string();
     let failed_run = job
         .runs()
         .await
@@ -145,11 +146,23 @@ async fn expired_versions_and_unpublished_runs_go_and_retained_versions_read() {
         by_reason(&one, Reason::ExpiredManifest),
         ["_wap/manifests/00000000000000000002.json"]
     );
-    assert_eq!(by_reason(&one, Reason::ExpiredVersion), [v1_file]);
+    assert_eq!(
+        by_reason(&one, Reason::ExpiredVersion),
+        [v1_segment, v1_file],
+        "the replaced file and the segment that listed it"
+    );
     every_retained_version_reads(&job, &[3]).await;
-    let current = job.show(None).await.unwrap();
-    let files: BTreeSet<String> = current.files().map(|f| f.path.clone()).collect();
-    assert_eq!(staged_files(&f), files, "exactly the current files remain");
+    let current = job.show_files(None).await.unwrap();
+    let files: BTreeSet<String> = current
+        .files()
+        .map(|f| f.path.clone())
+        .chain(current.segments().map(str::to_string))
+        .collect();
+    assert_eq!(
+        staged_files(&f),
+        files,
+        "exactly the current files and their segment remain"
+    );
 }
 
 #[tokio::test]

@@ -586,11 +586,15 @@ async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
             "put _wap/current",
         ]
     );
-    let puts = reqs
+    let puts: Vec<&str> = reqs
         .iter()
         .filter(|r| r.op == "put" && r.path.starts_with("staging/"))
-        .count();
-    assert_eq!(puts, 7, "one upload per staged file");
+        .map(|r| r.path.as_str())
+        .collect();
+    let (segments, files): (Vec<&str>, Vec<&str>) =
+        puts.iter().partition(|p| p.contains("/_wap-files-"));
+    assert_eq!(files.len(), 7, "one upload per staged file");
+    assert_eq!(segments.len(), 1, "one segment for the run's file lists");
     // A re-run: no data read, no write but its record for `wap log`.
     rec.clear();
     let again = job.run("2024-01-01", Mode::Publish).await.unwrap();
@@ -645,7 +649,7 @@ async fn json_and_parquet_sources_and_globs() {
 
     // A Parquet source: the file just published by the JSON job.
     let g = Fixture::new();
-    let published = job.show(None).await.unwrap();
+    let published = job.show_files(None).await.unwrap();
     let file = &published.partitions["order_date=2024-01-01"].files[0];
     let dir = g.dir.path().join("data/orders/2024-01-01");
     std::fs::create_dir_all(&dir).unwrap();
@@ -862,6 +866,96 @@ async fn a_corrupt_manifest_or_pointer_is_reported_not_read() {
         staged_by_refused_runs.is_empty(),
         "{staged_by_refused_runs:?}"
     );
+}
+
+#[tokio::test]
+async fn a_missing_or_edited_segment_is_reported_and_gc_deletes_nothing() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    let job = f.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let current = job.show(None).await.unwrap();
+    let segment = current.segments().next().unwrap().to_string();
+    let path = f.table_dir().join(&segment);
+    let good = std::fs::read_to_string(&path).unwrap();
+    let edited = good.replacen("\"rows\":3", "\"rows\":4", 1);
+    assert_ne!(edited, good);
+    for (what, bad) in [("edited", Some(edited)), ("missing", None)] {
+        match &bad {
+            Some(text) => std::fs::write(&path, text).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        let before = f.listing();
+        // The index still reads; the files do not, and the error names the segment.
+        assert_eq!(job.show(None).await.unwrap().rows(), 3, "{what}");
+        let err = job.query(None, "SELECT * FROM orders").await;
+        let msg = match err {
+            Ok(df) => wap::table::collect(df).await.unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains(&segment), "{what}: {msg}");
+        let err = job.show_files(None).await.unwrap_err();
+        assert!(err.to_string().contains(&segment), "{what}: {err}");
+        let gc = wap::gc::GcOptions {
+            older_than_seconds: 0,
+            now: chrono::Utc::now() + chrono::Duration::days(1),
+            ..Default::default()
+        };
+        let err = job.gc(&gc).await.unwrap_err();
+        assert!(err.to_string().contains(&segment), "{what}: {err}");
+        assert_eq!(f.listing(), before, "{what}: gc deleted something");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(rows(&job, None).await.len(), 3, "{what}: repaired");
+    }
+}
+
+#[tokio::test]
+async fn segments_of_the_current_version_are_read_only_when_a_rule_reads_it() {
+    let f = Fixture::new();
+    f.orders("2024-01-01", DAY1);
+    f.orders("2024-01-02", DAY2);
+    f.orders("2024-01-03", &[(3001, 12, "8.75", "placed")]);
+    f.job().run("2024-01-01", Mode::Publish).await.unwrap();
+    let v1_segment = f
+        .job()
+        .show(None)
+        .await
+        .unwrap()
+        .segments()
+        .next()
+        .unwrap()
+        .to_string();
+    let segment_reads = |rec: &RecordingStore| {
+        rec.requests()
+            .iter()
+            .filter(|r| r.op == "get" && r.path == v1_segment)
+            .count()
+    };
+    // The shipped rules read `staged` only: the current version's file lists are never needed.
+    let rec = RecordingStore::new(f.table_store());
+    let out = f
+        .job_on(rec.clone())
+        .run("2024-01-02", Mode::Publish)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert_eq!(segment_reads(&rec), 0);
+    // A rule over `result` (the table as it would be) reads them, once for all its queries.
+    let rules = f.dir.path().join("audits/orders.yaml");
+    let mut text = std::fs::read_to_string(&rules).unwrap();
+    text.push_str(
+        "  - name: unique_across_table\n    sql: SELECT order_id FROM result GROUP BY order_id HAVING count(*) > 1\n  - name: table_not_empty\n    sql: SELECT 1 AS x FROM (SELECT count(*) AS n FROM result) WHERE n = 0\n",
+    );
+    std::fs::write(&rules, text).unwrap();
+    let rec = RecordingStore::new(f.table_store());
+    let out = f
+        .job_on(rec.clone())
+        .run("2024-01-03", Mode::Publish)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert_eq!(segment_reads(&rec), 1);
+    assert_eq!(rows(&f.job(), None).await.len(), 6);
 }
 
 #[tokio::test]

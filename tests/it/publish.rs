@@ -20,6 +20,10 @@ pub(crate) fn partition(path: &str, run_id: &str, files: usize) -> Partition {
         )]
         .into(),
         rows: files as u64 * 10,
+        bytes: files as u64 * 1000,
+        file_count: files as u64,
+        // Inline file lists (as format 1 had them): these tests publish without segments.
+        segment: None,
         files: (0..files)
             .map(|i| DataFile {
                 path: format!("staging/{run_id}/{path}/part-{i:05}.parquet"),

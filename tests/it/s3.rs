@@ -546,7 +546,8 @@ async fn large_files_go_up_in_multipart_and_an_aborted_upload_leaves_nothing() {
     let job = Job::with_store(JobConf::load(&f.conf).unwrap(), Arc::clone(&store), options);
     let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
     assert_eq!((out.status, out.rows), (Status::Published, 150_000));
-    let m = versions::current(&store).await.unwrap().unwrap();
+    let mut m = versions::current(&store).await.unwrap().unwrap();
+    versions::resolve_files(&store, [&mut m]).await.unwrap();
     let file = &m.partitions["order_date=2024-01-01"].files[0];
     assert!(
         file.size > 5 << 20,
