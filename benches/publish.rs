@@ -18,6 +18,10 @@ use object_store::ObjectStoreExt;
 use wap::manifest::{DataFile, Partition, Segment};
 use wap::publish::{Proposal, PublishOptions, PublishOutcome, Publisher};
 
+/// The allocator of the `wap` binary, so that the latency is the one `wap` sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The tests' request-recording store, for counting.
 #[allow(dead_code)]
 #[path = "../tests/it/store.rs"]

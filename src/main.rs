@@ -11,6 +11,12 @@ use wap::job::{Job, JobOptions, Mode, RunOutcome, Status};
 use wap::manifest::Manifest;
 use wap::{Error, exit_code};
 
+/// mimalloc instead of the system allocator: DataFusion and manifest decoding make many small,
+/// short-lived allocations, and glibc's malloc also keeps freed memory in per-thread arenas (see
+/// README, Performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Write-Audit-Publish for lakehouse tables on object storage.
 #[derive(Parser)]
 #[command(name = "wap", version, about)]

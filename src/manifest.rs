@@ -332,25 +332,57 @@ impl Manifest {
             .filter_map(|p| p.segment.as_deref())
     }
 
-    fn canonical(&self) -> Vec<u8> {
-        let mut copy = self.clone();
-        copy.checksum.clear();
-        serde_json::to_vec_pretty(&copy).expect("manifest serializes")
-    }
-
     /// Serializes with a fresh checksum (resolved file lists are left out: segments hold them).
+    ///
+    /// The bytes are compact JSON whose last member is `"checksum"`: the SHA-256 of the same
+    /// bytes with the checksum's value empty. Sealing and checking work on the bytes, so neither
+    /// serializes the manifest a second time.
     pub fn encode(&self) -> Vec<u8> {
-        let mut sealed = self.clone();
-        for p in sealed.partitions.values_mut() {
-            *p = p.for_index();
+        let resolved = self
+            .partitions
+            .values()
+            .any(|p| p.segment.is_some() && !p.files.is_empty());
+        let mut unsealed = if resolved || !self.checksum.is_empty() {
+            let mut copy = self.clone();
+            for p in copy.partitions.values_mut() {
+                *p = p.for_index();
+            }
+            copy.checksum.clear();
+            serde_json::to_vec(&copy)
+        } else {
+            serde_json::to_vec(self)
         }
-        sealed.checksum = sha256_hex(&sealed.canonical());
-        serde_json::to_vec_pretty(&sealed).expect("manifest serializes")
+        .expect("manifest serializes");
+        debug_assert!(unsealed.ends_with(CHECKSUM_TAIL));
+        let digest = sha256_hex(&unsealed);
+        unsealed.truncate(unsealed.len() - 2);
+        unsealed.extend_from_slice(digest.as_bytes());
+        unsealed.extend_from_slice(b"\"}");
+        unsealed
     }
 
     /// Parses and verifies a manifest read from `path`, which must hold `expected` version.
     pub fn decode(path: &Path, bytes: &[u8], expected: u64) -> Result<Self, ManifestError> {
         let path_s = path.to_string();
+        // The common case, a format-2 manifest, in one pass.
+        if let Ok(manifest) = serde_json::from_slice::<Manifest>(bytes)
+            && manifest.format == FORMAT
+        {
+            let canonical =
+                unsealed(bytes, &manifest.checksum).ok_or_else(|| ManifestError::Checksum {
+                    path: path_s.clone(),
+                    found: manifest.checksum.clone(),
+                    computed: "(the checksum is not the last member)".into(),
+                })?;
+            check(
+                path,
+                &canonical,
+                &manifest.checksum,
+                manifest.version,
+                expected,
+            )?;
+            return Ok(manifest);
+        }
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse {
                 path: path_s.clone(),
@@ -366,25 +398,27 @@ impl Manifest {
                 found: format.to_string(),
             });
         }
-        let manifest: Manifest =
-            serde_json::from_value(value).map_err(|e| ManifestError::Parse {
-                path: path_s.clone(),
-                message: e.to_string(),
-            })?;
-        verify(path, manifest, expected)
+        // Format 2 that does not deserialize: say why.
+        let err = serde_json::from_value::<Manifest>(value).err();
+        Err(ManifestError::Parse {
+            path: path_s,
+            message: err.map_or_else(|| "unreadable".into(), |e| e.to_string()),
+        })
     }
 }
 
-/// Checks the checksum and version of a decoded manifest.
-fn verify(path: &Path, manifest: Manifest, expected: u64) -> Result<Manifest, ManifestError> {
-    check(
-        path,
-        &manifest.canonical(),
-        &manifest.checksum,
-        manifest.version,
-        expected,
-    )?;
-    Ok(manifest)
+/// How every sealed manifest ends before its checksum is filled in.
+const CHECKSUM_TAIL: &[u8] = b",\"checksum\":\"\"}";
+
+/// The bytes a manifest's checksum was computed over: `bytes` with the value of its final
+/// `"checksum"` member emptied. `None` when the checksum is not the last member.
+fn unsealed(bytes: &[u8], checksum: &str) -> Option<Vec<u8>> {
+    let tail = format!(",\"checksum\":\"{checksum}\"}}");
+    let head = bytes.strip_suffix(tail.as_bytes())?;
+    let mut out = Vec::with_capacity(head.len() + CHECKSUM_TAIL.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(CHECKSUM_TAIL);
+    Some(out)
 }
 
 fn check(
@@ -635,6 +669,24 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_is_the_last_member_and_covers_every_other_byte() {
+        let m = sample(5);
+        let bytes = m.encode();
+        assert!(bytes.ends_with(b"\"}"));
+        let back = Manifest::decode(&manifest_path(5), &bytes, 5).unwrap();
+        // Re-encoding a decoded (sealed) manifest gives the same bytes.
+        assert_eq!(back.encode(), bytes);
+        // A member moved after the checksum, or whitespace added, is refused.
+        let text = String::from_utf8(bytes).unwrap();
+        let moved = text.replacen("{\"format\"", "{\"x\":1,\"format\"", 1);
+        let err = Manifest::decode(&manifest_path(5), moved.as_bytes(), 5).unwrap_err();
+        assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
+        let spaced = format!("{text}\n");
+        let err = Manifest::decode(&manifest_path(5), spaced.as_bytes(), 5).unwrap_err();
+        assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
+    }
+
+    #[test]
     fn reads_format_1_with_inline_files() {
         let m = sample(4);
         let bytes = v1::encode_for_test(&m);
@@ -688,7 +740,7 @@ mod tests {
         assert!(matches!(err, ManifestError::Parse { .. }), "{err}");
         let edited = String::from_utf8(bytes.clone())
             .unwrap()
-            .replace("\"rows\": 3", "\"rows\": 4");
+            .replace("\"rows\":3", "\"rows\":4");
         let err = Manifest::decode(&p, edited.as_bytes(), 3).unwrap_err();
         assert!(matches!(err, ManifestError::Checksum { .. }), "{err}");
         assert!(

@@ -806,7 +806,7 @@ async fn a_corrupt_manifest_or_pointer_is_reported_not_read() {
         (
             "edited manifest",
             manifest.clone(),
-            good_manifest.replacen("\"rows\": 3", "\"rows\": 4", 1),
+            good_manifest.replacen("\"rows\":3", "\"rows\":4", 1),
             "checksum",
         ),
         (
