@@ -662,10 +662,22 @@ pub async fn run(
                 RuleKind::Unique(cols) => {
                     let table = rule.scope.table();
                     let rows = rows_in.get(&rule.scope).copied().unwrap_or(rows);
-                    let counts =
-                        query(ctx, &rule.name, &sql::unique_count_query(cols, table)).await?;
-                    let failing = int_at(&counts, 0);
-                    let groups = int_at(&counts, 1);
+                    // On staged files (sorted by the key), a merge with bounded memory; else SQL.
+                    let merged = match (rule.scope, super::merge::key_prefix(cols, key)) {
+                        (Scope::Staged, Some(prefix)) => {
+                            super::merge::unique_by_merge(ctx, table, &prefix).await
+                        }
+                        _ => None,
+                    };
+                    let (failing, groups) = match merged {
+                        Some(found) => found,
+                        None => {
+                            let counts =
+                                query(ctx, &rule.name, &sql::unique_count_query(cols, table))
+                                    .await?;
+                            (int_at(&counts, 0), int_at(&counts, 1))
+                        }
+                    };
                     let message = format!(
                         "{failing} of {rows} rows {} ({groups} duplicated values)",
                         describe(&rule.kind)
