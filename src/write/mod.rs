@@ -5,10 +5,11 @@
 //! - Nothing outside `staging/<run_id>/` is touched; a failure at any point leaves production as
 //!   it was (staged objects are garbage until a manifest references them).
 //! - File names and bytes are a function of the run's inputs: rows are sorted by partition
-//!   columns, key and then every other column; batches are re-cut to a fixed size before the
+//!   columns, key and then a fixed-seed hash of every other column; batches are re-cut to a fixed size before the
 //!   Parquet writer sees them; writer properties are fixed. A re-run writes the same bytes.
-//! - Data streams: a spilling sort feeds one partition writer at a time, whose buffered row group
-//!   is accounted in the session's memory pool.
+//! - Data streams: rows are bucketed by partition (buckets spill to disk under memory pressure),
+//!   each bucket is sorted on its own (see `bucket`) and feeds one partition writer at a time,
+//!   whose buffered row group is accounted in the session's memory pool.
 //! - The transform may not call non-deterministic functions (`now()`, `random()`, …): the logical
 //!   date comes in as `{date}`.
 
@@ -47,6 +48,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+mod bucket;
 
 use crate::conf::{JobConf, SourceFormat};
 use crate::engine::{self, FilesTable};
@@ -525,8 +528,8 @@ impl Default for WriteOptions {
 
 /// Streams the transform's output into one Parquet file (or a few) per partition under
 /// `staging/<run_id>/`. Rows are hash-distributed on the partition columns into one stream per
-/// core, each stream is sorted on its own (a spilling sort: no global merge), and each feeds its
-/// own writer. A partition lives in exactly one stream, so its files do not depend on the number
+/// core, each stream is bucketed by partition and each bucket sorted on its own (see `bucket`),
+/// and each stream feeds its own writer. A partition lives in exactly one stream, so its files do not depend on the number
 /// of streams.
 pub async fn write_staging(
     ctx: &SessionContext,
@@ -615,31 +618,60 @@ pub async fn write_partitions(
             RepartitionExec::try_new(plan, Partitioning::Hash(exprs, streams)).map_err(exec_err)?,
         )
     };
-    let sort_exprs = order
+    // The columns written: all but the tiebreak.
+    let keep: Vec<usize> = out_schema
+        .fields()
         .iter()
-        .map(|c| {
-            Ok(PhysicalSortExpr::new(
-                column(c)?,
-                SortOptions {
-                    descending: false,
-                    nulls_first: true,
-                },
-            ))
+        .map(|f| {
+            plan_schema
+                .index_of(f.name())
+                .map_err(|e| exec_err(e.into()))
         })
-        .collect::<Result<Vec<_>, WriteError>>()?;
-    let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
-    let sorted: Arc<dyn ExecutionPlan> =
-        Arc::new(SortExec::new(ordering, distributed).with_preserve_partitioning(true));
-    // The tiebreak column only orders rows; it is not written.
-    let sorted: Arc<dyn ExecutionPlan> = if order.last().map(String::as_str) == Some(TIEBREAK) {
-        let keep = out_schema
-            .fields()
+        .collect::<Result<_, _>>()?;
+    let task_ctx = ctx.task_ctx();
+    let sorted_streams: Vec<SendableRecordBatchStream> = if streams == 1 {
+        // One stream (an unpartitioned table): DataFusion's spilling sort.
+        let sort_exprs = order
             .iter()
-            .map(|f| Ok(ProjectionExpr::new(column(f.name())?, f.name().clone())))
+            .map(|c| {
+                Ok(PhysicalSortExpr::new(
+                    column(c)?,
+                    SortOptions {
+                        descending: false,
+                        nulls_first: true,
+                    },
+                ))
+            })
             .collect::<Result<Vec<_>, WriteError>>()?;
-        Arc::new(ProjectionExec::try_new(keep, sorted).map_err(exec_err)?)
+        let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
+        let sorted: Arc<dyn ExecutionPlan> =
+            Arc::new(SortExec::new(ordering, distributed).with_preserve_partitioning(true));
+        let keep = keep
+            .iter()
+            .map(|&i| {
+                let f = plan_schema.field(i);
+                Ok(ProjectionExpr::new(column(f.name())?, f.name().clone()))
+            })
+            .collect::<Result<Vec<_>, WriteError>>()?;
+        let sorted = ProjectionExec::try_new(keep, sorted).map_err(exec_err)?;
+        vec![sorted.execute(0, Arc::clone(&task_ctx)).map_err(exec_err)?]
     } else {
-        sorted
+        // Partitioned: each stream bucketed by partition, each bucket sorted on its own.
+        let key_order: Vec<String> = order[conf.partition_by.len()..].to_vec();
+        (0..streams)
+            .map(|i| {
+                let input = distributed.execute(i, Arc::clone(&task_ctx))?;
+                bucket::BucketSorter::new(
+                    i,
+                    Arc::clone(&plan_schema),
+                    &conf.partition_by,
+                    &key_order,
+                    Arc::clone(&task_ctx),
+                )?
+                .spawn(input, keep.clone())
+            })
+            .collect::<Result<_, DataFusionError>>()
+            .map_err(exec_err)?
     };
 
     let part_idx: Vec<usize> = conf
@@ -653,10 +685,8 @@ pub async fn write_partitions(
         .map(|c| out_schema.index_of(c).expect("checked in plan_transform"))
         .collect();
 
-    let task_ctx = ctx.task_ctx();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..streams {
-        let stream = sorted.execute(i, Arc::clone(&task_ctx)).map_err(exec_err)?;
+    for (i, stream) in sorted_streams.into_iter().enumerate() {
         let reservation =
             MemoryConsumer::new(format!("wap writer {i}")).register(&ctx.runtime_env().memory_pool);
         let writer = PartitionWriter {
