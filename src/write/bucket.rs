@@ -27,7 +27,7 @@ use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::col as physical_col;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
-use datafusion::physical_plan::sorts::sort::{SortExec, sort_batch};
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
@@ -211,6 +211,27 @@ impl BucketSorter {
         b
     }
 
+    /// The order of the rows of `batches` (taken as one) by the sort columns.
+    fn sort_indices(&self, batches: &[RecordBatch]) -> DfResult<arrow::array::UInt32Array> {
+        let columns = self
+            .ordering
+            .iter()
+            .map(|e| {
+                let arrays = batches
+                    .iter()
+                    .map(|b| e.expr.evaluate(b)?.into_array(b.num_rows()))
+                    .collect::<DfResult<Vec<ArrayRef>>>()?;
+                let refs: Vec<&dyn arrow::array::Array> =
+                    arrays.iter().map(|a| a.as_ref()).collect();
+                Ok(arrow::compute::SortColumn {
+                    values: arrow::compute::concat(&refs)?,
+                    options: Some(e.options),
+                })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(arrow::compute::lexsort_to_indices(&columns, None)?)
+    }
+
     /// `batch` with the types of `to` (views to plain arrays, or back).
     fn cast(batch: &RecordBatch, to: &SchemaRef) -> DfResult<RecordBatch> {
         if batch.schema_ref() == to {
@@ -376,8 +397,10 @@ impl BucketSorter {
         self.reservation.resize(held);
         for (at, &b) in order.iter().enumerate() {
             let total = self.buckets[b].bytes + self.buckets[b].spilled_bytes;
-            // Sorting in memory needs the bucket and its sorted copy: make room by spilling the
-            // buckets still to come, largest first.
+            // Sorting in memory needs the spilled part read back, plus the sort columns and
+            // scratch, counted as a second copy of the bucket (with less, what is outside the
+            // pool's view took the process over 1 GiB at TPC-H SF10). Room is made by spilling
+            // the buckets still to come, largest first.
             let extra = 2 * total - self.buckets[b].bytes;
             let in_memory = loop {
                 if self.reservation.try_grow(extra).is_ok() {
@@ -405,20 +428,33 @@ impl BucketSorter {
                     }
                 }
                 all.extend(batches);
-                let whole = arrow::compute::concat_batches(&self.schema, &all)?;
-                drop(all);
-                let sorted = sort_batch(&whole, &self.ordering, None)?;
-                drop(whole);
-                let sorted = Self::cast(&sorted, &self.input)?.project(keep)?;
-                let mut offset = 0;
-                while offset < sorted.num_rows() {
-                    let len = EMIT_ROWS.min(sorted.num_rows() - offset);
-                    if tx.send(Ok(sorted.slice(offset, len))).await.is_err() {
+                // Sort the sort columns alone, then gather the rows batch by batch: the bucket
+                // is never copied whole.
+                let indices = self.sort_indices(&all)?;
+                let mut starts = Vec::with_capacity(all.len());
+                let mut at = 0;
+                for batch in &all {
+                    starts.push(at);
+                    at += batch.num_rows();
+                }
+                let refs: Vec<&RecordBatch> = all.iter().collect();
+                for chunk in indices.values().chunks(EMIT_ROWS) {
+                    let rows: Vec<(usize, usize)> = chunk
+                        .iter()
+                        .map(|&g| {
+                            let g = g as usize;
+                            let batch = starts.partition_point(|&s| s <= g) - 1;
+                            (batch, g - starts[batch])
+                        })
+                        .collect();
+                    let batch = arrow::compute::interleave_record_batch(&refs, &rows)?;
+                    let batch = Self::cast(&batch, &self.input)?.project(keep)?;
+                    if tx.send(Ok(batch)).await.is_err() {
                         return Ok(());
                     }
-                    offset += len;
                 }
-                drop(sorted);
+                drop(refs);
+                drop(all);
                 self.reservation
                     .shrink(self.reservation.size().min(bytes + extra));
             } else {
@@ -633,7 +669,7 @@ mod tests {
         assert_eq!((spills, external), (0, 0));
         assert_eq!(roomy.num_rows(), 40_000);
         check_grouped_and_sorted(&roomy);
-        // 6 MiB: buckets spill, and are read back and sorted in memory; 1 MiB: the big bucket
+        // 3 MiB: buckets spill, and are read back and sorted in memory; 1 MiB: the big bucket
         // goes to the spilling sort.
         for (limit, big_outside) in [(3 << 20, false), (1 << 20, true)] {
             let (tight, spills, external) = sorted(limit).await;
