@@ -175,16 +175,29 @@ impl BucketSorter {
     ) -> DfResult<SendableRecordBatchStream> {
         let out_schema = Arc::new(self.input.project(&keep)?);
         let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
-        tokio::spawn(async move {
-            let result: DfResult<()> = async {
-                while let Some(batch) = input.next().await {
-                    self.push(&batch?)?;
+        let sender = tx.clone();
+        let work = tokio::spawn(async move {
+            while let Some(batch) = input.next().await {
+                // The writer is gone (it failed): stop reading.
+                if sender.is_closed() {
+                    return Ok(());
                 }
-                drop(input);
-                self.emit(&tx, &keep).await
+                self.push(&batch?)?;
             }
-            .await;
-            if let Err(e) = result {
+            drop(input);
+            self.emit(&sender, &keep).await
+        });
+        // The stream ends cleanly only if the sort did: an error, and a panic too, arrive as an
+        // error, never as a short stream that would be written as if complete.
+        tokio::spawn(async move {
+            let failed = match work.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(DataFusionError::Execution(format!(
+                    "the partition sort stopped: {e}"
+                ))),
+            };
+            if let Some(e) = failed {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -659,6 +672,36 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 11, "10 partitions and NULL");
+    }
+
+    #[tokio::test]
+    async fn an_input_error_arrives_as_an_error_not_as_a_short_stream() {
+        let (schema, batches) = input(3);
+        let ctx =
+            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let items: Vec<DfResult<RecordBatch>> = batches
+            .into_iter()
+            .take(3)
+            .map(Ok)
+            .chain([Err(DataFusionError::Execution("source went away".into()))])
+            .collect();
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&schema),
+            futures::stream::iter(items),
+        ));
+        let sorter = BucketSorter::new(
+            0,
+            Arc::clone(&schema),
+            &["p".to_string()],
+            &["k".to_string(), "t".to_string()],
+            ctx.task_ctx(),
+        )
+        .unwrap();
+        let got: Vec<DfResult<RecordBatch>> =
+            sorter.spawn(stream, vec![0, 1, 3]).unwrap().collect().await;
+        assert_eq!(got.len(), 1, "no rows before the error");
+        let err = got.into_iter().next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("source went away"), "{err}");
     }
 
     #[tokio::test]
