@@ -35,7 +35,11 @@ pub enum VersionsError {
     Manifest(#[from] ManifestError),
     #[error("version {version} does not exist (current version: {current})")]
     NoSuchVersion { version: u64, current: u64 },
-    #[error("segment {segment} does not match the index for partition {partition}: {message}")]
+    #[error(
+        "segment {segment} does not match the index for partition {partition}: {message}\n\
+         help: the version cannot be read as it is; restore {segment} from a backup, or `wap \
+         rollback --to` a version that does not use it"
+    )]
     SegmentMismatch {
         segment: String,
         partition: String,

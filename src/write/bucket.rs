@@ -309,15 +309,7 @@ impl BucketSorter {
     /// Makes the reservation `held` bytes. When the pool refuses, spills the largest buckets
     /// until half of what is held is free: few, large spills (each spill is a file).
     fn account(&mut self, held: usize) -> DfResult<()> {
-        if held <= self.reservation.size() {
-            self.reservation.shrink(self.reservation.size() - held);
-            return Ok(());
-        }
-        if self
-            .reservation
-            .try_grow(held - self.reservation.size())
-            .is_ok()
-        {
+        if self.try_resize(held) {
             return Ok(());
         }
         let mut held = held;
@@ -331,18 +323,23 @@ impl BucketSorter {
             };
             held = held.saturating_sub(self.spill(largest, true)?);
         }
-        if held <= self.reservation.size() {
-            self.reservation.shrink(self.reservation.size() - held);
-        } else if self
-            .reservation
-            .try_grow(held - self.reservation.size())
-            .is_err()
-        {
+        if !self.try_resize(held) {
             // The pool is full of others' memory and nothing of ours is left to spill: hold
             // what we have (at most one input batch) rather than fail.
             self.reservation.grow(held - self.reservation.size());
         }
         Ok(())
+    }
+
+    /// Sets the reservation to `held` bytes if the pool allows it.
+    fn try_resize(&mut self, held: usize) -> bool {
+        let now = self.reservation.size();
+        if held <= now {
+            self.reservation.shrink(now - held);
+            true
+        } else {
+            self.reservation.try_grow(held - now).is_ok()
+        }
     }
 
     /// Bytes bucket `b` holds: its batches, and its partly filled batch estimated from the
@@ -610,6 +607,29 @@ mod tests {
         (schema, batches)
     }
 
+    /// A sorter by partition `p`, then `k` and `t`, over `items`, in `ctx`: its output (dropping
+    /// `t`) and its statistics.
+    fn sort(
+        ctx: &datafusion::prelude::SessionContext,
+        schema: &SchemaRef,
+        items: Vec<DfResult<RecordBatch>>,
+    ) -> (SendableRecordBatchStream, Arc<Stats>) {
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(schema),
+            futures::stream::iter(items),
+        ));
+        let sorter = BucketSorter::new(
+            0,
+            Arc::clone(schema),
+            &["p".to_string()],
+            &["k".to_string(), "t".to_string()],
+            ctx.task_ctx(),
+        )
+        .unwrap();
+        let stats = Arc::clone(&sorter.stats);
+        (sorter.spawn(stream, vec![0, 1, 3]).unwrap(), stats)
+    }
+
     /// Sorts the input with a pool of `limit` bytes: the output batches, concatenated, and the
     /// spill files and external sorts it took.
     async fn sorted(limit: usize) -> (RecordBatch, usize, usize) {
@@ -619,20 +639,7 @@ mod tests {
             batch_size: 1000,
         };
         let ctx = crate::engine::session(&options, Arc::new(InMemory::new()), None).unwrap();
-        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&schema),
-            futures::stream::iter(batches.into_iter().map(Ok)),
-        ));
-        let sorter = BucketSorter::new(
-            0,
-            Arc::clone(&schema),
-            &["p".to_string()],
-            &["k".to_string(), "t".to_string()],
-            ctx.task_ctx(),
-        )
-        .unwrap();
-        let stats = Arc::clone(&sorter.stats);
-        let out = sorter.spawn(stream, vec![0, 1, 3]).unwrap();
+        let (out, stats) = sort(&ctx, &schema, batches.into_iter().map(Ok).collect());
         let out_schema = out.schema();
         let got: Vec<RecordBatch> = out.map(|b| b.unwrap()).collect().await;
         let load =
@@ -685,20 +692,7 @@ mod tests {
             .map(Ok)
             .chain([Err(DataFusionError::Execution("source went away".into()))])
             .collect();
-        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&schema),
-            futures::stream::iter(items),
-        ));
-        let sorter = BucketSorter::new(
-            0,
-            Arc::clone(&schema),
-            &["p".to_string()],
-            &["k".to_string(), "t".to_string()],
-            ctx.task_ctx(),
-        )
-        .unwrap();
-        let got: Vec<DfResult<RecordBatch>> =
-            sorter.spawn(stream, vec![0, 1, 3]).unwrap().collect().await;
+        let got: Vec<DfResult<RecordBatch>> = sort(&ctx, &schema, items).0.collect().await;
         assert_eq!(got.len(), 1, "no rows before the error");
         let err = got.into_iter().next().unwrap().unwrap_err();
         assert!(err.to_string().contains("source went away"), "{err}");
