@@ -20,7 +20,10 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::{ObjectMeta, ObjectStore};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+
+use super::proof::Footer;
 
 /// Rows per batch read from each file.
 const BATCH_ROWS: usize = 8192;
@@ -40,16 +43,14 @@ pub(super) fn key_prefix(cols: &[String], key: &[String]) -> Option<Vec<String>>
 /// `(failing rows, duplicated keys)` of a `unique` rule over `columns` (a key prefix, in key
 /// order) on `table`, by merging its files. `None` when the table is not a list of files, a file
 /// cannot be read, or the files are not sorted by these columns: the caller runs the SQL.
+/// `footers` already read (by the proofs) are used instead of reading them again.
 pub(super) async fn unique_by_merge(
     ctx: &SessionContext,
     table: &str,
     columns: &[String],
+    footers: &[Footer],
 ) -> Option<(u64, u64)> {
-    let provider = ctx.table_provider(table).await.ok()?;
-    let any: &dyn std::any::Any = provider.as_ref();
-    let files = any.downcast_ref::<crate::engine::FilesTable>()?;
-    let store = ctx.runtime_env().object_store(files.store_url()).ok()?;
-    let schema = provider.schema();
+    let (schema, store, files) = super::proof::listed_files(ctx, table).await?;
     let types = columns
         .iter()
         .map(|c| Some(schema.field_with_name(c).ok()?.data_type().clone()))
@@ -75,9 +76,13 @@ pub(super) async fn unique_by_merge(
     let packed = width.is_some_and(|w| w <= 16);
     let converter = RowConverter::new(fields).ok()?;
     let mut cursors = Vec::new();
-    for file in files.files() {
+    for file in &files {
+        let footer = footers
+            .iter()
+            .find(|f| f.file.location == file.location)
+            .map(|f| f.meta.clone());
         let mut cursor = Cursor {
-            stream: open(&store, file, columns).await?,
+            stream: open(&store, file, columns, footer).await?,
             columns: columns.to_vec(),
             rows: Arc::new(converter.empty_rows(0, 0)),
             packed: packed.then(Vec::new),
@@ -96,6 +101,7 @@ async fn open(
     store: &Arc<dyn ObjectStore>,
     file: &ObjectMeta,
     columns: &[String],
+    footer: Option<ArrowReaderMetadata>,
 ) -> Option<BoxStream<'static, parquet::errors::Result<RecordBatch>>> {
     // Deprecated in favour of a hand-written AsyncFileReader; it reads ranges as asked.
     #[allow(deprecated)]
@@ -104,7 +110,10 @@ async fn open(
         file.location.clone(),
     )
     .with_file_size(file.size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.ok()?;
+    let builder = match footer {
+        Some(meta) => ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta),
+        None => ParquetRecordBatchStreamBuilder::new(reader).await.ok()?,
+    };
     let roots = columns
         .iter()
         .map(|c| builder.schema().index_of(c).ok())
@@ -371,7 +380,7 @@ mod tests {
                 .collect();
             let ctx = staged(files, true).await;
             for c in [cols(&["k1"]), cols(&["k1", "k2"])] {
-                let merged = unique_by_merge(&ctx, "staged", &c).await;
+                let merged = unique_by_merge(&ctx, "staged", &c, &[]).await;
                 let sql = by_sql(&ctx, &c).await;
                 assert_eq!(merged, Some(sql), "seed {seed}, columns {c:?}");
             }
@@ -389,7 +398,7 @@ mod tests {
         ];
         let ctx = staged(files, true).await;
         let c = vec!["k1".to_string()];
-        assert_eq!(unique_by_merge(&ctx, "staged", &c).await, Some((6, 2)));
+        assert_eq!(unique_by_merge(&ctx, "staged", &c, &[]).await, Some((6, 2)));
         assert_eq!(by_sql(&ctx, &c).await, (6, 2));
     }
 
@@ -398,7 +407,7 @@ mod tests {
         let row = |k: i64| (Some(k), None);
         let ctx = staged(vec![vec![row(3), row(1), row(2)]], false).await;
         assert_eq!(
-            unique_by_merge(&ctx, "staged", &["k1".to_string()]).await,
+            unique_by_merge(&ctx, "staged", &["k1".to_string()], &[]).await,
             None
         );
     }

@@ -37,7 +37,13 @@ const CONCURRENCY: usize = 16;
 
 /// The names of the staged-scope rules in `rules` that the Parquet metadata of `table` proves
 /// to pass. Anything unproven is simply left to the scan.
-pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -> HashSet<String> {
+///
+/// Also returns the footers it read (empty if none), for the `unique` merge to reuse.
+pub(super) async fn proven(
+    ctx: &SessionContext,
+    table: &str,
+    rules: &[&Rule],
+) -> (HashSet<String>, Vec<Footer>) {
     let mut proven = HashSet::new();
     let candidates: Vec<&Rule> = rules
         .iter()
@@ -45,22 +51,14 @@ pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -
         .filter(|r| r.scope == Scope::Staged && sql::failing_predicate(&r.kind).is_some())
         .collect();
     if candidates.is_empty() {
-        return proven;
+        return (proven, Vec::new());
     }
-    let Ok(provider) = ctx.table_provider(table).await else {
-        return proven;
+    let Some((schema, store, files)) = listed_files(ctx, table).await else {
+        return (proven, Vec::new());
     };
-    let any: &dyn std::any::Any = provider.as_ref();
-    let Some(files) = any.downcast_ref::<crate::engine::FilesTable>() else {
-        return proven;
+    let Some(footers) = footers(&store, &files).await else {
+        return (proven, Vec::new());
     };
-    let Ok(store) = ctx.runtime_env().object_store(files.store_url()) else {
-        return proven;
-    };
-    let Some(footers) = footers(&store, files.files()).await else {
-        return proven;
-    };
-    let schema = provider.schema();
     // Each column's dictionary values are fetched once, however many rules use them.
     let mut dictionaries: HashMap<String, Option<ArrayRef>> = HashMap::new();
     for rule in candidates {
@@ -91,13 +89,29 @@ pub(super) async fn proven(ctx: &SessionContext, table: &str, rules: &[&Rule]) -
             proven.insert(rule.name.clone());
         }
     }
-    proven
+    (proven, footers)
+}
+
+/// The schema, store and files of `table` when it is a plain list of files (the staged run).
+pub(super) async fn listed_files(
+    ctx: &SessionContext,
+    table: &str,
+) -> Option<(
+    arrow::datatypes::SchemaRef,
+    Arc<dyn ObjectStore>,
+    Vec<ObjectMeta>,
+)> {
+    let provider = ctx.table_provider(table).await.ok()?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    let files = any.downcast_ref::<crate::engine::FilesTable>()?;
+    let store = ctx.runtime_env().object_store(files.store_url()).ok()?;
+    Some((provider.schema(), store, files.files().to_vec()))
 }
 
 /// A staged file with its footer.
-struct Footer {
-    file: ObjectMeta,
-    meta: ArrowReaderMetadata,
+pub(super) struct Footer {
+    pub(super) file: ObjectMeta,
+    pub(super) meta: ArrowReaderMetadata,
 }
 
 /// Every file's footer (one ranged read each, concurrently), or None if any cannot be read.

@@ -535,10 +535,14 @@ pub async fn run(
     let mut by_name: std::collections::HashMap<String, RuleResult> = Default::default();
     let mut sample_jobs = Vec::new();
     let mut rows_in = std::collections::HashMap::new();
+    // Footers of the staged files, read by the proofs and reused by the `unique` merge.
+    let mut footers = Vec::new();
     // One scan per scope (the staged one always: it counts the run's rows).
     for scope in [Scope::Staged, Scope::Result] {
         let proven = if scope == Scope::Staged {
-            super::proof::proven(ctx, scope.table(), rules).await
+            let (proven, read) = super::proof::proven(ctx, scope.table(), rules).await;
+            footers = read;
+            proven
         } else {
             Default::default()
         };
@@ -647,6 +651,7 @@ pub async fn run(
         }
     }
 
+    let footers = footers.as_slice();
     let own = rules
         .iter()
         .copied()
@@ -665,7 +670,7 @@ pub async fn run(
                     // On staged files (sorted by the key), a merge with bounded memory; else SQL.
                     let merged = match (rule.scope, super::merge::key_prefix(cols, key)) {
                         (Scope::Staged, Some(prefix)) => {
-                            super::merge::unique_by_merge(ctx, table, &prefix).await
+                            super::merge::unique_by_merge(ctx, table, &prefix, footers).await
                         }
                         _ => None,
                     };

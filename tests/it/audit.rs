@@ -688,3 +688,40 @@ async fn quarantine_publishes_the_good_rows_and_keeps_the_bad_ones() {
         Status::Unchanged
     );
 }
+
+#[tokio::test]
+async fn the_unique_merge_reuses_the_footers_the_proofs_read() {
+    // Whole-object and footer reads (`get`) of staged files during an audit-only run.
+    async fn gets(rules: &str) -> usize {
+        let f = Fixture::new();
+        f.orders(
+            "2024-01-01",
+            &[(1, 12, "19.99", "shipped"), (2, 17, "5.00", "placed")],
+        );
+        std::fs::write(f.dir.path().join("audits/orders.yaml"), rules).unwrap();
+        let rec = crate::store::RecordingStore::new(f.table_store());
+        let out = f
+            .job_on(rec.clone())
+            .run("2024-01-01", Mode::AuditOnly)
+            .await
+            .unwrap();
+        // All pass: no failing rule's sample query reads the files again.
+        assert!(out.audit_report.unwrap().rules.iter().all(|r| r.passed));
+        rec.requests()
+            .iter()
+            .filter(|r| r.op == "get" && r.path.starts_with("staging/"))
+            .count()
+    }
+    let proofs = gets("rules:\n  - {name: ids, not_null: [order_id]}\n").await;
+    let both = gets(
+        "rules:\n  - {name: ids, not_null: [order_id]}\n  - {name: one_per_order, unique: [order_id]}\n",
+    )
+    .await;
+    let merge_alone = gets("rules:\n  - {name: one_per_order, unique: [order_id]}\n").await;
+    assert!(proofs > 0, "the proofs read footers");
+    assert_eq!(both, proofs, "the merge read no footer the proofs had read");
+    assert!(
+        merge_alone > 0,
+        "without proofs, the merge reads the footers itself"
+    );
+}
