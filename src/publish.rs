@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema};
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tracing::{info, warn};
 
@@ -158,11 +158,21 @@ pub struct Publisher {
     options: PublishOptions,
 }
 
+/// `t` with string and binary layouts (views, 64-bit offsets) taken as the same type: they hold
+/// the same values and are written to Parquet alike.
+fn logical(t: &DataType) -> &DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => &DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => &DataType::Binary,
+        t => t,
+    }
+}
+
 fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
     for f in old.fields() {
         match new.field_with_name(f.name()) {
             Err(_) => return Err(format!("column `{}` would be dropped", f.name())),
-            Ok(n) if n.data_type() != f.data_type() => {
+            Ok(n) if logical(n.data_type()) != logical(f.data_type()) => {
                 return Err(format!(
                     "column `{}` would change type from {} to {}",
                     f.name(),

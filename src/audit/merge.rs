@@ -10,6 +10,9 @@
 //! The merge checks the order it relies on: if any file is not sorted as expected (a file not
 //! written by this build's writer), it gives up and the rule runs as SQL.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::collections::binary_heap::PeekMut;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
@@ -22,6 +25,8 @@ use futures::stream::BoxStream;
 use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+
+use tokio::sync::mpsc;
 
 use super::proof::Footer;
 
@@ -74,27 +79,32 @@ pub(super) async fn unique_by_merge(
         })
         .collect();
     let packed = width.is_some_and(|w| w <= 16);
-    let converter = RowConverter::new(fields).ok()?;
+    let converter = Arc::new(RowConverter::new(fields).ok()?);
     let mut cursors = Vec::new();
     for file in &files {
         let footer = footers
             .iter()
             .find(|f| f.file.location == file.location)
             .map(|f| f.meta.clone());
+        let stream = open(&store, file, columns, footer).await?;
         let mut cursor = Cursor {
-            stream: open(&store, file, columns, footer).await?,
-            columns: columns.to_vec(),
+            batches: read_ahead(stream, columns.to_vec(), Arc::clone(&converter), packed),
             rows: Arc::new(converter.empty_rows(0, 0)),
-            packed: packed.then(Vec::new),
+            packed: Vec::new(),
             valid: None,
             pos: 0,
         };
-        if cursor.fill(&converter).await? {
+        if cursor.fill().await? {
             cursors.push(cursor);
         }
     }
-    // The merge is CPU work: off the caller's task, so the other audit queries keep going.
-    tokio::spawn(merge(cursors, converter)).await.ok()?
+    // The merge is CPU work: off the caller's task, so the other audit queries keep going. Each
+    // file is decoded on a task of its own (see `read_ahead`), the merge only compares.
+    if packed {
+        tokio::spawn(merge_packed(cursors)).await.ok()?
+    } else {
+        tokio::spawn(merge(cursors)).await.ok()?
+    }
 }
 
 async fn open(
@@ -127,75 +137,195 @@ async fn open(
     Some(stream.boxed())
 }
 
-/// One file's key rows, a batch at a time.
-struct Cursor {
-    stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>,
-    columns: Vec<String>,
+/// One batch of a file's keys, ready to compare.
+struct Keys {
+    /// The rows in the row format (empty when packed).
     rows: Arc<Rows>,
-    /// The rows as big-endian integers, when every row fits in 16 bytes (same order).
-    packed: Option<Vec<u128>>,
-    /// Rows with no NULL in the key columns (`None`: all).
+    /// When packed: the keys as big-endian integers (same order), rows with a NULL left out.
+    packed: Vec<u128>,
+    /// Unpacked: rows with no NULL in the key columns (`None`: all).
+    valid: Option<NullBuffer>,
+}
+
+/// What a file's reader task sends.
+enum Loaded {
+    Keys(Keys),
+    /// The file ended, every batch sent.
+    End,
+    /// A batch could not be read or converted.
+    Failed,
+}
+
+/// Decodes a file's key columns batch by batch on a task of its own, one batch ahead of the
+/// merge. The receiver ends with `End` only if the whole file was read: a closed channel
+/// without it (a panic) counts as a failure.
+fn read_ahead(
+    mut stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>,
+    columns: Vec<String>,
+    converter: Arc<RowConverter>,
+    packed: bool,
+) -> mpsc::Receiver<Loaded> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(batch) = stream.next().await {
+            let keys = batch
+                .ok()
+                .and_then(|b| load(&b, &columns, &converter, packed));
+            let message = match keys {
+                Some(keys) if keys.rows.num_rows() == 0 && keys.packed.is_empty() => continue,
+                Some(keys) => Loaded::Keys(keys),
+                None => Loaded::Failed,
+            };
+            let failed = matches!(message, Loaded::Failed);
+            if tx.send(message).await.is_err() || failed {
+                return;
+            }
+        }
+        let _ = tx.send(Loaded::End).await;
+    });
+    rx
+}
+
+/// A batch's keys; `None` when a column is missing or cannot be converted.
+fn load(
+    batch: &RecordBatch,
+    columns: &[String],
+    converter: &RowConverter,
+    packed: bool,
+) -> Option<Keys> {
+    let arrays = columns
+        .iter()
+        .map(|c| batch.column_by_name(c).cloned())
+        .collect::<Option<Vec<_>>>()?;
+    let mut valid: Option<NullBuffer> = None;
+    for a in &arrays {
+        valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
+    }
+    let rows = converter.convert_columns(&arrays).ok()?;
+    if !packed {
+        return Some(Keys {
+            rows: Arc::new(rows),
+            packed: Vec::new(),
+            valid,
+        });
+    }
+    let keys = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| valid.as_ref().is_none_or(|v| v.is_valid(*i)))
+        .map(|(_, r)| {
+            let mut b = [0u8; 16];
+            b[..r.as_ref().len()].copy_from_slice(r.as_ref());
+            u128::from_be_bytes(b)
+        })
+        .collect();
+    Some(Keys {
+        rows: Arc::new(converter.empty_rows(0, 0)),
+        packed: keys,
+        valid: None,
+    })
+}
+
+/// One file's keys, a batch at a time.
+struct Cursor {
+    batches: mpsc::Receiver<Loaded>,
+    rows: Arc<Rows>,
+    packed: Vec<u128>,
     valid: Option<NullBuffer>,
     pos: usize,
 }
 
 impl Cursor {
-    /// Loads the next non-empty batch; false at the end of the file. `None` on a read error.
-    async fn fill(&mut self, converter: &RowConverter) -> Option<bool> {
-        loop {
-            let Some(batch) = self.stream.next().await else {
-                return Some(false);
-            };
-            let batch = batch.ok()?;
-            if batch.num_rows() == 0 {
-                continue;
+    /// Takes the next batch; false at the end of the file, `None` when it could not be read.
+    async fn fill(&mut self) -> Option<bool> {
+        match self.batches.recv().await? {
+            Loaded::Keys(keys) => {
+                self.rows = keys.rows;
+                self.packed = keys.packed;
+                self.valid = keys.valid;
+                self.pos = 0;
+                Some(true)
             }
-            let arrays = self
-                .columns
-                .iter()
-                .map(|c| batch.column_by_name(c).cloned())
-                .collect::<Option<Vec<_>>>()?;
-            let mut valid: Option<NullBuffer> = None;
-            for a in &arrays {
-                valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
-            }
-            self.rows = Arc::new(converter.convert_columns(&arrays).ok()?);
-            if let Some(packed) = &mut self.packed {
-                packed.clear();
-                packed.extend(self.rows.iter().map(|r| {
-                    let mut b = [0u8; 16];
-                    b[..r.as_ref().len()].copy_from_slice(r.as_ref());
-                    u128::from_be_bytes(b)
-                }));
-            }
-            self.valid = valid;
-            self.pos = 0;
-            return Some(true);
+            Loaded::End => Some(false),
+            Loaded::Failed => None,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.packed.len().max(self.rows.num_rows())
     }
 
     fn is_valid(&self) -> bool {
         self.valid.as_ref().is_none_or(|v| v.is_valid(self.pos))
     }
 
-    /// Orders the current rows of two cursors (the packed integers when there are some).
     fn less(&self, other: &Cursor) -> bool {
-        match (&self.packed, &other.packed) {
-            (Some(a), Some(b)) => a[self.pos] < b[other.pos],
-            _ => self.rows.row(self.pos) < other.rows.row(other.pos),
-        }
+        self.rows.row(self.pos) < other.rows.row(other.pos)
     }
 }
 
-/// The last key the merge saw.
-enum Last {
-    None,
-    Packed(u128),
-    Row(Arc<Rows>, usize),
+/// Counts runs of equal keys in merge order: `(failing rows, groups)`. `None` when a key comes
+/// before the previous one (a file not sorted as the writer sorts).
+#[derive(Default)]
+struct Runs {
+    run: u64,
+    failing: u64,
+    groups: u64,
 }
 
-/// Merges the cursors (each at a loaded batch) and counts the rows of repeated keys.
-async fn merge(mut cursors: Vec<Cursor>, converter: RowConverter) -> Option<(u64, u64)> {
+impl Runs {
+    /// The next key compared with the previous one.
+    fn next(&mut self, order: std::cmp::Ordering) -> Option<()> {
+        match order {
+            std::cmp::Ordering::Less => return None,
+            std::cmp::Ordering::Equal => self.run += 1,
+            std::cmp::Ordering::Greater => {
+                self.end_run();
+                self.run = 1;
+            }
+        }
+        Some(())
+    }
+
+    fn end_run(&mut self) {
+        if self.run > 1 {
+            self.failing += self.run;
+            self.groups += 1;
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.end_run();
+        (self.failing, self.groups)
+    }
+}
+
+/// The merge of keys packed in integers: a heap of (current key, cursor).
+async fn merge_packed(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
+    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = cursors
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Reverse((c.packed[0], i)))
+        .collect();
+    let mut runs = Runs::default();
+    let mut last: Option<u128> = None;
+    while let Some(mut top) = heap.peek_mut() {
+        let Reverse((key, i)) = *top;
+        runs.next(last.map_or(std::cmp::Ordering::Greater, |l| key.cmp(&l)))?;
+        last = Some(key);
+        let c = &mut cursors[i];
+        c.pos += 1;
+        if c.pos == c.packed.len() && !c.fill().await? {
+            PeekMut::pop(top);
+            continue;
+        }
+        *top = Reverse((c.packed[c.pos], i));
+    }
+    Some(runs.finish())
+}
+
+/// The merge of keys in the row format, NULL keys skipped.
+async fn merge(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
     // A binary min-heap of cursor indices, ordered by each cursor's current row.
     let mut heap: Vec<usize> = (0..cursors.len()).collect();
     let less = |cursors: &[Cursor], a: usize, b: usize| {
@@ -205,51 +335,31 @@ async fn merge(mut cursors: Vec<Cursor>, converter: RowConverter) -> Option<(u64
     for i in (0..heap.len() / 2).rev() {
         sift_down(&mut heap, i, |a, b| less(&cursors, a, b));
     }
-    let mut failing = 0u64;
-    let mut groups = 0u64;
-    // The last key seen: its rows and index, and how many rows carried it.
-    let mut last = Last::None;
-    let mut run = 0u64;
+    let mut runs = Runs::default();
+    // The last key seen: its batch and index.
+    let mut last: Option<(Arc<Rows>, usize)> = None;
     while let Some(&top) = heap.first() {
         let c = &cursors[top];
         if c.is_valid() {
-            let order = match (&last, &c.packed) {
-                (Last::None, _) => std::cmp::Ordering::Greater,
-                (Last::Packed(prev), Some(packed)) => packed[c.pos].cmp(prev),
-                (Last::Row(rows, i), _) => c.rows.row(c.pos).cmp(&rows.row(*i)),
-                (Last::Packed(_), None) => unreachable!("every cursor packs or none does"),
+            let order = match &last {
+                None => std::cmp::Ordering::Greater,
+                Some((rows, i)) => c.rows.row(c.pos).cmp(&rows.row(*i)),
             };
-            match order {
-                // Not sorted as the writer sorts: leave it to the SQL.
-                std::cmp::Ordering::Less => return None,
-                std::cmp::Ordering::Equal => run += 1,
-                std::cmp::Ordering::Greater => {
-                    if run > 1 {
-                        failing += run;
-                        groups += 1;
-                    }
-                    run = 1;
-                    last = match &c.packed {
-                        Some(packed) => Last::Packed(packed[c.pos]),
-                        None => Last::Row(Arc::clone(&c.rows), c.pos),
-                    };
-                }
+            runs.next(order)?;
+            if order == std::cmp::Ordering::Greater {
+                last = Some((Arc::clone(&c.rows), c.pos));
             }
         }
         let c = &mut cursors[top];
         c.pos += 1;
-        if c.pos == c.rows.num_rows() && !c.fill(&converter).await? {
+        if c.pos == c.len() && !c.fill().await? {
             let end = heap.len() - 1;
             heap.swap(0, end);
             heap.pop();
         }
         sift_down(&mut heap, 0, |a, b| less(&cursors, a, b));
     }
-    if run > 1 {
-        failing += run;
-        groups += 1;
-    }
-    Some((failing, groups))
+    Some(runs.finish())
 }
 
 fn sift_down(heap: &mut [usize], mut i: usize, less: impl Fn(usize, usize) -> bool) {
@@ -410,6 +520,42 @@ mod tests {
             unique_by_merge(&ctx, "staged", &["k1".to_string()], &[]).await,
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_error_or_a_panic_is_not_the_end_of_a_file() {
+        let converter = Arc::new(
+            RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap(),
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let cursor = |stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>| Cursor {
+            batches: read_ahead(stream, vec!["k".into()], Arc::clone(&converter), true),
+            rows: Arc::new(converter.empty_rows(0, 0)),
+            packed: Vec::new(),
+            valid: None,
+            pos: 0,
+        };
+        // A clean file: its batch, then the end.
+        let mut clean = cursor(futures::stream::iter([Ok(batch.clone())]).boxed());
+        assert_eq!(clean.fill().await, Some(true));
+        assert_eq!(clean.packed.len(), 2);
+        assert_eq!(clean.fill().await, Some(false));
+        // A read error after a batch.
+        let err = parquet::errors::ParquetError::General("disk on fire".into());
+        let mut failing = cursor(futures::stream::iter([Ok(batch.clone()), Err(err)]).boxed());
+        assert_eq!(failing.fill().await, Some(true));
+        assert_eq!(failing.fill().await, None);
+        // A reader task that panics: its channel closes without `End`.
+        let panicking = futures::stream::iter([Ok(batch)])
+            .chain(futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
+                panic!("decoder bug")
+            }))
+            .boxed();
+        let mut panicked = cursor(panicking);
+        assert_eq!(panicked.fill().await, Some(true));
+        assert_eq!(panicked.fill().await, None);
     }
 
     #[test]
