@@ -82,10 +82,6 @@ pub fn session(
     // Keep the reservation a sort holds back for merging small relative to tight budgets.
     let reserve = (options.memory_limit / 8).min(10 << 20);
     config.options_mut().execution.sort_spill_reservation_bytes = reserve;
-    // Strings are read as plain (offset) arrays, not views: the writer copies every row into its
-    // partition's bucket, and plain arrays are copied, accounted and spilled as they are (a view
-    // array's size counts every buffer it points into).
-    config.options_mut().execution.parquet.schema_force_view_types = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udaf(datafusion::logical_expr::AggregateUDF::from(
         CountTrue::default(),

@@ -463,3 +463,40 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Field;
+
+    fn schema(columns: &[(&str, DataType)]) -> Schema {
+        Schema::new(
+            columns
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn string_layouts_are_one_type_other_changes_are_refused() {
+        let old = schema(&[("s", DataType::Utf8View), ("b", DataType::Binary)]);
+        // Sources read as views by an older build, as plain strings now (and back).
+        let new = schema(&[("s", DataType::Utf8), ("b", DataType::BinaryView)]);
+        assert_eq!(compatible(&old, &new), Ok(()));
+        assert_eq!(compatible(&new, &old), Ok(()));
+        let large = schema(&[("s", DataType::LargeUtf8), ("b", DataType::LargeBinary)]);
+        assert_eq!(compatible(&old, &large), Ok(()));
+        let retyped = schema(&[("s", DataType::Int64), ("b", DataType::Binary)]);
+        let err = compatible(&old, &retyped).unwrap_err();
+        assert!(err.contains("column `s` would change type"), "{err}");
+        let binary_for_string = schema(&[("s", DataType::Binary), ("b", DataType::Binary)]);
+        assert!(compatible(&old, &binary_for_string).is_err());
+        let dropped = schema(&[("s", DataType::Utf8)]);
+        assert!(
+            compatible(&old, &dropped)
+                .unwrap_err()
+                .contains("`b` would be dropped")
+        );
+    }
+}

@@ -524,9 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_error_or_a_panic_is_not_the_end_of_a_file() {
-        let converter = Arc::new(
-            RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap(),
-        );
+        let converter = Arc::new(RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap());
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
@@ -549,9 +547,9 @@ mod tests {
         assert_eq!(failing.fill().await, None);
         // A reader task that panics: its channel closes without `End`.
         let panicking = futures::stream::iter([Ok(batch)])
-            .chain(futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
-                panic!("decoder bug")
-            }))
+            .chain(futures::stream::poll_fn(
+                |_| -> std::task::Poll<Option<_>> { panic!("decoder bug") },
+            ))
             .boxed();
         let mut panicked = cursor(panicking);
         assert_eq!(panicked.fill().await, Some(true));

@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::buffer::BooleanBuffer;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{BatchCoalescer, SortOptions};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{Decimal128Type, Int64Type};
+use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -39,12 +40,15 @@ use tokio::sync::mpsc;
 const BUCKET_BATCH_ROWS: usize = 2048;
 /// Rows per emitted batch.
 const EMIT_ROWS: usize = 8192;
+/// The hash column added for a bucket sorted by DataFusion's sort.
+const TIEBREAK: &str = "__wap_tiebreak";
 
 /// What a sorter did (for tests and logs).
 #[derive(Debug, Default)]
 pub(super) struct Stats {
-    /// Spill files written.
+    /// Spill files written, and the bytes they held (in memory).
     pub spills: std::sync::atomic::AtomicUsize,
+    pub spilled_bytes: std::sync::atomic::AtomicUsize,
     /// Buckets sorted by DataFusion's spilling sort (too large for memory).
     pub external: std::sync::atomic::AtomicUsize,
 }
@@ -53,6 +57,9 @@ pub(super) struct Stats {
 struct Bucket {
     /// Partition values in the row format (orders buckets like the partition columns).
     values: OwnedRow,
+    /// The same values as one-row arrays of the input's types (buckets do not hold the
+    /// partition columns: they are the same in every row).
+    columns: Vec<ArrayRef>,
     coalescer: BatchCoalescer,
     /// Completed batches held in memory, and their size.
     batches: Vec<RecordBatch>,
@@ -62,20 +69,86 @@ struct Bucket {
     spilled_bytes: usize,
 }
 
+/// How a column is held in a bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Held {
+    /// As it comes.
+    Same,
+    /// String and binary views as plain arrays: a view array's size counts every buffer it
+    /// points into, so batches cut from shared buffers would be accounted many times over (and
+    /// spill all at once); plain arrays are compact and exactly sized.
+    Plain,
+    /// Decimals of up to 18 digits as their unscaled 64-bit integers: half the size, and what
+    /// Parquet stores them as.
+    Decimal(u8, i8),
+}
+
+impl Held {
+    fn of(t: &DataType) -> (Held, DataType) {
+        match t {
+            DataType::Utf8View => (Held::Plain, DataType::Utf8),
+            DataType::BinaryView => (Held::Plain, DataType::Binary),
+            DataType::Decimal128(p, s) if *p <= 18 => (Held::Decimal(*p, *s), DataType::Int64),
+            t => (Held::Same, t.clone()),
+        }
+    }
+
+    /// `a` (of the input's type) as held.
+    fn hold(self, a: &ArrayRef, name: &str, held: &DataType) -> DfResult<ArrayRef> {
+        Ok(match self {
+            Held::Same => Arc::clone(a),
+            Held::Plain => arrow::compute::cast(a, held)?,
+            Held::Decimal(..) => Arc::new(
+                a.as_primitive::<Decimal128Type>()
+                    .try_unary::<_, Int64Type, _>(|v| {
+                        i64::try_from(v).map_err(|_| {
+                            ArrowError::ComputeError(format!(
+                                "column `{name}` holds a value with more digits than its type allows"
+                            ))
+                        })
+                    })?,
+            ),
+        })
+    }
+
+    /// A held array back in the input's type `to`.
+    fn restore(self, a: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
+        Ok(match self {
+            Held::Same => Arc::clone(a),
+            Held::Plain => arrow::compute::cast(a, to)?,
+            Held::Decimal(p, s) => Arc::new(
+                a.as_primitive::<Int64Type>()
+                    .unary::<_, Decimal128Type>(i128::from)
+                    .with_precision_and_scale(p, s)?,
+            ),
+        })
+    }
+}
+
 /// Sorts one stream (rows of several partitions, in any order) into partition-contiguous output,
-/// each partition sorted by `ordering`, with the columns `keep` (the tiebreak dropped).
+/// each partition sorted by its key, then, among rows sharing a key, by the hash of the other
+/// columns ([`crate::engine::RowHash`]: a total order, so files are deterministic). The hash is
+/// computed only for rows whose key repeats.
 ///
-/// Inside, string and binary views are held as plain strings and binaries: a view array's size
-/// counts every buffer it points into, so batches cut from shared buffers would be accounted
-/// many times over (and spill all at once); plain arrays are compact and exactly sized. Emitted
-/// batches have the input's types again.
+/// Buckets hold rows compactly (see [`Held`]), without the partition columns; emitted batches
+/// have the input's schema again.
 pub(super) struct BucketSorter {
-    /// The input's schema, and the same with views replaced by plain strings and binaries.
+    /// The input's (and output's) schema, and the schema rows are held in: the input's columns
+    /// but the partition columns, with the types of `held`.
     input: SchemaRef,
     schema: SchemaRef,
+    /// For each held column: its index in the input and how it is held.
+    held: Vec<(usize, Held)>,
+    /// Input indices of the partition columns.
     part_idx: Vec<usize>,
-    ordering: LexOrdering,
+    /// Held indices of the key columns (those that are not partition columns) and of the other
+    /// columns (hashed to order rows sharing a key).
+    key_idx: Vec<usize>,
+    rest_idx: Vec<usize>,
     converter: RowConverter,
+    /// The key columns in the row format, when a key takes at most 16 bytes there: keys are
+    /// then sorted as integers.
+    key_converter: Option<RowConverter>,
     index: HashMap<Vec<u8>, usize>,
     buckets: Vec<Bucket>,
     reservation: MemoryReservation,
@@ -88,62 +161,66 @@ pub(super) struct BucketSorter {
     pub(super) stats: Arc<Stats>,
 }
 
+const ASCENDING: SortOptions = SortOptions {
+    descending: false,
+    nulls_first: true,
+};
+
 impl BucketSorter {
     /// A sorter for stream `i` of `schema`, bucketing by the columns `partition_by` and sorting
-    /// each bucket by `order` (ascending, NULLs first).
+    /// each bucket by `key` (ascending, NULLs first), then the hash of the other columns.
     pub(super) fn new(
         i: usize,
         schema: SchemaRef,
         partition_by: &[String],
-        order: &[String],
+        key: &[String],
         task: Arc<TaskContext>,
     ) -> DfResult<Self> {
         let input = schema;
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            input
-                .fields()
-                .iter()
-                .map(|f| {
-                    let t = match f.data_type() {
-                        DataType::Utf8View => DataType::Utf8,
-                        DataType::BinaryView => DataType::Binary,
-                        t => t.clone(),
-                    };
-                    f.as_ref().clone().with_data_type(t)
-                })
-                .collect::<Vec<_>>(),
-        ));
         let part_idx = partition_by
             .iter()
-            .map(|c| schema.index_of(c).map_err(DataFusionError::from))
+            .map(|c| input.index_of(c).map_err(DataFusionError::from))
             .collect::<DfResult<Vec<_>>>()?;
-        let fields = part_idx
+        let mut held = Vec::new();
+        let mut fields = Vec::new();
+        for (i, f) in input.fields().iter().enumerate() {
+            if part_idx.contains(&i) {
+                continue;
+            }
+            let (how, t) = Held::of(f.data_type());
+            held.push((i, how));
+            fields.push(f.as_ref().clone().with_data_type(t));
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let key_idx: Vec<usize> = key
             .iter()
-            .map(|&i| {
-                SortField::new_with_options(
-                    schema.field(i).data_type().clone(),
-                    SortOptions {
-                        descending: false,
-                        nulls_first: true,
-                    },
-                )
-            })
+            .filter(|c| !partition_by.contains(c))
+            .map(|c| schema.index_of(c).map_err(DataFusionError::from))
+            .collect::<DfResult<_>>()?;
+        let rest_idx = (0..schema.fields().len())
+            .filter(|i| !key.contains(schema.field(*i).name()))
             .collect();
-        let ordering = LexOrdering::new(
-            order
-                .iter()
-                .map(|c| {
-                    Ok(PhysicalSortExpr::new(
-                        physical_col(c, &schema)?,
-                        SortOptions {
-                            descending: false,
-                            nulls_first: true,
-                        },
-                    ))
-                })
-                .collect::<DfResult<Vec<_>>>()?,
-        )
-        .ok_or_else(|| DataFusionError::Internal("bucket sort needs a key".into()))?;
+        let sort_fields = part_idx
+            .iter()
+            .map(|&i| SortField::new_with_options(input.field(i).data_type().clone(), ASCENDING))
+            .collect();
+        let key_types: Vec<&DataType> = key_idx
+            .iter()
+            .map(|&c| schema.field(c).data_type())
+            .collect();
+        let width: Option<usize> = key_types
+            .iter()
+            .map(|t| t.primitive_width().map(|w| w + 1))
+            .sum();
+        let key_converter = match width {
+            Some(w) if w <= 16 && !key_types.is_empty() => Some(RowConverter::new(
+                key_types
+                    .iter()
+                    .map(|t| SortField::new_with_options((*t).clone(), ASCENDING))
+                    .collect(),
+            )?),
+            _ => None,
+        };
         let reservation = MemoryConsumer::new(format!("wap bucket sort {i}"))
             .with_can_spill(true)
             .register(task.memory_pool());
@@ -152,9 +229,12 @@ impl BucketSorter {
         Ok(BucketSorter {
             input,
             schema,
+            held,
             part_idx,
-            ordering,
-            converter: RowConverter::new(fields)?,
+            key_idx,
+            rest_idx,
+            converter: RowConverter::new(sort_fields)?,
+            key_converter,
             index: HashMap::new(),
             buckets: Vec::new(),
             reservation,
@@ -167,13 +247,12 @@ impl BucketSorter {
     }
 
     /// Runs the sorter over `input` on its own task; the sorted output arrives on the returned
-    /// stream, projected to `keep`. Dropping the stream stops the task.
+    /// stream. Dropping the stream stops the task.
     pub(super) fn spawn(
         mut self,
         mut input: SendableRecordBatchStream,
-        keep: Vec<usize>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let out_schema = Arc::new(self.input.project(&keep)?);
+        let out_schema = Arc::clone(&self.input);
         let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
         let sender = tx.clone();
         let work = tokio::spawn(async move {
@@ -185,7 +264,7 @@ impl BucketSorter {
                 self.push(&batch?)?;
             }
             drop(input);
-            self.emit(&sender, &keep).await
+            self.emit(&sender).await
         });
         // The stream ends cleanly only if the sort did: an error, and a panic too, arrive as an
         // error, never as a short stream that would be written as if complete.
@@ -207,56 +286,184 @@ impl BucketSorter {
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
 
-    fn bucket_of(&mut self, row: arrow::row::Row<'_>) -> usize {
+    /// The bucket of the partition `row` (the values of row `r` of `batch`).
+    fn bucket_of(
+        &mut self,
+        row: arrow::row::Row<'_>,
+        batch: &RecordBatch,
+        r: usize,
+    ) -> DfResult<usize> {
         if let Some(&b) = self.index.get(row.as_ref()) {
-            return b;
+            return Ok(b);
         }
+        let at = arrow::array::UInt32Array::from(vec![r as u32]);
+        let columns = self
+            .part_idx
+            .iter()
+            .map(|&i| arrow::compute::take(batch.column(i), &at, None))
+            .collect::<Result<Vec<_>, _>>()?;
         let b = self.buckets.len();
         self.index.insert(row.as_ref().to_vec(), b);
         self.buckets.push(Bucket {
             values: row.owned(),
+            columns,
             coalescer: BatchCoalescer::new(Arc::clone(&self.schema), BUCKET_BATCH_ROWS),
             batches: Vec::new(),
             bytes: 0,
             spills: Vec::new(),
             spilled_bytes: 0,
         });
-        b
+        Ok(b)
     }
 
-    /// The order of the rows of `batches` (taken as one) by the sort columns.
-    fn sort_indices(&self, batches: &[RecordBatch]) -> DfResult<arrow::array::UInt32Array> {
+    /// An input batch as held in buckets.
+    fn hold(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
         let columns = self
-            .ordering
+            .held
             .iter()
-            .map(|e| {
-                let arrays = batches
-                    .iter()
-                    .map(|b| e.expr.evaluate(b)?.into_array(b.num_rows()))
-                    .collect::<DfResult<Vec<ArrayRef>>>()?;
-                let refs: Vec<&dyn arrow::array::Array> =
-                    arrays.iter().map(|a| a.as_ref()).collect();
-                Ok(arrow::compute::SortColumn {
-                    values: arrow::compute::concat(&refs)?,
-                    options: Some(e.options),
-                })
-            })
+            .zip(self.schema.fields())
+            .map(|(&(i, how), f)| how.hold(batch.column(i), f.name(), f.data_type()))
             .collect::<DfResult<Vec<_>>>()?;
-        Ok(arrow::compute::lexsort_to_indices(&columns, None)?)
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// `batch` with the types of `to` (views to plain arrays, or back).
-    fn cast(batch: &RecordBatch, to: &SchemaRef) -> DfResult<RecordBatch> {
-        if batch.schema_ref() == to {
-            return Ok(batch.clone());
-        }
-        let columns = batch
-            .columns()
+    /// Held columns `which` of `batch`, in the input's types.
+    fn restored(&self, batch: &RecordBatch, which: &[usize]) -> DfResult<Vec<ArrayRef>> {
+        which
             .iter()
-            .zip(to.fields())
-            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(to), columns)?)
+            .map(|&c| {
+                let (i, how) = self.held[c];
+                how.restore(batch.column(c), self.input.field(i).data_type())
+            })
+            .collect()
+    }
+
+    /// A batch of bucket `b` in the output schema: the held columns restored and the partition
+    /// columns put back.
+    fn output(&self, b: usize, batch: &RecordBatch) -> DfResult<RecordBatch> {
+        let n = batch.num_rows();
+        let mut columns: Vec<Option<ArrayRef>> = vec![None; self.input.fields().len()];
+        let zeros = arrow::array::UInt32Array::from(vec![0u32; n]);
+        for (p, &i) in self.part_idx.iter().enumerate() {
+            columns[i] = Some(arrow::compute::take(
+                &self.buckets[b].columns[p],
+                &zeros,
+                None,
+            )?);
+        }
+        let all: Vec<usize> = (0..self.held.len()).collect();
+        for (c, a) in self.restored(batch, &all)?.into_iter().enumerate() {
+            columns[self.held[c].0] = Some(a);
+        }
+        let columns = columns.into_iter().map(|c| c.expect("every column set"));
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.input),
+            columns.collect(),
+        )?)
+    }
+
+    /// The tiebreak hashes of rows (held, all of them sharing the key of their neighbours).
+    fn tie_hashes(&self, batch: &RecordBatch) -> DfResult<Vec<u64>> {
+        let arrays = self.restored(batch, &self.rest_idx)?;
+        let mut hashes = vec![0u64; batch.num_rows()];
+        datafusion::common::hash_utils::create_hashes(
+            &arrays,
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut hashes,
+        )?;
+        Ok(hashes)
+    }
+
+    /// The order of the rows of `batches` (taken as one): by key, then, where keys repeat, by
+    /// the hash of the other columns.
+    fn sort_indices(&self, batches: &[RecordBatch]) -> DfResult<Vec<u32>> {
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let concat = |c: usize| -> DfResult<ArrayRef> {
+            let refs: Vec<&dyn arrow::array::Array> =
+                batches.iter().map(|b| b.column(c).as_ref()).collect();
+            Ok(arrow::compute::concat(&refs)?)
+        };
+        let keys = self
+            .key_idx
+            .iter()
+            .map(|&c| concat(c))
+            .collect::<DfResult<Vec<_>>>()?;
+        let (mut indices, ties) = if keys.is_empty() {
+            (
+                (0..total as u32).collect::<Vec<_>>(),
+                std::iter::once(0..total).collect(),
+            )
+        } else if let Some(converter) = &self.key_converter {
+            // Keys as integers (the row format's bytes, big-endian), sorted with their row.
+            let rows = converter.convert_columns(&keys)?;
+            let mut packed: Vec<(u128, u32)> = rows
+                .iter()
+                .enumerate()
+                .map(|(g, r)| {
+                    let mut b = [0u8; 16];
+                    b[..r.as_ref().len()].copy_from_slice(r.as_ref());
+                    (u128::from_be_bytes(b), g as u32)
+                })
+                .collect();
+            drop(rows);
+            packed.sort_unstable();
+            let mut ties = Vec::new();
+            let mut start = 0;
+            for i in 1..=packed.len() {
+                if i == packed.len() || packed[i].0 != packed[start].0 {
+                    if i - start > 1 {
+                        ties.push(start..i);
+                    }
+                    start = i;
+                }
+            }
+            (packed.into_iter().map(|(_, g)| g).collect(), ties)
+        } else {
+            let columns: Vec<arrow::compute::SortColumn> = keys
+                .iter()
+                .map(|k| arrow::compute::SortColumn {
+                    values: Arc::clone(k),
+                    options: Some(ASCENDING),
+                })
+                .collect();
+            let sorted = arrow::compute::lexsort_to_indices(&columns, None)?;
+            let sorted_keys = keys
+                .iter()
+                .map(|k| arrow::compute::take(k, &sorted, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ties = arrow::compute::partition(&sorted_keys)?
+                .ranges()
+                .into_iter()
+                .filter(|r| r.len() > 1)
+                .collect();
+            (sorted.values().to_vec(), ties)
+        };
+        if self.rest_idx.is_empty() || ties.is_empty() {
+            // Rows sharing a key (if any) are the same row: their order does not show.
+            return Ok(indices);
+        }
+        // Hash the rows that share a key with another, all at once, and order each run of them.
+        let locate = Locator::new(batches);
+        let tied: Vec<(usize, usize)> = ties
+            .iter()
+            .flat_map(|r| indices[r.clone()].iter().map(|&g| locate.at(g)))
+            .collect();
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let hashes = self.tie_hashes(&arrow::compute::interleave_record_batch(&refs, &tied)?)?;
+        let mut at = 0;
+        for r in ties {
+            let mut run: Vec<(u64, u32)> = hashes[at..at + r.len()]
+                .iter()
+                .copied()
+                .zip(indices[r.clone()].iter().copied())
+                .collect();
+            at += r.len();
+            run.sort_unstable();
+            for (slot, (_, g)) in indices[r].iter_mut().zip(run) {
+                *slot = g;
+            }
+        }
+        Ok(indices)
     }
 
     /// Appends the rows of `batch` to their buckets.
@@ -265,40 +472,43 @@ impl BucketSorter {
         if n == 0 {
             return Ok(());
         }
-        let batch = &Self::cast(batch, &self.schema)?;
         let cols: Vec<ArrayRef> = self
             .part_idx
             .iter()
             .map(|&i| Arc::clone(batch.column(i)))
             .collect();
         let rows = self.converter.convert_columns(&cols)?;
-        // Which rows go to which bucket.
-        let mut members: Vec<(usize, Vec<bool>)> = Vec::new();
-        let mut slot: HashMap<usize, usize> = HashMap::new();
+        // Each row's bucket (consecutive rows of one partition are looked up once).
+        let mut ids: Vec<u32> = Vec::with_capacity(n);
+        let mut last: Option<(arrow::row::Row<'_>, u32)> = None;
         for (r, row) in rows.iter().enumerate() {
-            let b = self.bucket_of(row);
-            let s = *slot.entry(b).or_insert_with(|| {
-                members.push((b, vec![false; n]));
-                members.len() - 1
-            });
-            members[s].1[r] = true;
+            let b = match last {
+                Some((prev, b)) if prev == row => b,
+                _ => self.bucket_of(row, batch, r)? as u32,
+            };
+            last = Some((row, b));
+            ids.push(b);
         }
-        for (b, mask) in members {
-            let bucket = &mut self.buckets[b];
-            if mask.iter().all(|m| *m) {
-                bucket.coalescer.push_batch(batch.clone())?;
-            } else {
-                let filter = BooleanArray::new(BooleanBuffer::from(mask), None);
-                bucket
-                    .coalescer
-                    .push_batch_with_filter(batch.clone(), &filter)?;
-            }
-            while let Some(done) = bucket.coalescer.next_completed_batch() {
-                let size = done.get_array_memory_size();
-                bucket.bytes += size;
-                self.completed.0 += size;
-                self.completed.1 += done.num_rows();
-                bucket.batches.push(done);
+        let held = self.hold(batch)?;
+        if ids.iter().all(|&b| b == ids[0]) {
+            self.append(ids[0] as usize, held)?;
+        } else {
+            // Group the rows by bucket with one gather, then hand each bucket its slice.
+            let mut order: Vec<u64> = ids
+                .iter()
+                .enumerate()
+                .map(|(r, &b)| (u64::from(b) << 32) | r as u64)
+                .collect();
+            order.sort_unstable();
+            let indices =
+                arrow::array::UInt32Array::from_iter_values(order.iter().map(|&o| o as u32));
+            let grouped = arrow::compute::take_record_batch(&held, &indices)?;
+            let mut start = 0;
+            while start < n {
+                let b = (order[start] >> 32) as usize;
+                let end = start + order[start..].partition_point(|&o| (o >> 32) as usize == b);
+                self.append(b, grouped.slice(start, end - start))?;
+                start = end;
             }
         }
         self.row_bytes = self.completed.0.div_ceil(self.completed.1.max(1));
@@ -306,6 +516,19 @@ impl BucketSorter {
         self.account(held)
     }
 
+    /// Appends rows of one bucket to it.
+    fn append(&mut self, b: usize, rows: RecordBatch) -> DfResult<()> {
+        let bucket = &mut self.buckets[b];
+        bucket.coalescer.push_batch(rows)?;
+        while let Some(done) = bucket.coalescer.next_completed_batch() {
+            let size = done.get_array_memory_size();
+            bucket.bytes += size;
+            self.completed.0 += size;
+            self.completed.1 += done.num_rows();
+            bucket.batches.push(done);
+        }
+        Ok(())
+    }
     /// Makes the reservation `held` bytes. When the pool refuses, spills the largest buckets
     /// until half of what is held is free: few, large spills (each spill is a file).
     fn account(&mut self, held: usize) -> DfResult<()> {
@@ -380,17 +603,16 @@ impl BucketSorter {
         }
         drop(batches);
         let bytes = std::mem::take(&mut bucket.bytes);
+        self.stats
+            .spilled_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         bucket.spilled_bytes += bytes;
         // What the partly filled batch held moved into `bytes` above.
         Ok(bytes.max(freed))
     }
 
     /// Sorts and sends every bucket: those held in memory first, then the spilled ones.
-    async fn emit(
-        &mut self,
-        tx: &mpsc::Sender<DfResult<RecordBatch>>,
-        keep: &[usize],
-    ) -> DfResult<()> {
+    async fn emit(&mut self, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> DfResult<()> {
         for bucket in &mut self.buckets {
             bucket.coalescer.finish_buffered_batch()?;
             while let Some(done) = bucket.coalescer.next_completed_batch() {
@@ -441,25 +663,12 @@ impl BucketSorter {
                 // Sort the sort columns alone, then gather the rows batch by batch: the bucket
                 // is never copied whole.
                 let indices = self.sort_indices(&all)?;
-                let mut starts = Vec::with_capacity(all.len());
-                let mut at = 0;
-                for batch in &all {
-                    starts.push(at);
-                    at += batch.num_rows();
-                }
+                let locate = Locator::new(&all);
                 let refs: Vec<&RecordBatch> = all.iter().collect();
-                for chunk in indices.values().chunks(EMIT_ROWS) {
-                    let rows: Vec<(usize, usize)> = chunk
-                        .iter()
-                        .map(|&g| {
-                            let g = g as usize;
-                            let batch = starts.partition_point(|&s| s <= g) - 1;
-                            (batch, g - starts[batch])
-                        })
-                        .collect();
+                for chunk in indices.chunks(EMIT_ROWS) {
+                    let rows: Vec<(usize, usize)> = chunk.iter().map(|&g| locate.at(g)).collect();
                     let batch = arrow::compute::interleave_record_batch(&refs, &rows)?;
-                    let batch = Self::cast(&batch, &self.input)?.project(keep)?;
-                    if tx.send(Ok(batch)).await.is_err() {
+                    if tx.send(self.output(b, &batch)).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -474,28 +683,135 @@ impl BucketSorter {
                 self.stats
                     .external
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let input =
-                    OnceStream::new(Arc::clone(&self.schema), batches, spilled, &self.spills)?;
-                let plan = StreamingTableExec::try_new(
-                    Arc::clone(&self.schema),
-                    vec![Arc::new(input)],
-                    None,
-                    Vec::<LexOrdering>::new(),
-                    false,
-                    None,
-                )?;
-                let sort = SortExec::new(self.ordering.clone(), Arc::new(plan));
-                let mut sorted = sort.execute(0, Arc::clone(&self.task))?;
+                let mut sorted = self.sort_outside(batches, spilled)?;
                 while let Some(batch) = sorted.next().await {
-                    let batch = Self::cast(&batch?, &self.input)?.project(keep)?;
-                    if tx.send(Ok(batch)).await.is_err() {
+                    if tx.send(self.output(b, &batch?)).await.is_err() {
                         return Ok(());
                     }
                 }
             }
         }
         self.reservation.free();
+        let load =
+            |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            buckets = self.buckets.len(),
+            spill_files = load(&self.stats.spills),
+            held_bytes = self.completed.0,
+            spilled_bytes = load(&self.stats.spilled_bytes),
+            external_sorts = load(&self.stats.external),
+            "partition sort done"
+        );
         Ok(())
+    }
+
+    /// A bucket sorted by DataFusion's spilling sort: by key, then the tiebreak hash of every
+    /// row (the same order as [`Self::sort_indices`]). The output is held rows, hash dropped.
+    fn sort_outside(
+        &self,
+        batches: Vec<RecordBatch>,
+        spilled: Vec<Arc<dyn SpillFile>>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let hashed = !self.rest_idx.is_empty();
+        let mut fields: Vec<arrow::datatypes::FieldRef> = self.schema.fields().to_vec();
+        if hashed {
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                TIEBREAK,
+                DataType::UInt64,
+                false,
+            )));
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let mut exprs = self
+            .key_idx
+            .iter()
+            .map(|&c| physical_col(self.schema.field(c).name(), &schema))
+            .collect::<DfResult<Vec<_>>>()?;
+        if hashed {
+            exprs.push(physical_col(TIEBREAK, &schema)?);
+        }
+        let input = OnceStream::new(Arc::clone(&self.schema), batches, spilled, &self.spills)?;
+        let Some(ordering) = LexOrdering::new(
+            exprs
+                .into_iter()
+                .map(|e| PhysicalSortExpr::new(e, ASCENDING)),
+        ) else {
+            // No key column and nothing to hash: every row is the same row.
+            return Ok(input.take());
+        };
+        // The hash column, computed batch by batch as the sort reads (same values as in memory).
+        let rest: Vec<usize> = self.rest_idx.clone();
+        let held: Vec<(usize, Held)> = self.held.clone();
+        let in_types: Vec<DataType> = held
+            .iter()
+            .map(|(i, _)| self.input.field(*i).data_type().clone())
+            .collect();
+        let with_hash = Arc::clone(&schema);
+        let stream = input.take().map(move |batch| {
+            let batch = batch?;
+            let arrays = rest
+                .iter()
+                .map(|&c| held[c].1.restore(batch.column(c), &in_types[c]))
+                .collect::<DfResult<Vec<_>>>()?;
+            let mut hashes = vec![0u64; batch.num_rows()];
+            datafusion::common::hash_utils::create_hashes(
+                &arrays,
+                &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+                &mut hashes,
+            )?;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(arrow::array::UInt64Array::from(hashes)));
+            Ok(RecordBatch::try_new(Arc::clone(&with_hash), columns)?)
+        });
+        let stream: SendableRecordBatchStream =
+            Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&schema), stream));
+        let plan = StreamingTableExec::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(OnceStream::of(stream))],
+            None,
+            Vec::<LexOrdering>::new(),
+            false,
+            None,
+        )?;
+        let sort = SortExec::new(ordering, Arc::new(plan));
+        let sorted = sort.execute(0, Arc::clone(&self.task))?;
+        let width = self.schema.fields().len();
+        let out = Arc::clone(&self.schema);
+        let dropped = sorted.map(move |b| {
+            let b = b?;
+            Ok(RecordBatch::try_new(
+                Arc::clone(&out),
+                b.columns()[..width].to_vec(),
+            )?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            dropped,
+        )))
+    }
+}
+
+/// Finds row `g` of batches taken as one.
+struct Locator {
+    starts: Vec<usize>,
+}
+
+impl Locator {
+    fn new(batches: &[RecordBatch]) -> Self {
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut at = 0;
+        for batch in batches {
+            starts.push(at);
+            at += batch.num_rows();
+        }
+        Locator { starts }
+    }
+
+    /// `(batch, row)` of row `g`.
+    fn at(&self, g: u32) -> (usize, usize) {
+        let g = g as usize;
+        let batch = self.starts.partition_point(|&s| s <= g) - 1;
+        (batch, g - self.starts[batch])
     }
 }
 
@@ -512,6 +828,7 @@ impl std::fmt::Debug for OnceStream {
 }
 
 impl OnceStream {
+    /// The bucket's spilled batches, then those held in memory.
     fn new(
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
@@ -524,21 +841,20 @@ impl OnceStream {
         }
         let held = futures::stream::iter(batches.into_iter().map(Ok));
         let chained = futures::stream::iter(parts).flatten().chain(held);
-        let stream: SendableRecordBatchStream =
-            Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&schema), chained));
-        Ok(OnceStream {
-            schema,
+        Ok(Self::of(Box::pin(RecordBatchStreamAdapter::new(
+            schema, chained,
+        ))))
+    }
+
+    fn of(stream: SendableRecordBatchStream) -> Self {
+        OnceStream {
+            schema: stream.schema(),
             stream: Mutex::new(Some(stream)),
-        })
-    }
-}
-
-impl PartitionStream for OnceStream {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
+        }
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+    /// The stream itself; an error stream the second time.
+    fn take(&self) -> SendableRecordBatchStream {
         let taken = self.stream.lock().expect("not poisoned").take();
         taken.unwrap_or_else(|| {
             Box::pin(RecordBatchStreamAdapter::new(
@@ -551,18 +867,35 @@ impl PartitionStream for OnceStream {
     }
 }
 
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        self.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, Int64Array, StringViewArray, UInt64Array};
+    use arrow::array::{Array, Decimal128Array, Int64Array, StringViewArray};
     use arrow::datatypes::{Field, Schema};
     use object_store::memory::InMemory;
 
-    fn input(seed: u64) -> (SchemaRef, Vec<RecordBatch>) {
+    /// Rows of partition `p`, key `k` (an integer, or with `string_key` the same numbers as
+    /// zero-padded strings, sorted another way), and payload `t`, `v`.
+    fn input(seed: u64, string_key: bool) -> (SchemaRef, Vec<RecordBatch>) {
+        let key_type = if string_key {
+            DataType::Utf8
+        } else {
+            DataType::Int64
+        };
         let schema = Arc::new(Schema::new(vec![
             Field::new("p", DataType::Utf8View, true),
-            Field::new("k", DataType::Int64, true),
-            Field::new("t", DataType::UInt64, false),
+            Field::new("k", key_type.clone(), true),
+            Field::new("t", DataType::Decimal128(12, 2), false),
             Field::new("v", DataType::Utf8View, true),
         ]));
         let mut s = seed;
@@ -589,15 +922,37 @@ mod tests {
                     });
                     k.push((next() % 7 != 0).then(|| (next() % 5000) as i64));
                     let payload = format!("payload number {} of a row long enough", next());
-                    t.push(next());
+                    // Few distinct values: rows sharing a key often differ only in `v`.
+                    t.push((next() % 3) as i128 * 150);
                     v.push(Some(payload));
                 }
                 RecordBatch::try_new(
                     Arc::clone(&schema),
                     vec![
                         Arc::new(StringViewArray::from(p)),
-                        Arc::new(Int64Array::from(k)),
-                        Arc::new(UInt64Array::from(t)),
+                        arrow::compute::cast(
+                            &(Arc::new(Int64Array::from(k)) as ArrayRef),
+                            &key_type,
+                        )
+                        .map(|k| {
+                            if string_key {
+                                // Zero-padded, so that strings sort like the numbers.
+                                let k = k.as_string::<i32>();
+                                Arc::new(
+                                    k.iter()
+                                        .map(|v| v.map(|v| format!("{v:0>5}")))
+                                        .collect::<arrow::array::StringArray>(),
+                                ) as ArrayRef
+                            } else {
+                                k
+                            }
+                        })
+                        .unwrap(),
+                        Arc::new(
+                            Decimal128Array::from(t)
+                                .with_precision_and_scale(12, 2)
+                                .unwrap(),
+                        ),
                         Arc::new(StringViewArray::from(v)),
                     ],
                 )
@@ -607,8 +962,8 @@ mod tests {
         (schema, batches)
     }
 
-    /// A sorter by partition `p`, then `k` and `t`, over `items`, in `ctx`: its output (dropping
-    /// `t`) and its statistics.
+    /// A sorter by partition `p`, then key `k`, over `items`, in `ctx`: its output and its
+    /// statistics.
     fn sort(
         ctx: &datafusion::prelude::SessionContext,
         schema: &SchemaRef,
@@ -622,18 +977,25 @@ mod tests {
             0,
             Arc::clone(schema),
             &["p".to_string()],
-            &["k".to_string(), "t".to_string()],
+            &["k".to_string()],
             ctx.task_ctx(),
         )
         .unwrap();
         let stats = Arc::clone(&sorter.stats);
-        (sorter.spawn(stream, vec![0, 1, 3]).unwrap(), stats)
+        (sorter.spawn(stream).unwrap(), stats)
     }
 
     /// Sorts the input with a pool of `limit` bytes: the output batches, concatenated, and the
     /// spill files and external sorts it took.
-    async fn sorted(limit: usize) -> (RecordBatch, usize, usize) {
-        let (schema, batches) = input(7);
+    async fn sorted(limit: usize, reversed: bool, string_key: bool) -> (RecordBatch, usize, usize) {
+        let (schema, mut batches) = input(7, string_key);
+        if reversed {
+            batches.reverse();
+            for b in &mut batches {
+                let back = arrow::array::UInt32Array::from_iter_values((0..1000).rev());
+                *b = arrow::compute::take_record_batch(b, &back).unwrap();
+            }
+        }
         let options = crate::engine::EngineOptions {
             memory_limit: limit,
             batch_size: 1000,
@@ -657,11 +1019,17 @@ mod tests {
             .as_any()
             .downcast_ref::<arrow::array::StringArray>()
             .unwrap();
-        let k = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let k = arrow::compute::cast(batch.column(1), &DataType::Int64).unwrap();
+        let k = k.as_primitive::<Int64Type>();
+        // The tiebreak: the hash of the other columns, as the unpartitioned sort computes it.
+        let mut hashes = vec![0u64; batch.num_rows()];
+        datafusion::common::hash_utils::create_hashes(
+            &[Arc::clone(batch.column(2)), Arc::clone(batch.column(3))],
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut hashes,
+        )
+        .unwrap();
+        let mut ties = 0;
         let mut seen = std::collections::HashSet::new();
         for i in 0..batch.num_rows() {
             let part = p.is_valid(i).then(|| p.value(i).to_string());
@@ -676,14 +1044,25 @@ mod tests {
                     k.is_valid(i).then(|| k.value(i)),
                 );
                 assert!(a <= b, "row {i}: keys out of order ({a:?} then {b:?})");
+                if a == b {
+                    ties += 1;
+                    assert!(
+                        hashes[i - 1] <= hashes[i],
+                        "row {i}: rows sharing key {a:?} out of hash order"
+                    );
+                }
             }
         }
         assert_eq!(seen.len(), 11, "10 partitions and NULL");
+        assert!(
+            ties > 1000,
+            "only {ties} rows share a key with the previous one"
+        );
     }
 
     #[tokio::test]
     async fn an_input_error_arrives_as_an_error_not_as_a_short_stream() {
-        let (schema, batches) = input(3);
+        let (schema, batches) = input(3, false);
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
         let items: Vec<DfResult<RecordBatch>> = batches
@@ -699,38 +1078,126 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn spilling_and_sorting_outside_memory_give_the_same_rows_in_the_same_order() {
+    async fn spilling_sorting_outside_memory_and_input_order_change_nothing() {
+        // Integer keys (sorted as packed integers in memory) and string keys (sorted column by
+        // column).
+        for string_key in [false, true] {
+            same_order_whatever_the_memory(string_key).await;
+        }
+    }
+
+    async fn same_order_whatever_the_memory(string_key: bool) {
         // Everything in memory; spilled buckets sorted in memory; the big bucket larger than the
-        // pool (sorted by DataFusion's spilling sort).
-        let (roomy, spills, external) = sorted(1 << 30).await;
+        // pool (sorted by DataFusion's spilling sort). Each with the input in reverse order too.
+        let (roomy, spills, external) = sorted(1 << 30, false, string_key).await;
         assert_eq!((spills, external), (0, 0));
         assert_eq!(roomy.num_rows(), 40_000);
+        assert_eq!(
+            roomy.schema(),
+            input(7, string_key).0,
+            "the input's types come back"
+        );
         check_grouped_and_sorted(&roomy);
+        // The same rows per partition, in the same order (buckets may come in another order).
+        let by_partition = |b: &RecordBatch| {
+            let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for i in 0..b.num_rows() {
+                let cells: Vec<String> = (0..b.num_columns())
+                    .map(|c| arrow::util::display::array_value_to_string(b.column(c), i).unwrap())
+                    .collect();
+                m.entry(cells[0].clone()).or_default().push(cells.join("|"));
+            }
+            m
+        };
+        let expected = by_partition(&roomy);
         // 3 MiB: buckets spill, and are read back and sorted in memory; 1 MiB: the big bucket
         // goes to the spilling sort.
-        for (limit, big_outside) in [(3 << 20, false), (1 << 20, true)] {
-            let (tight, spills, external) = sorted(limit).await;
-            assert!(spills > 0, "limit {limit}: nothing spilled");
-            assert_eq!(
-                external > 0,
-                big_outside,
-                "limit {limit}: {external} external sorts"
-            );
-            check_grouped_and_sorted(&tight);
-            // The same rows per partition, in the same order (buckets may come in another order).
-            let by_partition = |b: &RecordBatch| {
-                let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-                for i in 0..b.num_rows() {
-                    let cells: Vec<String> = (0..b.num_columns())
-                        .map(|c| {
-                            arrow::util::display::array_value_to_string(b.column(c), i).unwrap()
-                        })
-                        .collect();
-                    m.entry(cells[0].clone()).or_default().push(cells.join("|"));
-                }
-                m
-            };
-            assert_eq!(by_partition(&tight), by_partition(&roomy), "limit {limit}");
+        for (limit, big_outside) in [(1 << 30, false), (3 << 20, false), (1 << 20, true)] {
+            for reversed in [false, true] {
+                let (tight, spills, external) = sorted(limit, reversed, string_key).await;
+                assert_eq!(
+                    spills > 0,
+                    limit < 1 << 30,
+                    "limit {limit}: {spills} spills"
+                );
+                assert_eq!(
+                    external > 0,
+                    big_outside,
+                    "limit {limit}: {external} external sorts"
+                );
+                check_grouped_and_sorted(&tight);
+                assert_eq!(
+                    by_partition(&tight),
+                    expected,
+                    "limit {limit}, reversed {reversed}, string key {string_key}"
+                );
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_made_of_partition_columns_orders_rows_by_their_hash() {
+        let (schema, batches) = input(5, false);
+        let ctx =
+            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&schema),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ));
+        let p = vec!["p".to_string()];
+        let sorter = BucketSorter::new(0, Arc::clone(&schema), &p, &p, ctx.task_ctx()).unwrap();
+        let got: Vec<RecordBatch> = sorter
+            .spawn(stream)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        let all = arrow::compute::concat_batches(&schema, &got).unwrap();
+        assert_eq!(all.num_rows(), 40_000);
+        let mut hashes = vec![0u64; all.num_rows()];
+        datafusion::common::hash_utils::create_hashes(
+            &all.columns()[1..],
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut hashes,
+        )
+        .unwrap();
+        let part = arrow::compute::cast(all.column(0), &DataType::Utf8).unwrap();
+        let ranges = arrow::compute::partition(&[part]).unwrap().ranges();
+        assert_eq!(ranges.len(), 11, "each partition in one run");
+        for r in ranges {
+            assert!(
+                hashes[r.clone()].is_sorted(),
+                "rows of partition at {r:?} not in hash order"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decimal_wider_than_its_type_is_an_error() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Utf8, true),
+            Field::new("k", DataType::Int64, true),
+            Field::new("d", DataType::Decimal128(10, 0), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["a", "a"])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+                // Arrow does not check precision: this one does not fit 64 bits.
+                Arc::new(
+                    Decimal128Array::from(vec![1, i128::from(i64::MAX) + 1])
+                        .with_precision_and_scale(10, 0)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        let ctx =
+            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let got: Vec<DfResult<RecordBatch>> =
+            sort(&ctx, &schema, vec![Ok(batch)]).0.collect().await;
+        let err = got.into_iter().find_map(|b| b.err()).expect("an error");
+        assert!(err.to_string().contains("column `d`"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_expr::expressions::col as physical_col;
-use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -261,7 +261,10 @@ fn source_format(conf: &JobConf) -> Arc<dyn FileFormat> {
             Arc::new(f)
         }
         SourceFormat::Json => Arc::new(JsonFormat::default()),
-        SourceFormat::Parquet => Arc::new(ParquetFormat::default()),
+        // Strings are read as plain (offset) arrays, not views: the writer copies every row into
+        // its partition's bucket, and plain arrays are copied, accounted and spilled as they are
+        // (a view array's size counts every buffer it points into).
+        SourceFormat::Parquet => Arc::new(ParquetFormat::default().with_force_view_types(false)),
     }
 }
 
@@ -557,6 +560,63 @@ pub async fn write_staging(
 /// The sort-only column holding [`crate::engine::RowHash`] of the non-key columns.
 const TIEBREAK: &str = "__wap_tiebreak";
 
+/// The rows of an unpartitioned table in one stream, sorted by DataFusion's spilling sort: by
+/// key, then the hash of the other columns (the order [`bucket::BucketSorter`] gives each
+/// partition).
+async fn sort_unpartitioned(
+    ctx: &SessionContext,
+    df: DataFrame,
+    conf: &JobConf,
+) -> Result<SendableRecordBatchStream, DataFusionError> {
+    let out_schema = df.schema().inner().clone();
+    let mut order: Vec<String> = conf.key.clone();
+    let rest: Vec<datafusion::prelude::Expr> = out_schema
+        .fields()
+        .iter()
+        .filter(|f| !order.contains(f.name()))
+        .map(|f| datafusion::prelude::ident(f.name()))
+        .collect();
+    let df = if rest.is_empty() {
+        df
+    } else {
+        let hash = datafusion::execution::FunctionRegistry::udf(ctx, crate::engine::ROW_HASH)?;
+        order.push(TIEBREAK.to_string());
+        df.with_column(TIEBREAK, hash.call(rest))?
+    };
+    let plan = df.create_physical_plan().await?;
+    let plan_schema = plan.schema();
+    let sort_exprs = order
+        .iter()
+        .map(|c| {
+            Ok(PhysicalSortExpr::new(
+                physical_col(c, &plan_schema)?,
+                SortOptions {
+                    descending: false,
+                    nulls_first: true,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
+    let sorted: Arc<dyn ExecutionPlan> = Arc::new(
+        SortExec::new(ordering, Arc::new(CoalescePartitionsExec::new(plan)))
+            .with_preserve_partitioning(true),
+    );
+    // The columns written: all but the tiebreak.
+    let keep = out_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            Ok(ProjectionExpr::new(
+                physical_col(f.name(), &plan_schema)?,
+                f.name().clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    let sorted = ProjectionExec::try_new(keep, sorted)?;
+    sorted.execute(0, ctx.task_ctx())
+}
+
 /// [`write_staging`] under any prefix of the table (the clean rows of a quarantining run go to
 /// `staging/<run_id>-clean`, its quarantined rows to `_wap/runs/<run_id>/quarantine`).
 #[allow(clippy::too_many_arguments)]
@@ -577,98 +637,39 @@ pub async fn write_partitions(
     };
     let out_schema = df.schema().inner().clone();
     let schema = table_schema(&out_schema);
-    // Total order: partition columns, key, then a hash of every other column (see
-    // `engine::RowHash`), so that sorting never compares whole rows.
-    let mut order: Vec<String> = conf.partition_by.clone();
-    order.extend(conf.key.iter().cloned());
-    let rest: Vec<datafusion::prelude::Expr> = out_schema
-        .fields()
-        .iter()
-        .filter(|f| !order.contains(f.name()))
-        .map(|f| datafusion::prelude::ident(f.name()))
-        .collect();
-    let df = if rest.is_empty() {
-        df
-    } else {
-        let hash = datafusion::execution::FunctionRegistry::udf(ctx, crate::engine::ROW_HASH)
-            .map_err(exec_err)?;
-        order.push(TIEBREAK.to_string());
-        df.with_column(TIEBREAK, hash.call(rest))
-            .map_err(exec_err)?
-    };
-    let plan = df.create_physical_plan().await.map_err(exec_err)?;
-    let plan_schema = plan.schema();
-    let column = |name: &str| -> Result<Arc<dyn PhysicalExpr>, WriteError> {
-        physical_col(name, &plan_schema).map_err(exec_err)
-    };
-    let streams = if conf.partition_by.is_empty() {
-        1
-    } else {
-        ctx.state().config().target_partitions().max(1)
-    };
-    let distributed: Arc<dyn ExecutionPlan> = if streams == 1 {
-        Arc::new(CoalescePartitionsExec::new(plan))
-    } else {
-        let exprs = conf
-            .partition_by
-            .iter()
-            .map(|c| column(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        Arc::new(
-            RepartitionExec::try_new(plan, Partitioning::Hash(exprs, streams)).map_err(exec_err)?,
-        )
-    };
-    // The columns written: all but the tiebreak.
-    let keep: Vec<usize> = out_schema
-        .fields()
-        .iter()
-        .map(|f| {
-            plan_schema
-                .index_of(f.name())
-                .map_err(|e| exec_err(e.into()))
-        })
-        .collect::<Result<_, _>>()?;
     let task_ctx = ctx.task_ctx();
-    let sorted_streams: Vec<SendableRecordBatchStream> = if streams == 1 {
-        // One stream (an unpartitioned table): DataFusion's spilling sort.
-        let sort_exprs = order
-            .iter()
-            .map(|c| {
-                Ok(PhysicalSortExpr::new(
-                    column(c)?,
-                    SortOptions {
-                        descending: false,
-                        nulls_first: true,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, WriteError>>()?;
-        let ordering = LexOrdering::new(sort_exprs).expect("the key is never empty");
-        let sorted: Arc<dyn ExecutionPlan> =
-            Arc::new(SortExec::new(ordering, distributed).with_preserve_partitioning(true));
-        let keep = keep
-            .iter()
-            .map(|&i| {
-                let f = plan_schema.field(i);
-                Ok(ProjectionExpr::new(column(f.name())?, f.name().clone()))
-            })
-            .collect::<Result<Vec<_>, WriteError>>()?;
-        let sorted = ProjectionExec::try_new(keep, sorted).map_err(exec_err)?;
-        vec![sorted.execute(0, Arc::clone(&task_ctx)).map_err(exec_err)?]
+    let sorted_streams: Vec<SendableRecordBatchStream> = if conf.partition_by.is_empty() {
+        vec![sort_unpartitioned(ctx, df, conf).await.map_err(exec_err)?]
     } else {
-        // Partitioned: each stream bucketed by partition, each bucket sorted on its own.
-        let key_order: Vec<String> = order[conf.partition_by.len()..].to_vec();
+        // Rows are hash-distributed on the partition columns into one stream per core; each
+        // stream is bucketed by partition and each bucket sorted on its own.
+        let plan = df.create_physical_plan().await.map_err(exec_err)?;
+        let streams = ctx.state().config().target_partitions().max(1);
+        let distributed: Arc<dyn ExecutionPlan> = if streams == 1 {
+            Arc::new(CoalescePartitionsExec::new(plan))
+        } else {
+            let exprs = conf
+                .partition_by
+                .iter()
+                .map(|c| physical_col(c, &out_schema))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(exec_err)?;
+            Arc::new(
+                RepartitionExec::try_new(plan, Partitioning::Hash(exprs, streams))
+                    .map_err(exec_err)?,
+            )
+        };
         (0..streams)
             .map(|i| {
                 let input = distributed.execute(i, Arc::clone(&task_ctx))?;
                 bucket::BucketSorter::new(
                     i,
-                    Arc::clone(&plan_schema),
+                    Arc::clone(&out_schema),
                     &conf.partition_by,
-                    &key_order,
+                    &conf.key,
                     Arc::clone(&task_ctx),
                 )?
-                .spawn(input, keep.clone())
+                .spawn(input)
             })
             .collect::<Result<_, DataFusionError>>()
             .map_err(exec_err)?
