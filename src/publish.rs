@@ -158,21 +158,25 @@ pub struct Publisher {
     options: PublishOptions,
 }
 
-/// `t` with string and binary layouts (views, 64-bit offsets) taken as the same type: they hold
-/// the same values and are written to Parquet alike.
-fn logical(t: &DataType) -> &DataType {
-    match t {
-        DataType::Utf8View | DataType::LargeUtf8 => &DataType::Utf8,
-        DataType::BinaryView | DataType::LargeBinary => &DataType::Binary,
-        t => t,
+/// True when `a` and `b` are the same column type for a table: string layouts (views, 64-bit
+/// offsets) count as one type, binary layouts as another; they hold the same values and are
+/// written to Parquet alike. Used by the publish guard and the `schema_change` rule.
+pub fn same_column_type(a: &DataType, b: &DataType) -> bool {
+    fn logical(t: &DataType) -> &DataType {
+        match t {
+            DataType::Utf8View | DataType::LargeUtf8 => &DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => &DataType::Binary,
+            t => t,
+        }
     }
+    logical(a) == logical(b)
 }
 
 fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
     for f in old.fields() {
         match new.field_with_name(f.name()) {
             Err(_) => return Err(format!("column `{}` would be dropped", f.name())),
-            Ok(n) if logical(n.data_type()) != logical(f.data_type()) => {
+            Ok(n) if !same_column_type(n.data_type(), f.data_type()) => {
                 return Err(format!(
                     "column `{}` would change type from {} to {}",
                     f.name(),

@@ -313,12 +313,16 @@ fn judge_metadata(
                 for f in m.schema.fields() {
                     match staged_schema.field_with_name(f.name()) {
                         Err(_) => problems.push(format!("column `{}` was dropped", f.name())),
-                        Ok(n) if n.data_type() != f.data_type() => problems.push(format!(
-                            "column `{}` changed type from {} to {}",
-                            f.name(),
-                            f.data_type(),
-                            n.data_type()
-                        )),
+                        Ok(n)
+                            if !crate::publish::same_column_type(n.data_type(), f.data_type()) =>
+                        {
+                            problems.push(format!(
+                                "column `{}` changed type from {} to {}",
+                                f.name(),
+                                f.data_type(),
+                                n.data_type()
+                            ))
+                        }
                         Ok(_) => {}
                     }
                 }
