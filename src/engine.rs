@@ -226,18 +226,22 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowHash {
         &self,
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> DfResult<datafusion::logical_expr::ColumnarValue> {
-        let rows = args.number_rows;
         let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
-        let mut hashes = vec![0u64; rows];
-        datafusion::common::hash_utils::create_hashes(
-            &arrays,
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-            &mut hashes,
-        )?;
         Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
-            datafusion::arrow::array::UInt64Array::from(hashes),
+            datafusion::arrow::array::UInt64Array::from(row_hash(&arrays, args.number_rows)?),
         )))
     }
+}
+
+/// What [`RowHash`] computes, for `rows` rows of `arrays`: the writer's sorts call it directly.
+pub fn row_hash(arrays: &[datafusion::arrow::array::ArrayRef], rows: usize) -> DfResult<Vec<u64>> {
+    let mut hashes = vec![0u64; rows];
+    datafusion::common::hash_utils::create_hashes(
+        arrays,
+        &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+        &mut hashes,
+    )?;
+    Ok(hashes)
 }
 
 /// `wap_count_true(predicate)`: how many rows a boolean expression is TRUE for. One popcount per

@@ -87,13 +87,12 @@ pub(super) async fn unique_by_merge(
             .find(|f| f.file.location == file.location)
             .map(|f| f.meta.clone());
         let stream = open(&store, file, columns, footer).await?;
-        let mut cursor = Cursor {
-            batches: read_ahead(stream, columns.to_vec(), Arc::clone(&converter), packed),
-            rows: Arc::new(converter.empty_rows(0, 0)),
-            packed: Vec::new(),
-            valid: None,
-            pos: 0,
-        };
+        let mut cursor = Cursor::new(read_ahead(
+            stream,
+            columns.to_vec(),
+            Arc::clone(&converter),
+            packed,
+        ));
         if cursor.fill().await? {
             cursors.push(cursor);
         }
@@ -137,14 +136,22 @@ async fn open(
     Some(stream.boxed())
 }
 
-/// One batch of a file's keys, ready to compare.
-struct Keys {
-    /// The rows in the row format (empty when packed).
-    rows: Arc<Rows>,
-    /// When packed: the keys as big-endian integers (same order), rows with a NULL left out.
-    packed: Vec<u128>,
-    /// Unpacked: rows with no NULL in the key columns (`None`: all).
-    valid: Option<NullBuffer>,
+/// One batch of a file's keys, ready to compare. A merge gets one kind only: every file's keys
+/// are packed, or none are.
+enum Keys {
+    /// Keys as big-endian integers (same order as the row format), rows with a NULL left out.
+    Packed(Vec<u128>),
+    /// Keys in the row format, and the rows with no NULL in them (`None`: all).
+    Rows(Arc<Rows>, Option<NullBuffer>),
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        match self {
+            Keys::Packed(keys) => keys.len(),
+            Keys::Rows(rows, _) => rows.num_rows(),
+        }
+    }
 }
 
 /// What a file's reader task sends.
@@ -172,7 +179,7 @@ fn read_ahead(
                 .ok()
                 .and_then(|b| load(&b, &columns, &converter, packed));
             let message = match keys {
-                Some(keys) if keys.rows.num_rows() == 0 && keys.packed.is_empty() => continue,
+                Some(keys) if keys.len() == 0 => continue,
                 Some(keys) => Loaded::Keys(keys),
                 None => Loaded::Failed,
             };
@@ -203,11 +210,7 @@ fn load(
     }
     let rows = converter.convert_columns(&arrays).ok()?;
     if !packed {
-        return Some(Keys {
-            rows: Arc::new(rows),
-            packed: Vec::new(),
-            valid,
-        });
+        return Some(Keys::Rows(Arc::new(rows), valid));
     }
     let keys = rows
         .iter()
@@ -219,30 +222,31 @@ fn load(
             u128::from_be_bytes(b)
         })
         .collect();
-    Some(Keys {
-        rows: Arc::new(converter.empty_rows(0, 0)),
-        packed: keys,
-        valid: None,
-    })
+    Some(Keys::Packed(keys))
 }
 
 /// One file's keys, a batch at a time.
 struct Cursor {
     batches: mpsc::Receiver<Loaded>,
-    rows: Arc<Rows>,
-    packed: Vec<u128>,
-    valid: Option<NullBuffer>,
+    keys: Keys,
     pos: usize,
 }
 
 impl Cursor {
+    /// A cursor before its first batch.
+    fn new(batches: mpsc::Receiver<Loaded>) -> Self {
+        Cursor {
+            batches,
+            keys: Keys::Packed(Vec::new()),
+            pos: 0,
+        }
+    }
+
     /// Takes the next batch; false at the end of the file, `None` when it could not be read.
     async fn fill(&mut self) -> Option<bool> {
         match self.batches.recv().await? {
             Loaded::Keys(keys) => {
-                self.rows = keys.rows;
-                self.packed = keys.packed;
-                self.valid = keys.valid;
+                self.keys = keys;
                 self.pos = 0;
                 Some(true)
             }
@@ -251,16 +255,29 @@ impl Cursor {
         }
     }
 
-    fn len(&self) -> usize {
-        self.packed.len().max(self.rows.num_rows())
+    /// True once the current batch is used up.
+    fn exhausted(&self) -> bool {
+        self.pos == self.keys.len()
     }
 
-    fn is_valid(&self) -> bool {
-        self.valid.as_ref().is_none_or(|v| v.is_valid(self.pos))
+    /// The current key, packed.
+    fn packed(&self) -> u128 {
+        match &self.keys {
+            Keys::Packed(keys) => keys[self.pos],
+            Keys::Rows(..) => unreachable!("every file's keys are packed or none are"),
+        }
+    }
+
+    /// The current key's batch, in the row format, and whether it has no NULL.
+    fn rows(&self) -> (&Arc<Rows>, bool) {
+        match &self.keys {
+            Keys::Rows(rows, valid) => (rows, valid.as_ref().is_none_or(|v| v.is_valid(self.pos))),
+            Keys::Packed(_) => unreachable!("every file's keys are packed or none are"),
+        }
     }
 
     fn less(&self, other: &Cursor) -> bool {
-        self.rows.row(self.pos) < other.rows.row(other.pos)
+        self.rows().0.row(self.pos) < other.rows().0.row(other.pos)
     }
 }
 
@@ -305,7 +322,7 @@ async fn merge_packed(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
     let mut heap: BinaryHeap<Reverse<(u128, usize)>> = cursors
         .iter()
         .enumerate()
-        .map(|(i, c)| Reverse((c.packed[0], i)))
+        .map(|(i, c)| Reverse((c.packed(), i)))
         .collect();
     let mut runs = Runs::default();
     let mut last: Option<u128> = None;
@@ -315,11 +332,11 @@ async fn merge_packed(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
         last = Some(key);
         let c = &mut cursors[i];
         c.pos += 1;
-        if c.pos == c.packed.len() && !c.fill().await? {
+        if c.exhausted() && !c.fill().await? {
             PeekMut::pop(top);
             continue;
         }
-        *top = Reverse((c.packed[c.pos], i));
+        *top = Reverse((c.packed(), i));
     }
     Some(runs.finish())
 }
@@ -340,19 +357,20 @@ async fn merge(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
     let mut last: Option<(Arc<Rows>, usize)> = None;
     while let Some(&top) = heap.first() {
         let c = &cursors[top];
-        if c.is_valid() {
+        let (rows, valid) = c.rows();
+        if valid {
             let order = match &last {
                 None => std::cmp::Ordering::Greater,
-                Some((rows, i)) => c.rows.row(c.pos).cmp(&rows.row(*i)),
+                Some((prev, i)) => rows.row(c.pos).cmp(&prev.row(*i)),
             };
             runs.next(order)?;
             if order == std::cmp::Ordering::Greater {
-                last = Some((Arc::clone(&c.rows), c.pos));
+                last = Some((Arc::clone(rows), c.pos));
             }
         }
         let c = &mut cursors[top];
         c.pos += 1;
-        if c.pos == c.len() && !c.fill().await? {
+        if c.exhausted() && !c.fill().await? {
             let end = heap.len() - 1;
             heap.swap(0, end);
             heap.pop();
@@ -528,17 +546,18 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
-        let cursor = |stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>| Cursor {
-            batches: read_ahead(stream, vec!["k".into()], Arc::clone(&converter), true),
-            rows: Arc::new(converter.empty_rows(0, 0)),
-            packed: Vec::new(),
-            valid: None,
-            pos: 0,
+        let cursor = |stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>| {
+            Cursor::new(read_ahead(
+                stream,
+                vec!["k".into()],
+                Arc::clone(&converter),
+                true,
+            ))
         };
         // A clean file: its batch, then the end.
         let mut clean = cursor(futures::stream::iter([Ok(batch.clone())]).boxed());
         assert_eq!(clean.fill().await, Some(true));
-        assert_eq!(clean.packed.len(), 2);
+        assert_eq!(clean.keys.len(), 2);
         assert_eq!(clean.fill().await, Some(false));
         // A read error after a batch.
         let err = parquet::errors::ParquetError::General("disk on fire".into());

@@ -103,7 +103,8 @@ impl Held {
                     .try_unary::<_, Int64Type, _>(|v| {
                         i64::try_from(v).map_err(|_| {
                             ArrowError::ComputeError(format!(
-                                "column `{name}` holds a value with more digits than its type allows"
+                                "column `{name}` holds a value with more digits than its decimal type \
+                                 allows\nhelp: cast it to a wider decimal in the transform"
                             ))
                         })
                     })?,
@@ -125,6 +126,28 @@ impl Held {
     }
 }
 
+/// A column of a bucket: where it is in the input, how it is held, and its input type.
+#[derive(Debug, Clone)]
+struct HeldColumn {
+    input: usize,
+    how: Held,
+    input_type: DataType,
+}
+
+/// Held columns `which` of `batch`, in the input's types.
+fn restored(held: &[HeldColumn], batch: &RecordBatch, which: &[usize]) -> DfResult<Vec<ArrayRef>> {
+    which
+        .iter()
+        .map(|&c| held[c].how.restore(batch.column(c), &held[c].input_type))
+        .collect()
+}
+
+/// The tiebreak of each row of `batch` (held): [`crate::engine::row_hash`] of its columns
+/// `rest` in the input's types, as the unpartitioned sort computes it.
+fn tie_hashes(held: &[HeldColumn], rest: &[usize], batch: &RecordBatch) -> DfResult<Vec<u64>> {
+    crate::engine::row_hash(&restored(held, batch, rest)?, batch.num_rows())
+}
+
 /// Sorts one stream (rows of several partitions, in any order) into partition-contiguous output,
 /// each partition sorted by its key, then, among rows sharing a key, by the hash of the other
 /// columns ([`crate::engine::RowHash`]: a total order, so files are deterministic). The hash is
@@ -137,8 +160,8 @@ pub(super) struct BucketSorter {
     /// but the partition columns, with the types of `held`.
     input: SchemaRef,
     schema: SchemaRef,
-    /// For each held column: its index in the input and how it is held.
-    held: Vec<(usize, Held)>,
+    /// For each held column: its index in the input, how it is held and its input type.
+    held: Arc<[HeldColumn]>,
     /// Input indices of the partition columns.
     part_idx: Vec<usize>,
     /// Held indices of the key columns (those that are not partition columns) and of the other
@@ -161,7 +184,8 @@ pub(super) struct BucketSorter {
     pub(super) stats: Arc<Stats>,
 }
 
-const ASCENDING: SortOptions = SortOptions {
+/// The order of every sort of the writer: ascending, NULLs first.
+pub(super) const ASCENDING: SortOptions = SortOptions {
     descending: false,
     nulls_first: true,
 };
@@ -188,7 +212,11 @@ impl BucketSorter {
                 continue;
             }
             let (how, t) = Held::of(f.data_type());
-            held.push((i, how));
+            held.push(HeldColumn {
+                input: i,
+                how,
+                input_type: f.data_type().clone(),
+            });
             fields.push(f.as_ref().clone().with_data_type(t));
         }
         let schema = Arc::new(arrow::datatypes::Schema::new(fields));
@@ -229,7 +257,7 @@ impl BucketSorter {
         Ok(BucketSorter {
             input,
             schema,
-            held,
+            held: held.into(),
             part_idx,
             key_idx,
             rest_idx,
@@ -322,20 +350,9 @@ impl BucketSorter {
             .held
             .iter()
             .zip(self.schema.fields())
-            .map(|(&(i, how), f)| how.hold(batch.column(i), f.name(), f.data_type()))
+            .map(|(c, f)| c.how.hold(batch.column(c.input), f.name(), f.data_type()))
             .collect::<DfResult<Vec<_>>>()?;
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
-    }
-
-    /// Held columns `which` of `batch`, in the input's types.
-    fn restored(&self, batch: &RecordBatch, which: &[usize]) -> DfResult<Vec<ArrayRef>> {
-        which
-            .iter()
-            .map(|&c| {
-                let (i, how) = self.held[c];
-                how.restore(batch.column(c), self.input.field(i).data_type())
-            })
-            .collect()
     }
 
     /// A batch of bucket `b` in the output schema: the held columns restored and the partition
@@ -351,27 +368,14 @@ impl BucketSorter {
                 None,
             )?);
         }
-        let all: Vec<usize> = (0..self.held.len()).collect();
-        for (c, a) in self.restored(batch, &all)?.into_iter().enumerate() {
-            columns[self.held[c].0] = Some(a);
+        for (c, a) in self.held.iter().zip(batch.columns()) {
+            columns[c.input] = Some(c.how.restore(a, &c.input_type)?);
         }
         let columns = columns.into_iter().map(|c| c.expect("every column set"));
         Ok(RecordBatch::try_new(
             Arc::clone(&self.input),
             columns.collect(),
         )?)
-    }
-
-    /// The tiebreak hashes of rows (held, all of them sharing the key of their neighbours).
-    fn tie_hashes(&self, batch: &RecordBatch) -> DfResult<Vec<u64>> {
-        let arrays = self.restored(batch, &self.rest_idx)?;
-        let mut hashes = vec![0u64; batch.num_rows()];
-        datafusion::common::hash_utils::create_hashes(
-            &arrays,
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-            &mut hashes,
-        )?;
-        Ok(hashes)
     }
 
     /// The order of the rows of `batches` (taken as one): by key, then, where keys repeat, by
@@ -449,7 +453,8 @@ impl BucketSorter {
             .flat_map(|r| indices[r.clone()].iter().map(|&g| locate.at(g)))
             .collect();
         let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let hashes = self.tie_hashes(&arrow::compute::interleave_record_batch(&refs, &tied)?)?;
+        let tied = arrow::compute::interleave_record_batch(&refs, &tied)?;
+        let hashes = tie_hashes(&self.held, &self.rest_idx, &tied)?;
         let mut at = 0;
         for r in ties {
             let mut run: Vec<(u64, u32)> = hashes[at..at + r.len()]
@@ -741,24 +746,11 @@ impl BucketSorter {
         };
         // The hash column, computed batch by batch as the sort reads (same values as in memory).
         let rest: Vec<usize> = self.rest_idx.clone();
-        let held: Vec<(usize, Held)> = self.held.clone();
-        let in_types: Vec<DataType> = held
-            .iter()
-            .map(|(i, _)| self.input.field(*i).data_type().clone())
-            .collect();
+        let held = Arc::clone(&self.held);
         let with_hash = Arc::clone(&schema);
         let stream = input.take().map(move |batch| {
             let batch = batch?;
-            let arrays = rest
-                .iter()
-                .map(|&c| held[c].1.restore(batch.column(c), &in_types[c]))
-                .collect::<DfResult<Vec<_>>>()?;
-            let mut hashes = vec![0u64; batch.num_rows()];
-            datafusion::common::hash_utils::create_hashes(
-                &arrays,
-                &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-                &mut hashes,
-            )?;
+            let hashes = tie_hashes(&held, &rest, &batch)?;
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(arrow::array::UInt64Array::from(hashes)));
             Ok(RecordBatch::try_new(Arc::clone(&with_hash), columns)?)
@@ -962,11 +954,12 @@ mod tests {
         (schema, batches)
     }
 
-    /// A sorter by partition `p`, then key `k`, over `items`, in `ctx`: its output and its
+    /// A sorter by partition `p`, then `key`, over `items`, in `ctx`: its output and its
     /// statistics.
     fn sort(
         ctx: &datafusion::prelude::SessionContext,
         schema: &SchemaRef,
+        key: &str,
         items: Vec<DfResult<RecordBatch>>,
     ) -> (SendableRecordBatchStream, Arc<Stats>) {
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
@@ -977,7 +970,7 @@ mod tests {
             0,
             Arc::clone(schema),
             &["p".to_string()],
-            &["k".to_string()],
+            &[key.to_string()],
             ctx.task_ctx(),
         )
         .unwrap();
@@ -1001,7 +994,7 @@ mod tests {
             batch_size: 1000,
         };
         let ctx = crate::engine::session(&options, Arc::new(InMemory::new()), None).unwrap();
-        let (out, stats) = sort(&ctx, &schema, batches.into_iter().map(Ok).collect());
+        let (out, stats) = sort(&ctx, &schema, "k", batches.into_iter().map(Ok).collect());
         let out_schema = out.schema();
         let got: Vec<RecordBatch> = out.map(|b| b.unwrap()).collect().await;
         let load =
@@ -1022,11 +1015,9 @@ mod tests {
         let k = arrow::compute::cast(batch.column(1), &DataType::Int64).unwrap();
         let k = k.as_primitive::<Int64Type>();
         // The tiebreak: the hash of the other columns, as the unpartitioned sort computes it.
-        let mut hashes = vec![0u64; batch.num_rows()];
-        datafusion::common::hash_utils::create_hashes(
+        let hashes = crate::engine::row_hash(
             &[Arc::clone(batch.column(2)), Arc::clone(batch.column(3))],
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-            &mut hashes,
+            batch.num_rows(),
         )
         .unwrap();
         let mut ties = 0;
@@ -1071,7 +1062,7 @@ mod tests {
             .map(Ok)
             .chain([Err(DataFusionError::Execution("source went away".into()))])
             .collect();
-        let got: Vec<DfResult<RecordBatch>> = sort(&ctx, &schema, items).0.collect().await;
+        let got: Vec<DfResult<RecordBatch>> = sort(&ctx, &schema, "k", items).0.collect().await;
         assert_eq!(got.len(), 1, "no rows before the error");
         let err = got.into_iter().next().unwrap().unwrap_err();
         assert!(err.to_string().contains("source went away"), "{err}");
@@ -1140,27 +1131,15 @@ mod tests {
         let (schema, batches) = input(5, false);
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
-        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&schema),
-            futures::stream::iter(batches.into_iter().map(Ok)),
-        ));
-        let p = vec!["p".to_string()];
-        let sorter = BucketSorter::new(0, Arc::clone(&schema), &p, &p, ctx.task_ctx()).unwrap();
-        let got: Vec<RecordBatch> = sorter
-            .spawn(stream)
-            .unwrap()
+        let items = batches.into_iter().map(Ok).collect();
+        let got: Vec<RecordBatch> = sort(&ctx, &schema, "p", items)
+            .0
             .map(|b| b.unwrap())
             .collect()
             .await;
         let all = arrow::compute::concat_batches(&schema, &got).unwrap();
         assert_eq!(all.num_rows(), 40_000);
-        let mut hashes = vec![0u64; all.num_rows()];
-        datafusion::common::hash_utils::create_hashes(
-            &all.columns()[1..],
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-            &mut hashes,
-        )
-        .unwrap();
+        let hashes = crate::engine::row_hash(&all.columns()[1..], all.num_rows()).unwrap();
         let part = arrow::compute::cast(all.column(0), &DataType::Utf8).unwrap();
         let ranges = arrow::compute::partition(&[part]).unwrap().ranges();
         assert_eq!(ranges.len(), 11, "each partition in one run");
@@ -1196,7 +1175,7 @@ mod tests {
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
         let got: Vec<DfResult<RecordBatch>> =
-            sort(&ctx, &schema, vec![Ok(batch)]).0.collect().await;
+            sort(&ctx, &schema, "k", vec![Ok(batch)]).0.collect().await;
         let err = got.into_iter().find_map(|b| b.err()).expect("an error");
         assert!(err.to_string().contains("column `d`"), "{err}");
     }

@@ -20,7 +20,6 @@ use arrow::compute::BatchCoalescer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::array_value_to_string;
 use bytes::Bytes;
-use datafusion::arrow::compute::SortOptions;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -590,10 +589,7 @@ async fn sort_unpartitioned(
         .map(|c| {
             Ok(PhysicalSortExpr::new(
                 physical_col(c, &plan_schema)?,
-                SortOptions {
-                    descending: false,
-                    nulls_first: true,
-                },
+                bucket::ASCENDING,
             ))
         })
         .collect::<Result<Vec<_>, DataFusionError>>()?;
