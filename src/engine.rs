@@ -110,6 +110,9 @@ pub struct FilesTable {
     format: Arc<dyn FileFormat>,
     store_url: ObjectStoreUrl,
     files: Vec<ObjectMeta>,
+    /// Each file's own Arrow schema, when known (Parquet sources): the reader decodes straight
+    /// into these types instead of the ones the file's embedded `ARROW:schema` names.
+    file_schemas: Option<Vec<SchemaRef>>,
 }
 
 impl FilesTable {
@@ -125,7 +128,16 @@ impl FilesTable {
             format,
             store_url: ObjectStoreUrl::parse(store_url)?,
             files,
+            file_schemas: None,
         })
+    }
+
+    /// Reads each of the files (Parquet only) as the schema at the same index says: their own
+    /// columns, in their own order, with the types to decode them into.
+    pub fn with_file_schemas(mut self, schemas: Vec<SchemaRef>) -> Self {
+        debug_assert_eq!(schemas.len(), self.files.len());
+        self.file_schemas = Some(schemas);
+        self
     }
 }
 
@@ -169,8 +181,14 @@ impl TableProvider for FilesTable {
         let files: Vec<PartitionedFile> = self
             .files
             .iter()
-            .cloned()
-            .map(PartitionedFile::from)
+            .enumerate()
+            .map(|(i, meta)| {
+                let file = PartitionedFile::from(meta.clone());
+                match self.file_schemas.as_ref().and_then(|s| s.get(i)) {
+                    Some(schema) => file.with_arrow_schema(Arc::clone(schema)),
+                    None => file,
+                }
+            })
             .collect();
         let groups = FileGroup::new(files).split_files(target);
         let source = self.format.file_source(Arc::clone(&self.schema).into());

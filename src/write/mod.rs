@@ -37,8 +37,8 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{DataFrame, SessionContext};
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
@@ -65,6 +65,13 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 /// a quarter of parquet's default, so high-cardinality columns give up on dictionaries early
 /// while low-cardinality ones (flags, codes, dates) keep them.
 const DICTIONARY_PAGE_BYTES: usize = 256 << 10;
+/// A column is written without a dictionary when more than this share of its values are
+/// distinct in the file's first batch: near-unique columns (ids, prices, free text) gain nothing
+/// from a dictionary, and interning every value is most of their encoding time.
+const DICTIONARY_MAX_DISTINCT: f64 = 0.9;
+/// Below this many rows in the first batch, the share of distinct values says too little: the
+/// file keeps dictionaries on every column.
+const DICTIONARY_SAMPLE_ROWS: usize = 1024;
 /// Parts of one multipart upload in flight at once.
 const UPLOAD_CONCURRENCY: usize = 4;
 
@@ -267,6 +274,40 @@ fn source_format(conf: &JobConf) -> Arc<dyn FileFormat> {
     }
 }
 
+/// Source footers fetched at once while planning.
+const FOOTER_FETCHES: usize = 16;
+
+/// `schema` with top-level string and binary views as plain (offset) arrays.
+fn without_views(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// The table schema of files with these schemas: every column of any of them, typed as their
+/// types merge, and nullable where some file has no such column (it reads as NULL there).
+fn merge_file_schemas(schemas: &[SchemaRef]) -> Result<Schema, arrow::error::ArrowError> {
+    let merged = Schema::try_merge(schemas.iter().map(|s| s.as_ref().clone()))?;
+    let fields: Vec<Field> = merged
+        .fields()
+        .iter()
+        .map(|f| {
+            let everywhere = schemas.iter().all(|s| s.field_with_name(f.name()).is_ok());
+            f.as_ref()
+                .clone()
+                .with_nullable(f.is_nullable() || !everywhere)
+        })
+        .collect();
+    Ok(Schema::new_with_metadata(fields, merged.metadata().clone()))
+}
+
 /// Registers the source as table `source` and plans the transform. Fails on an unknown column,
 /// bad SQL or a non-deterministic function, before anything is written.
 pub async fn plan_transform(
@@ -276,18 +317,48 @@ pub async fn plan_transform(
     source: &SourceObjects,
 ) -> Result<DataFrame, WriteError> {
     let format = source_format(conf);
-    let schema = format
-        .infer_schema(&ctx.state(), &source.store, &source.objects)
-        .await
-        .map_err(|e| WriteError::SourceSchema {
-            location: source.location.clone(),
-            source: e,
-        })?;
-    let table = FilesTable::new(schema, format, engine::SOURCE_URL, source.objects.clone())
-        .map_err(|e| WriteError::SourceSchema {
-            location: source.location.clone(),
-            source: e,
-        })?;
+    let schema_err = |e: DataFusionError| WriteError::SourceSchema {
+        location: source.location.clone(),
+        source: e,
+    };
+    let table = if conf.source.format == SourceFormat::Parquet {
+        // Each file's schema, with string and binary views read as plain arrays: files written
+        // by arrow-rs or DataFusion declare views in their embedded Arrow schema, and decoding
+        // into views only to copy them out again costs a few percent of a run.
+        // Each future owns what it reads (a borrowing closure would make the run's future
+        // lose `Send`, whose proof cannot see through the stream's lifetimes).
+        let state = Arc::new(ctx.state());
+        let fetches = source.objects.iter().cloned().map(|object| {
+            let (format, state, store) = (
+                Arc::clone(&format),
+                Arc::clone(&state),
+                Arc::clone(&source.store),
+            );
+            async move { format.infer_schema(state.as_ref(), &store, &[object]).await }
+        });
+        let schemas: Vec<SchemaRef> = futures::stream::iter(fetches)
+            .buffered(FOOTER_FETCHES)
+            .map_ok(|schema| Arc::new(without_views(&schema)))
+            .try_collect()
+            .await
+            .map_err(schema_err)?;
+        let schema = merge_file_schemas(&schemas).map_err(|e| schema_err(e.into()))?;
+        FilesTable::new(
+            Arc::new(schema),
+            format,
+            engine::SOURCE_URL,
+            source.objects.clone(),
+        )
+        .map_err(schema_err)?
+        .with_file_schemas(schemas)
+    } else {
+        let schema = format
+            .infer_schema(&ctx.state(), &source.store, &source.objects)
+            .await
+            .map_err(schema_err)?;
+        FilesTable::new(schema, format, engine::SOURCE_URL, source.objects.clone())
+            .map_err(schema_err)?
+    };
     ctx.register_table("source", Arc::new(table))
         .map_err(|e| WriteError::SourceSchema {
             location: source.location.clone(),
@@ -744,11 +815,50 @@ struct OpenPartition {
 
 struct OpenFile {
     path: String,
-    writer: AsyncArrowWriter<HashingWriter>,
+    /// Where the file goes; its upload starts with the first full batch (see `writer`).
+    location: object_store::path::Path,
+    /// Created on the first batch, whose values decide which columns get a dictionary.
+    writer: Option<AsyncArrowWriter<HashingWriter>>,
     coalescer: BatchCoalescer,
     rows: u64,
     key_min: Vec<Option<String>>,
     key_max: Vec<Option<String>>,
+}
+
+impl OpenFile {
+    /// Writes one batch (of `WRITE_BATCH_ROWS` rows, but for the file's last), starting the
+    /// upload and choosing the writer properties on the first.
+    async fn write(
+        &mut self,
+        table: &Arc<dyn ObjectStore>,
+        options: &WriteOptions,
+        batch: &RecordBatch,
+    ) -> Result<(), WriteError> {
+        let upload_err = |e: parquet::errors::ParquetError| WriteError::Upload {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => {
+                let sink = HashingWriter {
+                    inner: BufWriter::with_capacity(
+                        Arc::clone(table),
+                        self.location.clone(),
+                        options.upload_part_size,
+                    )
+                    .with_max_concurrency(UPLOAD_CONCURRENCY),
+                    hasher: Sha256::new(),
+                    size: 0,
+                };
+                let writer =
+                    AsyncArrowWriter::try_new(sink, batch.schema(), Some(writer_properties(batch)))
+                        .map_err(upload_err)?;
+                self.writer.insert(writer)
+            }
+        };
+        writer.write(batch).await.map_err(upload_err)
+    }
 }
 
 struct PartitionWriter {
@@ -765,14 +875,51 @@ struct PartitionWriter {
     done: Vec<StagedPartition>,
 }
 
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// The file's writer properties: fixed, except that columns whose `first` batch is nearly all
+/// distinct values are written without a dictionary (see `DICTIONARY_MAX_DISTINCT`). `first` is
+/// the file's first `WRITE_BATCH_ROWS` rows (or all of them), so the choice, like the bytes, is a
+/// function of the file's rows.
+fn writer_properties(first: &RecordBatch) -> WriterProperties {
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
-        .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")));
+    for name in near_unique_columns(first) {
+        props = props.set_column_dictionary_enabled(
+            parquet::schema::types::ColumnPath::new(vec![name]),
+            false,
+        );
+    }
+    props.build()
+}
+
+/// The top-level columns of `batch` with more than `DICTIONARY_MAX_DISTINCT` distinct values
+/// (NULL counts as one value), estimated from 64-bit hashes. Nested and dictionary columns are
+/// left alone, and so is every column of a batch shorter than `DICTIONARY_SAMPLE_ROWS`.
+fn near_unique_columns(batch: &RecordBatch) -> Vec<String> {
+    let rows = batch.num_rows();
+    if rows < DICTIONARY_SAMPLE_ROWS {
+        return Vec::new();
+    }
+    let mut seen = std::collections::HashSet::with_capacity(rows);
+    let mut names = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let dt = field.data_type();
+        if dt.is_nested() || matches!(dt, DataType::Dictionary(..) | DataType::Boolean) {
+            continue;
+        }
+        let Ok(hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
+            continue;
+        };
+        seen.clear();
+        seen.extend(hashes);
+        if seen.len() as f64 > DICTIONARY_MAX_DISTINCT * rows as f64 {
+            names.push(field.name().clone());
+        }
+    }
+    names
 }
 
 impl PartitionWriter {
@@ -787,10 +934,15 @@ impl PartitionWriter {
         match self.drain_inner(stream, part_idx, source_location).await {
             Ok(()) => Ok(self.done),
             Err(e) => {
-                if let Some(file) = self.current.as_mut().and_then(|p| p.file.take()) {
-                    let mut sink = file.writer.into_inner();
+                if let Some((path, writer)) = self
+                    .current
+                    .as_mut()
+                    .and_then(|p| p.file.take())
+                    .and_then(|f| Some((f.path, f.writer?)))
+                {
+                    let mut sink = writer.into_inner();
                     if let Err(abort) = sink.inner.abort().await {
-                        tracing::warn!(path = %file.path, error = %abort, "could not abort upload");
+                        tracing::warn!(path = %path, error = %abort, "could not abort upload");
                     }
                 }
                 Err(e)
@@ -874,28 +1026,10 @@ impl PartitionWriter {
                     path: rel.clone(),
                     message,
                 })?;
-                let sink = HashingWriter {
-                    inner: BufWriter::with_capacity(
-                        Arc::clone(&self.table),
-                        location,
-                        self.options.upload_part_size,
-                    )
-                    .with_max_concurrency(UPLOAD_CONCURRENCY),
-                    hasher: Sha256::new(),
-                    size: 0,
-                };
-                let writer = AsyncArrowWriter::try_new(
-                    sink,
-                    Arc::clone(&self.schema),
-                    Some(writer_properties()),
-                )
-                .map_err(|e| WriteError::Upload {
-                    path: rel.clone(),
-                    message: e.to_string(),
-                })?;
                 open.file = Some(OpenFile {
                     path: rel,
-                    writer,
+                    location,
+                    writer: None,
                     coalescer: BatchCoalescer::new(Arc::clone(&self.schema), WRITE_BATCH_ROWS),
                     rows: 0,
                     key_min: Vec::new(),
@@ -926,18 +1060,12 @@ impl PartitionWriter {
             };
             file.coalescer.push_batch(head).map_err(upload_err)?;
             while let Some(b) = file.coalescer.next_completed_batch() {
-                file.writer
-                    .write(&b)
-                    .await
-                    .map_err(|e| WriteError::Upload {
-                        path: file.path.clone(),
-                        message: e.to_string(),
-                    })?;
+                file.write(&self.table, &self.options, &b).await?;
             }
             // Accounted in the pool so that sorts spill earlier, but never refused: a row group is
             // bounded by ROW_GROUP_ROWS / ROW_GROUP_BYTES, fixed so that files stay deterministic.
-            self.reservation
-                .resize(file.writer.memory_size() + file.coalescer.size());
+            let buffered = file.writer.as_ref().map_or(0, |w| w.memory_size());
+            self.reservation.resize(buffered + file.coalescer.size());
             if file.rows >= self.options.max_rows_per_file {
                 self.finish_file().await?;
             }
@@ -960,12 +1088,12 @@ impl PartitionWriter {
             .finish_buffered_batch()
             .map_err(|e| err(&file.path, &e))?;
         while let Some(b) = file.coalescer.next_completed_batch() {
-            file.writer
-                .write(&b)
-                .await
-                .map_err(|e| err(&file.path, &e))?;
+            file.write(&self.table, &self.options, &b).await?;
         }
-        let mut writer = file.writer;
+        // A file is opened for at least one row, so its writer exists by now.
+        let Some(mut writer) = file.writer else {
+            return Err(err(&file.path, &"the file has no rows"));
+        };
         writer.finish().await.map_err(|e| err(&file.path, &e))?;
         let sink = writer.into_inner();
         let sha256 = crate::manifest::hex(&sink.hasher.finalize());
@@ -1031,6 +1159,72 @@ impl AsyncFileWriter for HashingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    #[test]
+    fn only_near_unique_columns_lose_their_dictionary() {
+        let batch = |rows: i64, distinct: i64| {
+            RecordBatch::try_from_iter([
+                (
+                    "id",
+                    Arc::new(Int64Array::from_iter_values(0..rows)) as ArrayRef,
+                ),
+                (
+                    "few",
+                    Arc::new(StringArray::from_iter_values(
+                        (0..rows).map(|i| format!("v{}", i % distinct)),
+                    )) as ArrayRef,
+                ),
+                (
+                    "flag",
+                    Arc::new(arrow::array::BooleanArray::from_iter(
+                        (0..rows).map(|i| Some(i % 2 == 0)),
+                    )) as ArrayRef,
+                ),
+            ])
+            .unwrap()
+        };
+        // 90% distinct is the limit: above it no dictionary, at it one is kept.
+        assert_eq!(near_unique_columns(&batch(2000, 10)), ["id"]);
+        assert_eq!(near_unique_columns(&batch(2000, 1800)), ["id"]);
+        assert_eq!(near_unique_columns(&batch(2000, 1801)), ["id", "few"]);
+        // Too few rows to judge: every column keeps its dictionary.
+        let short = (DICTIONARY_SAMPLE_ROWS - 1) as i64;
+        assert!(near_unique_columns(&batch(short, short)).is_empty());
+        let props = writer_properties(&batch(2000, 10));
+        let path = |name: &str| parquet::schema::types::ColumnPath::new(vec![name.into()]);
+        assert!(!props.dictionary_enabled(&path("id")));
+        assert!(props.dictionary_enabled(&path("few")));
+        assert!(props.dictionary_enabled(&path("flag")));
+    }
+
+    #[test]
+    fn file_schemas_merge_views_as_plain_and_missing_columns_as_nullable() {
+        let a = Arc::new(without_views(&Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("s", DataType::Utf8View, false),
+            Field::new("b", DataType::BinaryView, true),
+        ])));
+        let b = Arc::new(Schema::new(vec![
+            Field::new("extra", DataType::Utf8, false),
+            Field::new("k", DataType::Int64, false),
+        ]));
+        let merged = merge_file_schemas(&[a, b]).unwrap();
+        let got: Vec<(&str, &DataType, bool)> = merged
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k", &DataType::Int64, false),
+                ("s", &DataType::Utf8, true),
+                ("b", &DataType::Binary, true),
+                ("extra", &DataType::Utf8, true),
+            ]
+        );
+    }
 
     #[test]
     fn escaping_is_safe_and_injective() {

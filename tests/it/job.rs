@@ -666,6 +666,139 @@ async fn json_and_parquet_sources_and_globs() {
     );
 }
 
+/// Writes `batch` as one Parquet file with arrow-rs's defaults (its Arrow schema embedded).
+fn write_parquet(path: &std::path::Path, batch: &arrow::record_batch::RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn parquet_sources_with_string_views_and_differing_columns() {
+    use arrow::array::{ArrayRef, Int64Array, StringArray, StringViewArray};
+    use arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let f = Fixture::new();
+    f.edit_conf("format: csv", "format: parquet");
+    f.edit_conf("  options: {has_header: true, delimiter: \",\"}\n", "");
+    let dir = f.dir.path().join("data/orders/2024-01-01");
+    // File 1 declares string views (as files written by DataFusion or polars do).
+    let views = |v: &[&str]| Arc::new(StringViewArray::from(v.to_vec())) as ArrayRef;
+    let a = RecordBatch::try_from_iter([
+        (
+            "order_id",
+            Arc::new(Int64Array::from(vec![2, 1])) as ArrayRef,
+        ),
+        (
+            "customer_id",
+            Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef,
+        ),
+        ("amount", views(&["2.50", "1.50"])),
+        ("status", views(&["placed", "shipped"])),
+        (
+            "order_ts",
+            views(&["2024-01-01T10:00:00", "2024-01-01T11:00:00"]),
+        ),
+    ])
+    .unwrap();
+    write_parquet(&dir.join("a.parquet"), &a);
+    // File 2: plain strings, its columns in another order, and one more (NULL in file 1).
+    let plain = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    let b = RecordBatch::try_from_iter([
+        ("status", plain(&["returned"])),
+        ("note", plain(&["late"])),
+        ("order_ts", plain(&["2024-01-01T12:00:00"])),
+        ("amount", plain(&["3.25"])),
+        ("order_id", Arc::new(Int64Array::from(vec![3])) as ArrayRef),
+        (
+            "customer_id",
+            Arc::new(Int64Array::from(vec![9])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    write_parquet(&dir.join("b.parquet"), &b);
+    f.edit_conf("customer_id,", "customer_id, note,");
+
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!((out.status, out.rows), (Status::Published, 3));
+    let got = query(
+        &job,
+        None,
+        "SELECT order_id, customer_id, note, amount, status, order_date FROM orders ORDER BY order_id",
+    )
+    .await;
+    for line in [
+        "| 1        | 8           |      | 1.50   | shipped  | 2024-01-01 |",
+        "| 2        | 7           |      | 2.50   | placed   | 2024-01-01 |",
+        "| 3        | 9           | late | 3.25   | returned | 2024-01-01 |",
+    ] {
+        assert!(got.contains(line), "missing {line} in\n{got}");
+    }
+}
+
+#[tokio::test]
+async fn near_unique_columns_are_written_without_a_dictionary() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let f = Fixture::new();
+    let statuses = ["placed", "shipped", "returned"];
+    let amounts: Vec<String> = (1..=3000)
+        .map(|i| format!("{}.{:02}", i, i % 100))
+        .collect();
+    let orders: Vec<crate::fixture::Order> = (0..3000)
+        .map(|i| {
+            (
+                10_000 + i as i64,
+                (i % 40) as i64,
+                amounts[i].as_str(),
+                statuses[i % 3],
+            )
+        })
+        .collect();
+    f.orders("2024-01-01", &orders);
+    let job = f.job();
+    let out = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!((out.status, out.rows), (Status::Published, 3000));
+
+    let manifest = job.show_files(None).await.unwrap();
+    let file = &manifest.partitions["order_date=2024-01-01"].files[0];
+    let bytes = std::fs::read(f.table_dir().join(&file.path)).unwrap();
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+    let group = reader.metadata().row_group(0);
+    let dictionary: Vec<(String, bool)> = group
+        .columns()
+        .iter()
+        .map(|c| {
+            (
+                c.column_path().string(),
+                c.dictionary_page_offset().is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dictionary,
+        [
+            ("order_id".to_string(), false),
+            ("customer_id".to_string(), true),
+            ("amount".to_string(), false),
+            ("status".to_string(), true),
+            ("order_date".to_string(), true),
+        ]
+    );
+    // The choice is a function of the rows: the same input (in another folder, so another run
+    // id) gives the same bytes.
+    let g = Fixture::new();
+    g.orders("2024-01-01", &orders);
+    let job = g.job();
+    job.run("2024-01-01", Mode::Publish).await.unwrap();
+    let again = &job.show_files(None).await.unwrap().partitions["order_date=2024-01-01"].files[0];
+    assert_eq!(again.sha256, file.sha256);
+}
+
 #[tokio::test]
 async fn a_memory_table_and_rules_over_published() {
     let f = Fixture::new();
