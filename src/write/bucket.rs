@@ -3,14 +3,15 @@
 //!
 //! A global sort of a stream by (partition columns, key, tiebreak) spills sorted runs and merges
 //! them at the end; memory then grows with the number of runs being merged (DataFusion's merge
-//! does not account for all of it). Partitions are independent, so this sorter does less: it
-//! appends each row to its partition's bucket (one copy), spills whole buckets to disk (Arrow IPC,
-//! appended) when the memory pool refuses more, and at the end sorts one bucket at a time by
-//! (key, tiebreak) and emits it. Memory: what the pool allows for buckets, plus one bucket being
-//! sorted; a bucket larger than the pool allows is sorted by DataFusion's spilling sort instead.
-//! Buckets kept in memory are emitted first, so that their memory is free for the spilled ones.
-//! The order of buckets in the output does not matter: each partition's files depend only on its
-//! own rows, and those are totally ordered.
+//! does not account for all of it). Partitions are independent, so this sort does less: each
+//! input appends each row to its partition's bucket (one copy), spilling whole buckets to disk
+//! (Arrow IPC, appended) when the memory pool refuses more; at the end the buckets of each
+//! partition are joined, and one task per output sorts one partition at a time by (key,
+//! tiebreak) and emits it. Memory: what the pool allows for buckets, plus one bucket being sorted
+//! per output; a bucket larger than the pool allows is sorted by DataFusion's spilling sort
+//! instead. Buckets kept in memory are emitted first, so that their memory is free for the
+//! spilled ones. Which output a partition goes to, and in which order, does not matter: each
+//! partition's files depend only on its own rows, and those are totally ordered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use arrow::datatypes::{Decimal128Type, Int64Type};
 use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -43,9 +44,12 @@ const EMIT_ROWS: usize = 8192;
 /// The hash column added for a bucket sorted by DataFusion's sort.
 const TIEBREAK: &str = "__wap_tiebreak";
 
-/// What a sorter did (for tests and logs).
+/// What a sort did (for tests and logs).
 #[derive(Debug, Default)]
 pub(super) struct Stats {
+    /// Partitions, and the bytes of rows held in buckets (in memory or spilled).
+    pub buckets: std::sync::atomic::AtomicUsize,
+    pub held_bytes: std::sync::atomic::AtomicUsize,
     /// Spill files written, and the bytes they held (in memory).
     pub spills: std::sync::atomic::AtomicUsize,
     pub spilled_bytes: std::sync::atomic::AtomicUsize,
@@ -148,14 +152,12 @@ fn tie_hashes(held: &[HeldColumn], rest: &[usize], batch: &RecordBatch) -> DfRes
     crate::engine::row_hash(&restored(held, batch, rest)?, batch.num_rows())
 }
 
-/// Sorts one stream (rows of several partitions, in any order) into partition-contiguous output,
-/// each partition sorted by its key, then, among rows sharing a key, by the hash of the other
-/// columns ([`crate::engine::RowHash`]: a total order, so files are deterministic). The hash is
-/// computed only for rows whose key repeats.
+/// What every part of one sort shares: how rows are held, which columns are the partition, the
+/// key and the rest, and where spills go.
 ///
 /// Buckets hold rows compactly (see [`Held`]), without the partition columns; emitted batches
 /// have the input's schema again.
-pub(super) struct BucketSorter {
+struct Layout {
     /// The input's (and output's) schema, and the schema rows are held in: the input's columns
     /// but the partition columns, with the types of `held`.
     input: SchemaRef,
@@ -168,20 +170,14 @@ pub(super) struct BucketSorter {
     /// columns (hashed to order rows sharing a key).
     key_idx: Vec<usize>,
     rest_idx: Vec<usize>,
+    /// The partition columns in the row format (bucket identity and order).
     converter: RowConverter,
     /// The key columns in the row format, when a key takes at most 16 bytes there: keys are
     /// then sorted as integers.
     key_converter: Option<RowConverter>,
-    index: HashMap<Vec<u8>, usize>,
-    buckets: Vec<Bucket>,
-    reservation: MemoryReservation,
     spills: SpillManager,
     task: Arc<TaskContext>,
-    /// Bytes and rows of every completed bucket batch so far, and bytes per row from them (for
-    /// estimating partly filled batches).
-    completed: (usize, usize),
-    row_bytes: usize,
-    pub(super) stats: Arc<Stats>,
+    stats: Arc<Stats>,
 }
 
 /// The order of every sort of the writer: ascending, NULLs first.
@@ -190,11 +186,115 @@ pub(super) const ASCENDING: SortOptions = SortOptions {
     nulls_first: true,
 };
 
-impl BucketSorter {
-    /// A sorter for stream `i` of `schema`, bucketing by the columns `partition_by` and sorting
-    /// each bucket by `key` (ascending, NULLs first), then the hash of the other columns.
-    pub(super) fn new(
-        i: usize,
+/// Sorts `inputs` (rows of any partitions, in any order) into `outputs` streams of
+/// partition-contiguous rows: every partition comes whole in one of them, sorted by `key`
+/// (ascending, NULLs first), then, among rows sharing a key, by the hash of the other columns
+/// ([`crate::engine::RowHash`]: a total order, so files are deterministic). The hash is computed
+/// only for rows whose key repeats.
+///
+/// Each input is read on its own task into buckets of its own; once all are read, the buckets
+/// of each partition are joined and `outputs` tasks sort them, largest first, each taking the
+/// next partition when done with one: no output waits on a slow input, and a partition's size
+/// decides nothing about which output gets it. An error, and a panic too, arrives on every
+/// output as an error, never as a short stream that would be written as if complete. Dropping
+/// an output stream stops everything.
+pub(super) fn sort_partitions(
+    inputs: Vec<SendableRecordBatchStream>,
+    schema: SchemaRef,
+    partition_by: &[String],
+    key: &[String],
+    task: Arc<TaskContext>,
+    outputs: usize,
+) -> DfResult<(Vec<SendableRecordBatchStream>, Arc<Stats>)> {
+    let layout = Arc::new(Layout::new(schema, partition_by, key, task)?);
+    let stats = Arc::clone(&layout.stats);
+    let out_schema = Arc::clone(&layout.input);
+    let sorters = (0..inputs.len())
+        .map(|i| BucketSorter::new(i, inputs.len(), Arc::clone(&layout)))
+        .collect::<Vec<_>>();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..outputs.max(1))
+        .map(|_| mpsc::channel::<DfResult<RecordBatch>>(2))
+        .unzip();
+    let txs = senders.clone();
+    let work = tokio::spawn(async move {
+        let mut reading = tokio::task::JoinSet::new();
+        for (mut sorter, mut input) in sorters.into_iter().zip(inputs) {
+            let senders = senders.clone();
+            reading.spawn(async move {
+                while let Some(batch) = input.next().await {
+                    if senders.iter().any(|s| s.is_closed()) {
+                        return Err(gone());
+                    }
+                    sorter.push(&batch?)?;
+                }
+                sorter.finish()
+            });
+        }
+        let mut parts = Vec::new();
+        while let Some(read) = reading.join_next().await {
+            parts.push(read.map_err(|e| stopped("reading", &e))??);
+        }
+        let emitter = Arc::new(Emitter::new(Arc::clone(&layout), parts));
+        let mut emitting = tokio::task::JoinSet::new();
+        for (w, tx) in senders.into_iter().enumerate() {
+            emitting.spawn(Arc::clone(&emitter).emit(w, tx));
+        }
+        while let Some(done) = emitting.join_next().await {
+            done.map_err(|e| stopped("sorting", &e))??;
+        }
+        let load =
+            |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            buckets = load(&layout.stats.buckets),
+            spill_files = load(&layout.stats.spills),
+            held_bytes = load(&layout.stats.held_bytes),
+            spilled_bytes = load(&layout.stats.spilled_bytes),
+            external_sorts = load(&layout.stats.external),
+            "partition sort done"
+        );
+        Ok(())
+    });
+    tokio::spawn(async move {
+        let failed = match work.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => stopped("sort", &e),
+        };
+        let failed = Arc::new(failed);
+        for tx in txs {
+            let _ = tx
+                .send(Err(DataFusionError::Shared(Arc::clone(&failed))))
+                .await;
+        }
+    });
+    let streams = receivers
+        .into_iter()
+        .map(|rx| {
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&out_schema),
+                stream,
+            )) as SendableRecordBatchStream
+        })
+        .collect();
+    Ok((streams, stats))
+}
+
+/// An output stream was dropped (its writer failed): the other outputs end with this error,
+/// not as if complete.
+fn gone() -> DataFusionError {
+    DataFusionError::Execution("a writer of the partition sort stopped".into())
+}
+
+/// A task of the sort that stopped (panicked or was cancelled), as an error.
+fn stopped(what: &str, e: &tokio::task::JoinError) -> DataFusionError {
+    DataFusionError::Execution(format!("the partition sort stopped while {what}: {e}"))
+}
+
+impl Layout {
+    fn new(
         schema: SchemaRef,
         partition_by: &[String],
         key: &[String],
@@ -249,12 +349,9 @@ impl BucketSorter {
             )?),
             _ => None,
         };
-        let reservation = MemoryConsumer::new(format!("wap bucket sort {i}"))
-            .with_can_spill(true)
-            .register(task.memory_pool());
-        let metrics = SpillMetrics::new(&ExecutionPlanMetricsSet::new(), i);
+        let metrics = SpillMetrics::new(&ExecutionPlanMetricsSet::new(), 0);
         let spills = SpillManager::new(task.runtime_env(), metrics, Arc::clone(&schema));
-        Ok(BucketSorter {
+        Ok(Layout {
             input,
             schema,
             held: held.into(),
@@ -263,85 +360,10 @@ impl BucketSorter {
             rest_idx,
             converter: RowConverter::new(sort_fields)?,
             key_converter,
-            index: HashMap::new(),
-            buckets: Vec::new(),
-            reservation,
             spills,
             task,
-            completed: (0, 0),
-            row_bytes: 0,
             stats: Arc::default(),
         })
-    }
-
-    /// Runs the sorter over `input` on its own task; the sorted output arrives on the returned
-    /// stream. Dropping the stream stops the task.
-    pub(super) fn spawn(
-        mut self,
-        mut input: SendableRecordBatchStream,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let out_schema = Arc::clone(&self.input);
-        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
-        let sender = tx.clone();
-        let work = tokio::spawn(async move {
-            while let Some(batch) = input.next().await {
-                // The writer is gone (it failed): stop reading.
-                if sender.is_closed() {
-                    return Ok(());
-                }
-                self.push(&batch?)?;
-            }
-            drop(input);
-            self.emit(&sender).await
-        });
-        // The stream ends cleanly only if the sort did: an error, and a panic too, arrive as an
-        // error, never as a short stream that would be written as if complete.
-        tokio::spawn(async move {
-            let failed = match work.await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(e) => Some(DataFusionError::Execution(format!(
-                    "the partition sort stopped: {e}"
-                ))),
-            };
-            if let Some(e) = failed {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
-    }
-
-    /// The bucket of the partition `row` (the values of row `r` of `batch`).
-    fn bucket_of(
-        &mut self,
-        row: arrow::row::Row<'_>,
-        batch: &RecordBatch,
-        r: usize,
-    ) -> DfResult<usize> {
-        if let Some(&b) = self.index.get(row.as_ref()) {
-            return Ok(b);
-        }
-        let at = arrow::array::UInt32Array::from(vec![r as u32]);
-        let columns = self
-            .part_idx
-            .iter()
-            .map(|&i| arrow::compute::take(batch.column(i), &at, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        let b = self.buckets.len();
-        self.index.insert(row.as_ref().to_vec(), b);
-        self.buckets.push(Bucket {
-            values: row.owned(),
-            columns,
-            coalescer: BatchCoalescer::new(Arc::clone(&self.schema), BUCKET_BATCH_ROWS),
-            batches: Vec::new(),
-            bytes: 0,
-            spills: Vec::new(),
-            spilled_bytes: 0,
-        });
-        Ok(b)
     }
 
     /// An input batch as held in buckets.
@@ -355,18 +377,14 @@ impl BucketSorter {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// A batch of bucket `b` in the output schema: the held columns restored and the partition
+    /// A batch of `bucket` in the output schema: the held columns restored and the partition
     /// columns put back.
-    fn output(&self, b: usize, batch: &RecordBatch) -> DfResult<RecordBatch> {
+    fn output(&self, bucket: &Bucket, batch: &RecordBatch) -> DfResult<RecordBatch> {
         let n = batch.num_rows();
         let mut columns: Vec<Option<ArrayRef>> = vec![None; self.input.fields().len()];
         let zeros = arrow::array::UInt32Array::from(vec![0u32; n]);
         for (p, &i) in self.part_idx.iter().enumerate() {
-            columns[i] = Some(arrow::compute::take(
-                &self.buckets[b].columns[p],
-                &zeros,
-                None,
-            )?);
+            columns[i] = Some(arrow::compute::take(&bucket.columns[p], &zeros, None)?);
         }
         for (c, a) in self.held.iter().zip(batch.columns()) {
             columns[c.input] = Some(c.how.restore(a, &c.input_type)?);
@@ -377,7 +395,6 @@ impl BucketSorter {
             columns.collect(),
         )?)
     }
-
     /// The order of the rows of `batches` (taken as one): by key, then, where keys repeat, by
     /// the hash of the other columns.
     fn sort_indices(&self, batches: &[RecordBatch]) -> DfResult<Vec<u32>> {
@@ -471,131 +488,11 @@ impl BucketSorter {
         Ok(indices)
     }
 
-    /// Appends the rows of `batch` to their buckets.
-    fn push(&mut self, batch: &RecordBatch) -> DfResult<()> {
-        let n = batch.num_rows();
-        if n == 0 {
-            return Ok(());
-        }
-        let cols: Vec<ArrayRef> = self
-            .part_idx
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let rows = self.converter.convert_columns(&cols)?;
-        // Each row's bucket (consecutive rows of one partition are looked up once).
-        let mut ids: Vec<u32> = Vec::with_capacity(n);
-        let mut last: Option<(arrow::row::Row<'_>, u32)> = None;
-        for (r, row) in rows.iter().enumerate() {
-            let b = match last {
-                Some((prev, b)) if prev == row => b,
-                _ => self.bucket_of(row, batch, r)? as u32,
-            };
-            last = Some((row, b));
-            ids.push(b);
-        }
-        let held = self.hold(batch)?;
-        if ids.iter().all(|&b| b == ids[0]) {
-            self.append(ids[0] as usize, held)?;
-        } else {
-            // Group the rows by bucket with one gather, then hand each bucket its slice.
-            let mut order: Vec<u64> = ids
-                .iter()
-                .enumerate()
-                .map(|(r, &b)| (u64::from(b) << 32) | r as u64)
-                .collect();
-            order.sort_unstable();
-            let indices =
-                arrow::array::UInt32Array::from_iter_values(order.iter().map(|&o| o as u32));
-            let grouped = arrow::compute::take_record_batch(&held, &indices)?;
-            let mut start = 0;
-            while start < n {
-                let b = (order[start] >> 32) as usize;
-                let end = start + order[start..].partition_point(|&o| (o >> 32) as usize == b);
-                self.append(b, grouped.slice(start, end - start))?;
-                start = end;
-            }
-        }
-        self.row_bytes = self.completed.0.div_ceil(self.completed.1.max(1));
-        let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();
-        self.account(held)
-    }
-
-    /// Appends rows of one bucket to it.
-    fn append(&mut self, b: usize, rows: RecordBatch) -> DfResult<()> {
-        let bucket = &mut self.buckets[b];
-        bucket.coalescer.push_batch(rows)?;
-        while let Some(done) = bucket.coalescer.next_completed_batch() {
-            let size = done.get_array_memory_size();
-            bucket.bytes += size;
-            self.completed.0 += size;
-            self.completed.1 += done.num_rows();
-            bucket.batches.push(done);
-        }
-        Ok(())
-    }
-    /// Makes the reservation `held` bytes. When the pool refuses, spills the largest buckets
-    /// until half of what is held is free: few, large spills (each spill is a file).
-    fn account(&mut self, held: usize) -> DfResult<()> {
-        if self.try_resize(held) {
-            return Ok(());
-        }
-        let mut held = held;
-        let target = held / 2;
-        while held > target {
-            let Some(largest) = (0..self.buckets.len())
-                .filter(|&b| self.spillable(b) > 0)
-                .max_by_key(|&b| self.spillable(b))
-            else {
-                break;
-            };
-            held = held.saturating_sub(self.spill(largest, true)?);
-        }
-        if !self.try_resize(held) {
-            // The pool is full of others' memory and nothing of ours is left to spill: hold
-            // what we have (at most one input batch) rather than fail.
-            self.reservation.grow(held - self.reservation.size());
-        }
-        Ok(())
-    }
-
-    /// Sets the reservation to `held` bytes if the pool allows it.
-    fn try_resize(&mut self, held: usize) -> bool {
-        let now = self.reservation.size();
-        if held <= now {
-            self.reservation.shrink(now - held);
-            true
-        } else {
-            self.reservation.try_grow(held - now).is_ok()
-        }
-    }
-
-    /// Bytes bucket `b` holds: its batches, and its partly filled batch estimated from the
-    /// size of its completed ones (the coalescer's buffers keep their capacity when empty, so
-    /// its own size would count room, not rows).
-    fn spillable(&self, b: usize) -> usize {
-        let bucket = &self.buckets[b];
-        let rows = bucket.coalescer.get_buffered_rows();
-        bucket.bytes + rows * self.row_bytes
-    }
-
-    /// Writes a bucket's batches (with `partial`, also its partly filled one) to a spill file;
-    /// returns the bytes freed.
-    fn spill(&mut self, b: usize, partial: bool) -> DfResult<usize> {
-        let bucket = &mut self.buckets[b];
-        let mut freed = 0;
-        if partial && bucket.coalescer.get_buffered_rows() > 0 {
-            let before = bucket.coalescer.size();
-            bucket.coalescer.finish_buffered_batch()?;
-            while let Some(done) = bucket.coalescer.next_completed_batch() {
-                bucket.bytes += done.get_array_memory_size();
-                bucket.batches.push(done);
-            }
-            freed += before.saturating_sub(bucket.coalescer.size());
-        }
+    /// Writes `bucket`'s batches to a spill file; returns the bytes freed.
+    fn spill(&self, bucket: &mut Bucket) -> DfResult<usize> {
         let batches = std::mem::take(&mut bucket.batches);
         if batches.is_empty() {
-            return Ok(freed);
+            return Ok(0);
         }
         if let Some(file) = self
             .spills
@@ -612,102 +509,7 @@ impl BucketSorter {
             .spilled_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         bucket.spilled_bytes += bytes;
-        // What the partly filled batch held moved into `bytes` above.
-        Ok(bytes.max(freed))
-    }
-
-    /// Sorts and sends every bucket: those held in memory first, then the spilled ones.
-    async fn emit(&mut self, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> DfResult<()> {
-        for bucket in &mut self.buckets {
-            bucket.coalescer.finish_buffered_batch()?;
-            while let Some(done) = bucket.coalescer.next_completed_batch() {
-                bucket.bytes += done.get_array_memory_size();
-                bucket.batches.push(done);
-            }
-        }
-        let mut order: Vec<usize> = (0..self.buckets.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (x, y) = (&self.buckets[a], &self.buckets[b]);
-            (!x.spills.is_empty(), &x.values).cmp(&(!y.spills.is_empty(), &y.values))
-        });
-        let held: usize = self.buckets.iter().map(|b| b.bytes).sum();
-        self.reservation.resize(held);
-        for (at, &b) in order.iter().enumerate() {
-            let total = self.buckets[b].bytes + self.buckets[b].spilled_bytes;
-            // Sorting in memory needs the spilled part read back, plus the sort columns and
-            // scratch, counted as a second copy of the bucket (with less, what is outside the
-            // pool's view took the process over 1 GiB at TPC-H SF10). Room is made by spilling
-            // the buckets still to come, largest first.
-            let extra = 2 * total - self.buckets[b].bytes;
-            let in_memory = loop {
-                if self.reservation.try_grow(extra).is_ok() {
-                    break true;
-                }
-                let Some(&largest) = order[at + 1..]
-                    .iter()
-                    .filter(|&&o| self.buckets[o].bytes > 0)
-                    .max_by_key(|&&o| self.buckets[o].bytes)
-                else {
-                    break false;
-                };
-                let freed = self.spill(largest, false)?;
-                self.reservation.shrink(freed.min(self.reservation.size()));
-            };
-            let batches = std::mem::take(&mut self.buckets[b].batches);
-            let bytes = std::mem::take(&mut self.buckets[b].bytes);
-            let spilled = std::mem::take(&mut self.buckets[b].spills);
-            if in_memory {
-                let mut all = Vec::new();
-                for file in spilled {
-                    let mut read = self.spills.read_spill_as_stream(file, None)?;
-                    while let Some(batch) = read.next().await {
-                        all.push(batch?);
-                    }
-                }
-                all.extend(batches);
-                // Sort the sort columns alone, then gather the rows batch by batch: the bucket
-                // is never copied whole.
-                let indices = self.sort_indices(&all)?;
-                let locate = Locator::new(&all);
-                let refs: Vec<&RecordBatch> = all.iter().collect();
-                for chunk in indices.chunks(EMIT_ROWS) {
-                    let rows: Vec<(usize, usize)> = chunk.iter().map(|&g| locate.at(g)).collect();
-                    let batch = arrow::compute::interleave_record_batch(&refs, &rows)?;
-                    if tx.send(self.output(b, &batch)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                drop(refs);
-                drop(all);
-                self.reservation
-                    .shrink(self.reservation.size().min(bytes + extra));
-            } else {
-                // Everything still held belongs to buckets to come; the sort gets the rest.
-                let held: usize = self.buckets.iter().map(|b| b.bytes).sum();
-                self.reservation.resize(held);
-                self.stats
-                    .external
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut sorted = self.sort_outside(batches, spilled)?;
-                while let Some(batch) = sorted.next().await {
-                    if tx.send(self.output(b, &batch?)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        self.reservation.free();
-        let load =
-            |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(
-            buckets = self.buckets.len(),
-            spill_files = load(&self.stats.spills),
-            held_bytes = self.completed.0,
-            spilled_bytes = load(&self.stats.spilled_bytes),
-            external_sorts = load(&self.stats.external),
-            "partition sort done"
-        );
-        Ok(())
+        Ok(bytes)
     }
 
     /// A bucket sorted by DataFusion's spilling sort: by key, then the tiebreak hash of every
@@ -780,6 +582,389 @@ impl BucketSorter {
             Arc::clone(&self.schema),
             dropped,
         )))
+    }
+}
+
+/// The buckets of one input: each row goes to its partition's bucket (one copy); whole buckets
+/// spill to disk (Arrow IPC) when the memory pool refuses more.
+struct BucketSorter {
+    layout: Arc<Layout>,
+    index: HashMap<Vec<u8>, usize>,
+    buckets: Vec<Bucket>,
+    reservation: MemoryReservation,
+    /// The most this input's buckets hold before spilling, whatever the pool would allow: the
+    /// inputs together hold at most half of a bounded pool, so that sorting the buckets (two
+    /// copies of one per output) has room when reading ends.
+    budget: usize,
+    /// Bytes and rows of every completed bucket batch so far, and bytes per row from them (for
+    /// estimating partly filled batches).
+    completed: (usize, usize),
+    row_bytes: usize,
+}
+
+/// What one input left: its buckets (every row in a completed batch) and the memory they hold.
+struct Part {
+    buckets: Vec<Bucket>,
+    reservation: MemoryReservation,
+}
+
+impl BucketSorter {
+    /// The sorter of input `i` of `inputs`.
+    fn new(i: usize, inputs: usize, layout: Arc<Layout>) -> Self {
+        let pool = layout.task.memory_pool();
+        let reservation = MemoryConsumer::new(format!("wap bucket sort {i}"))
+            .with_can_spill(true)
+            .register(pool);
+        let budget = match pool.memory_limit() {
+            MemoryLimit::Finite(limit) => limit / 2 / inputs.max(1),
+            MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
+        };
+        BucketSorter {
+            layout,
+            index: HashMap::new(),
+            buckets: Vec::new(),
+            reservation,
+            budget,
+            completed: (0, 0),
+            row_bytes: 0,
+        }
+    }
+
+    /// The bucket of the partition `row` (the values of row `r` of `batch`).
+    fn bucket_of(
+        &mut self,
+        row: arrow::row::Row<'_>,
+        batch: &RecordBatch,
+        r: usize,
+    ) -> DfResult<usize> {
+        if let Some(&b) = self.index.get(row.as_ref()) {
+            return Ok(b);
+        }
+        let at = arrow::array::UInt32Array::from(vec![r as u32]);
+        let columns = self
+            .layout
+            .part_idx
+            .iter()
+            .map(|&i| arrow::compute::take(batch.column(i), &at, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let b = self.buckets.len();
+        self.index.insert(row.as_ref().to_vec(), b);
+        self.buckets.push(Bucket {
+            values: row.owned(),
+            columns,
+            coalescer: BatchCoalescer::new(Arc::clone(&self.layout.schema), BUCKET_BATCH_ROWS),
+            batches: Vec::new(),
+            bytes: 0,
+            spills: Vec::new(),
+            spilled_bytes: 0,
+        });
+        Ok(b)
+    }
+
+    /// Appends the rows of `batch` to their buckets.
+    fn push(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let layout = Arc::clone(&self.layout);
+        let cols: Vec<ArrayRef> = layout
+            .part_idx
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let rows = layout.converter.convert_columns(&cols)?;
+        // Each row's bucket (consecutive rows of one partition are looked up once).
+        let mut ids: Vec<u32> = Vec::with_capacity(n);
+        let mut last: Option<(arrow::row::Row<'_>, u32)> = None;
+        for (r, row) in rows.iter().enumerate() {
+            let b = match last {
+                Some((prev, b)) if prev == row => b,
+                _ => self.bucket_of(row, batch, r)? as u32,
+            };
+            last = Some((row, b));
+            ids.push(b);
+        }
+        let held = layout.hold(batch)?;
+        if ids.iter().all(|&b| b == ids[0]) {
+            self.append(ids[0] as usize, held)?;
+        } else {
+            // Group the rows by bucket with one gather, then hand each bucket its slice.
+            let mut order: Vec<u64> = ids
+                .iter()
+                .enumerate()
+                .map(|(r, &b)| (u64::from(b) << 32) | r as u64)
+                .collect();
+            order.sort_unstable();
+            let indices =
+                arrow::array::UInt32Array::from_iter_values(order.iter().map(|&o| o as u32));
+            let grouped = arrow::compute::take_record_batch(&held, &indices)?;
+            let mut start = 0;
+            while start < n {
+                let b = (order[start] >> 32) as usize;
+                let end = start + order[start..].partition_point(|&o| (o >> 32) as usize == b);
+                self.append(b, grouped.slice(start, end - start))?;
+                start = end;
+            }
+        }
+        self.row_bytes = self.completed.0.div_ceil(self.completed.1.max(1));
+        let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();
+        self.account(held)
+    }
+
+    /// Appends rows of one bucket to it.
+    fn append(&mut self, b: usize, rows: RecordBatch) -> DfResult<()> {
+        let bucket = &mut self.buckets[b];
+        bucket.coalescer.push_batch(rows)?;
+        while let Some(done) = bucket.coalescer.next_completed_batch() {
+            let size = done.get_array_memory_size();
+            bucket.bytes += size;
+            self.completed.0 += size;
+            self.completed.1 += done.num_rows();
+            bucket.batches.push(done);
+        }
+        Ok(())
+    }
+
+    /// Makes the reservation `held` bytes. Beyond the budget, or when the pool refuses, spills
+    /// the largest buckets until half of what is held is free: few, large spills (each spill is
+    /// a file).
+    fn account(&mut self, held: usize) -> DfResult<()> {
+        if held <= self.budget && self.try_resize(held) {
+            return Ok(());
+        }
+        let mut held = held;
+        let target = held / 2;
+        while held > target {
+            let Some(largest) = (0..self.buckets.len())
+                .filter(|&b| self.spillable(b) > 0)
+                .max_by_key(|&b| self.spillable(b))
+            else {
+                break;
+            };
+            held = held.saturating_sub(self.spill(largest)?);
+        }
+        if !self.try_resize(held) {
+            // The pool is full of others' memory and nothing of ours is left to spill: hold
+            // what we have (at most one input batch) rather than fail.
+            self.reservation.grow(held - self.reservation.size());
+        }
+        Ok(())
+    }
+
+    /// Sets the reservation to `held` bytes if the pool allows it.
+    fn try_resize(&mut self, held: usize) -> bool {
+        let now = self.reservation.size();
+        if held <= now {
+            self.reservation.shrink(now - held);
+            true
+        } else {
+            self.reservation.try_grow(held - now).is_ok()
+        }
+    }
+
+    /// Bytes bucket `b` holds: its batches, and its partly filled batch estimated from the
+    /// size of its completed ones (the coalescer's buffers keep their capacity when empty, so
+    /// its own size would count room, not rows).
+    fn spillable(&self, b: usize) -> usize {
+        let bucket = &self.buckets[b];
+        let rows = bucket.coalescer.get_buffered_rows();
+        bucket.bytes + rows * self.row_bytes
+    }
+
+    /// Spills bucket `b`, its partly filled batch included; returns the bytes freed.
+    fn spill(&mut self, b: usize) -> DfResult<usize> {
+        let bucket = &mut self.buckets[b];
+        let mut freed = 0;
+        if bucket.coalescer.get_buffered_rows() > 0 {
+            let before = bucket.coalescer.size();
+            bucket.close()?;
+            freed += before.saturating_sub(bucket.coalescer.size());
+        }
+        // What the partly filled batch held moved into `bytes` above.
+        Ok(self.layout.spill(bucket)?.max(freed))
+    }
+
+    /// The input is done: every bucket's partly filled batch completed.
+    fn finish(mut self) -> DfResult<Part> {
+        for bucket in &mut self.buckets {
+            bucket.close()?;
+        }
+        self.layout
+            .stats
+            .held_bytes
+            .fetch_add(self.completed.0, std::sync::atomic::Ordering::Relaxed);
+        Ok(Part {
+            buckets: self.buckets,
+            reservation: self.reservation,
+        })
+    }
+}
+
+impl Bucket {
+    /// Completes the partly filled batch.
+    fn close(&mut self) -> DfResult<()> {
+        self.coalescer.finish_buffered_batch()?;
+        while let Some(done) = self.coalescer.next_completed_batch() {
+            self.bytes += done.get_array_memory_size();
+            self.batches.push(done);
+        }
+        Ok(())
+    }
+
+    /// Bytes in memory and spilled.
+    fn total(&self) -> usize {
+        self.bytes + self.spilled_bytes
+    }
+}
+
+/// The partitions of all inputs, each one bucket, and the tasks that sort and send them.
+struct Emitter {
+    layout: Arc<Layout>,
+    queue: Mutex<Queue>,
+}
+
+/// The buckets still to sort (the next one last), and the memory those in memory hold.
+struct Queue {
+    buckets: Vec<Bucket>,
+    held: MemoryReservation,
+}
+
+impl Emitter {
+    /// Joins the buckets of each partition across `parts`. Buckets held in memory come first
+    /// (their memory is then free for the spilled ones), larger ones before smaller ones (so
+    /// that the outputs finish together).
+    fn new(layout: Arc<Layout>, parts: Vec<Part>) -> Self {
+        let mut index: HashMap<OwnedRow, usize> = HashMap::new();
+        let mut buckets: Vec<Bucket> = Vec::new();
+        let mut reservations = Vec::new();
+        for part in parts {
+            reservations.push(part.reservation);
+            for bucket in part.buckets {
+                match index.get(&bucket.values) {
+                    Some(&b) => {
+                        let joined = &mut buckets[b];
+                        joined.batches.extend(bucket.batches);
+                        joined.bytes += bucket.bytes;
+                        joined.spills.extend(bucket.spills);
+                        joined.spilled_bytes += bucket.spilled_bytes;
+                    }
+                    None => {
+                        index.insert(bucket.values.clone(), buckets.len());
+                        buckets.push(bucket);
+                    }
+                }
+            }
+        }
+        buckets.sort_by(|x, y| {
+            let rank = |b: &Bucket| (!b.spills.is_empty(), std::cmp::Reverse(b.total()));
+            (rank(x), &x.values).cmp(&(rank(y), &y.values))
+        });
+        buckets.reverse();
+        layout
+            .stats
+            .buckets
+            .store(buckets.len(), std::sync::atomic::Ordering::Relaxed);
+        // One reservation for what is held, made before the inputs' are let go. It never asks
+        // for more, and the tasks that sort spill it to make room: as a consumer that cannot
+        // spill, it leaves those tasks the rest of the pool to share.
+        let held = MemoryConsumer::new("wap bucket sort held").register(layout.task.memory_pool());
+        held.grow(buckets.iter().map(|b| b.bytes).sum());
+        drop(reservations);
+        Emitter {
+            layout,
+            queue: Mutex::new(Queue { buckets, held }),
+        }
+    }
+
+    /// The next bucket, and whether it is sorted in memory: reading its spilled part back plus
+    /// the sort columns and scratch count as a second copy of the bucket (with less, what is
+    /// outside the pool's view took the process over 1 GiB at TPC-H SF10). Room is made by
+    /// spilling the buckets still to come, largest first; when there is none, the bucket goes
+    /// to DataFusion's spilling sort.
+    fn next(&self, reservation: &mut MemoryReservation) -> DfResult<Option<(Bucket, bool)>> {
+        let mut queue = self
+            .queue
+            .lock()
+            .expect("no sort task panics holding the queue");
+        let queue = &mut *queue;
+        let Some(bucket) = queue.buckets.pop() else {
+            return Ok(None);
+        };
+        queue.held.shrink(bucket.bytes.min(queue.held.size()));
+        reservation.grow(bucket.bytes);
+        let extra = 2 * bucket.total() - bucket.bytes;
+        let in_memory = loop {
+            if reservation.try_grow(extra).is_ok() {
+                break true;
+            }
+            let Some(largest) = (0..queue.buckets.len())
+                .filter(|&o| queue.buckets[o].bytes > 0)
+                .max_by_key(|&o| queue.buckets[o].bytes)
+            else {
+                break false;
+            };
+            let freed = self.layout.spill(&mut queue.buckets[largest])?;
+            queue.held.shrink(freed.min(queue.held.size()));
+        };
+        if !in_memory {
+            // The spilling sort accounts for itself.
+            reservation.free();
+        }
+        Ok(Some((bucket, in_memory)))
+    }
+
+    /// Sorts buckets and sends them on `tx` until none is left; fails if the receiver is gone.
+    async fn emit(
+        self: Arc<Self>,
+        w: usize,
+        tx: mpsc::Sender<DfResult<RecordBatch>>,
+    ) -> DfResult<()> {
+        let layout = &self.layout;
+        let mut reservation = MemoryConsumer::new(format!("wap bucket emit {w}"))
+            .with_can_spill(true)
+            .register(layout.task.memory_pool());
+        while let Some((mut bucket, in_memory)) = self.next(&mut reservation)? {
+            let batches = std::mem::take(&mut bucket.batches);
+            let spilled = std::mem::take(&mut bucket.spills);
+            if in_memory {
+                let mut all = Vec::new();
+                for file in spilled {
+                    let mut read = layout.spills.read_spill_as_stream(file, None)?;
+                    while let Some(batch) = read.next().await {
+                        all.push(batch?);
+                    }
+                }
+                all.extend(batches);
+                // Sort the sort columns alone, then gather the rows batch by batch: the bucket
+                // is never copied whole.
+                let indices = layout.sort_indices(&all)?;
+                let locate = Locator::new(&all);
+                let refs: Vec<&RecordBatch> = all.iter().collect();
+                for chunk in indices.chunks(EMIT_ROWS) {
+                    let rows: Vec<(usize, usize)> = chunk.iter().map(|&g| locate.at(g)).collect();
+                    let batch = arrow::compute::interleave_record_batch(&refs, &rows)?;
+                    if tx.send(layout.output(&bucket, &batch)).await.is_err() {
+                        return Err(gone());
+                    }
+                }
+                drop(refs);
+                drop(all);
+                reservation.free();
+            } else {
+                layout
+                    .stats
+                    .external
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut sorted = layout.sort_outside(batches, spilled)?;
+                while let Some(batch) = sorted.next().await {
+                    if tx.send(layout.output(&bucket, &batch?)).await.is_err() {
+                        return Err(gone());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -954,33 +1139,53 @@ mod tests {
         (schema, batches)
     }
 
-    /// A sorter by partition `p`, then `key`, over `items`, in `ctx`: its output and its
-    /// statistics.
+    /// A sort by partition `p`, then `key`, of `items` dealt round-robin to `inputs` streams,
+    /// into `outputs` streams, in `ctx`: its outputs and its statistics.
     fn sort(
         ctx: &datafusion::prelude::SessionContext,
         schema: &SchemaRef,
         key: &str,
         items: Vec<DfResult<RecordBatch>>,
-    ) -> (SendableRecordBatchStream, Arc<Stats>) {
-        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(schema),
-            futures::stream::iter(items),
-        ));
-        let sorter = BucketSorter::new(
-            0,
+        (inputs, outputs): (usize, usize),
+    ) -> (Vec<SendableRecordBatchStream>, Arc<Stats>) {
+        let mut dealt: Vec<Vec<DfResult<RecordBatch>>> = (0..inputs).map(|_| Vec::new()).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            dealt[i % inputs].push(item);
+        }
+        let streams = dealt
+            .into_iter()
+            .map(|items| {
+                Box::pin(RecordBatchStreamAdapter::new(
+                    Arc::clone(schema),
+                    futures::stream::iter(items),
+                )) as SendableRecordBatchStream
+            })
+            .collect();
+        sort_partitions(
+            streams,
             Arc::clone(schema),
             &["p".to_string()],
             &[key.to_string()],
             ctx.task_ctx(),
+            outputs,
         )
-        .unwrap();
-        let stats = Arc::clone(&sorter.stats);
-        (sorter.spawn(stream).unwrap(), stats)
+        .unwrap()
     }
 
-    /// Sorts the input with a pool of `limit` bytes: the output batches, concatenated, and the
-    /// spill files and external sorts it took.
-    async fn sorted(limit: usize, reversed: bool, string_key: bool) -> (RecordBatch, usize, usize) {
+    /// Every item of every output, the outputs read at once, one after the other.
+    async fn drain(outputs: Vec<SendableRecordBatchStream>) -> Vec<Vec<DfResult<RecordBatch>>> {
+        futures::future::join_all(outputs.into_iter().map(|o| o.collect::<Vec<_>>())).await
+    }
+
+    /// Sorts the input (in `shape`: inputs and outputs) with a pool of `limit` bytes: the output
+    /// batches, concatenated output after output, and the spill files and external sorts it
+    /// took.
+    async fn sorted(
+        limit: usize,
+        reversed: bool,
+        string_key: bool,
+        shape: (usize, usize),
+    ) -> (RecordBatch, usize, usize) {
         let (schema, mut batches) = input(7, string_key);
         if reversed {
             batches.reverse();
@@ -994,9 +1199,20 @@ mod tests {
             batch_size: 1000,
         };
         let ctx = crate::engine::session(&options, Arc::new(InMemory::new()), None).unwrap();
-        let (out, stats) = sort(&ctx, &schema, "k", batches.into_iter().map(Ok).collect());
-        let out_schema = out.schema();
-        let got: Vec<RecordBatch> = out.map(|b| b.unwrap()).collect().await;
+        let (outputs, stats) = sort(
+            &ctx,
+            &schema,
+            "k",
+            batches.into_iter().map(Ok).collect(),
+            shape,
+        );
+        let out_schema = outputs[0].schema();
+        let got: Vec<RecordBatch> = drain(outputs)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|b| b.unwrap())
+            .collect();
         let load =
             |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
         (
@@ -1052,7 +1268,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_input_error_arrives_as_an_error_not_as_a_short_stream() {
+    async fn an_input_error_arrives_on_every_output_as_an_error_not_as_a_short_stream() {
         let (schema, batches) = input(3, false);
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
@@ -1062,10 +1278,34 @@ mod tests {
             .map(Ok)
             .chain([Err(DataFusionError::Execution("source went away".into()))])
             .collect();
-        let got: Vec<DfResult<RecordBatch>> = sort(&ctx, &schema, "k", items).0.collect().await;
-        assert_eq!(got.len(), 1, "no rows before the error");
-        let err = got.into_iter().next().unwrap().unwrap_err();
-        assert!(err.to_string().contains("source went away"), "{err}");
+        let got = drain(sort(&ctx, &schema, "k", items, (2, 3)).0).await;
+        assert_eq!(got.len(), 3);
+        for output in got {
+            assert_eq!(output.len(), 1, "no rows before the error");
+            let err = output.into_iter().next().unwrap().unwrap_err();
+            assert!(err.to_string().contains("source went away"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_output_stops_the_sort() {
+        let (schema, batches) = input(3, false);
+        let ctx =
+            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let items = batches.into_iter().map(Ok).collect();
+        let (mut outputs, _) = sort(&ctx, &schema, "k", items, (2, 2));
+        drop(outputs.pop());
+        // The other output ends with an error instead of waiting, or ending as if complete.
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(30), drain(outputs))
+            .await
+            .expect("the sort stops");
+        let last = rest[0].last().expect("an item");
+        let err = last.as_ref().expect_err("the output ends with an error");
+        assert!(
+            err.to_string()
+                .contains("writer of the partition sort stopped"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -1080,7 +1320,7 @@ mod tests {
     async fn same_order_whatever_the_memory(string_key: bool) {
         // Everything in memory; spilled buckets sorted in memory; the big bucket larger than the
         // pool (sorted by DataFusion's spilling sort). Each with the input in reverse order too.
-        let (roomy, spills, external) = sorted(1 << 30, false, string_key).await;
+        let (roomy, spills, external) = sorted(1 << 30, false, string_key, (1, 1)).await;
         assert_eq!((spills, external), (0, 0));
         assert_eq!(roomy.num_rows(), 40_000);
         assert_eq!(
@@ -1101,26 +1341,30 @@ mod tests {
             m
         };
         let expected = by_partition(&roomy);
-        // 3 MiB: buckets spill, and are read back and sorted in memory; 1 MiB: the big bucket
-        // goes to the spilling sort.
-        for (limit, big_outside) in [(1 << 30, false), (3 << 20, false), (1 << 20, true)] {
+        // One input and output: at 3 MiB buckets spill, and are read back and sorted in
+        // memory; at 1 MiB the big bucket goes to the spilling sort. Several inputs (each
+        // partition split across them) and outputs: everything in memory, and at 4 MiB spills
+        // and the spilling sort.
+        let cases = [
+            (1 << 30, (1, 1), false, false),
+            (3 << 20, (1, 1), true, false),
+            (1 << 20, (1, 1), true, true),
+            (1 << 30, (3, 2), false, false),
+            (4 << 20, (2, 2), true, true),
+        ];
+        for (limit, shape, spilled, big_outside) in cases {
             for reversed in [false, true] {
-                let (tight, spills, external) = sorted(limit, reversed, string_key).await;
+                let (tight, spills, external) = sorted(limit, reversed, string_key, shape).await;
                 assert_eq!(
-                    spills > 0,
-                    limit < 1 << 30,
-                    "limit {limit}: {spills} spills"
-                );
-                assert_eq!(
-                    external > 0,
-                    big_outside,
-                    "limit {limit}: {external} external sorts"
+                    (spills > 0, external > 0),
+                    (spilled, big_outside),
+                    "limit {limit}, shape {shape:?}: {spills} spills, {external} external sorts"
                 );
                 check_grouped_and_sorted(&tight);
                 assert_eq!(
                     by_partition(&tight),
                     expected,
-                    "limit {limit}, reversed {reversed}, string key {string_key}"
+                    "limit {limit}, shape {shape:?}, reversed {reversed}, string key {string_key}"
                 );
             }
         }
@@ -1132,11 +1376,12 @@ mod tests {
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
         let items = batches.into_iter().map(Ok).collect();
-        let got: Vec<RecordBatch> = sort(&ctx, &schema, "p", items)
-            .0
+        let got: Vec<RecordBatch> = drain(sort(&ctx, &schema, "p", items, (2, 2)).0)
+            .await
+            .into_iter()
+            .flatten()
             .map(|b| b.unwrap())
-            .collect()
-            .await;
+            .collect();
         let all = arrow::compute::concat_batches(&schema, &got).unwrap();
         assert_eq!(all.num_rows(), 40_000);
         let hashes = crate::engine::row_hash(&all.columns()[1..], all.num_rows()).unwrap();
@@ -1174,9 +1419,12 @@ mod tests {
         .unwrap();
         let ctx =
             crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
-        let got: Vec<DfResult<RecordBatch>> =
-            sort(&ctx, &schema, "k", vec![Ok(batch)]).0.collect().await;
-        let err = got.into_iter().find_map(|b| b.err()).expect("an error");
+        let got = drain(sort(&ctx, &schema, "k", vec![Ok(batch)], (1, 1)).0).await;
+        let err = got
+            .into_iter()
+            .flatten()
+            .find_map(|b| b.err())
+            .expect("an error");
         assert!(err.to_string().contains("column `d`"), "{err}");
     }
 }

@@ -35,7 +35,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -708,38 +708,33 @@ pub async fn write_partitions(
     let sorted_streams: Vec<SendableRecordBatchStream> = if conf.partition_by.is_empty() {
         vec![sort_unpartitioned(ctx, df, conf).await.map_err(exec_err)?]
     } else {
-        // Rows are hash-distributed on the partition columns into one stream per core; each
-        // stream is bucketed by partition and each bucket sorted on its own.
+        // One input per core (the scan's own split, no exchange): each is bucketed by
+        // partition on its own; then one task per core sorts whole partitions, the largest first.
         let plan = df.create_physical_plan().await.map_err(exec_err)?;
         let streams = ctx.state().config().target_partitions().max(1);
-        let distributed: Arc<dyn ExecutionPlan> = if streams == 1 {
-            Arc::new(CoalescePartitionsExec::new(plan))
-        } else {
-            let exprs = conf
-                .partition_by
-                .iter()
-                .map(|c| physical_col(c, &out_schema))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(exec_err)?;
+        let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > streams
+        {
             Arc::new(
-                RepartitionExec::try_new(plan, Partitioning::Hash(exprs, streams))
+                RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(streams))
                     .map_err(exec_err)?,
             )
+        } else {
+            plan
         };
-        (0..streams)
-            .map(|i| {
-                let input = distributed.execute(i, Arc::clone(&task_ctx))?;
-                bucket::BucketSorter::new(
-                    i,
-                    Arc::clone(&out_schema),
-                    &conf.partition_by,
-                    &conf.key,
-                    Arc::clone(&task_ctx),
-                )?
-                .spawn(input)
-            })
-            .collect::<Result<_, DataFusionError>>()
-            .map_err(exec_err)?
+        let inputs = (0..plan.output_partitioning().partition_count())
+            .map(|i| plan.execute(i, Arc::clone(&task_ctx)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(exec_err)?;
+        bucket::sort_partitions(
+            inputs,
+            Arc::clone(&out_schema),
+            &conf.partition_by,
+            &conf.key,
+            Arc::clone(&task_ctx),
+            streams,
+        )
+        .map_err(exec_err)?
+        .0
     };
 
     let part_idx: Vec<usize> = conf
