@@ -600,10 +600,9 @@ impl Default for WriteOptions {
 }
 
 /// Streams the transform's output into one Parquet file (or a few) per partition under
-/// `staging/<run_id>/`. Rows are hash-distributed on the partition columns into one stream per
-/// core, each stream is bucketed by partition and each bucket sorted on its own (see `bucket`),
-/// and each stream feeds its own writer. A partition lives in exactly one stream, so its files do not depend on the number
-/// of streams.
+/// `staging/<run_id>/`. Each scan partition is bucketed by table partition, then one task per
+/// core sorts whole partitions (see `bucket`) and feeds its own writer. A partition is sorted
+/// and written whole by one task, so its files do not depend on the number of streams.
 pub async fn write_staging(
     ctx: &SessionContext,
     df: DataFrame,
