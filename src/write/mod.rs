@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::BatchCoalescer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::array_value_to_string;
@@ -43,7 +43,7 @@ use object_store::buffered::BufWriter;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -65,10 +65,10 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 /// a quarter of parquet's default, so high-cardinality columns give up on dictionaries early
 /// while low-cardinality ones (flags, codes, dates) keep them.
 const DICTIONARY_PAGE_BYTES: usize = 256 << 10;
-/// A column is written without a dictionary when more than this share of its values are
-/// distinct in the file's first batch: near-unique columns (ids, prices, free text) gain nothing
-/// from a dictionary, and interning every value is most of their encoding time.
-const DICTIONARY_MAX_DISTINCT: f64 = 0.9;
+/// A column is written without a dictionary when, in the file's first batch, its dictionary
+/// (each distinct value once, plus a bit-packed index per row) would take at least as many bytes
+/// as its values written plainly: near-unique and sorted-key columns (ids, prices, free text)
+/// gain nothing from one, and interning every value is most of their encoding time.
 /// Below this many rows in the first batch, the share of distinct values says too little: the
 /// file keeps dictionaries on every column.
 const DICTIONARY_SAMPLE_ROWS: usize = 1024;
@@ -813,6 +813,8 @@ struct OpenFile {
     location: object_store::path::Path,
     /// Created on the first batch, whose values decide which columns get a dictionary.
     writer: Option<AsyncArrowWriter<HashingWriter>>,
+    /// The column rows are sorted by (the first key column that is not a partition column).
+    sorted: Option<usize>,
     coalescer: BatchCoalescer,
     rows: u64,
     key_min: Vec<Option<String>>,
@@ -845,9 +847,12 @@ impl OpenFile {
                     hasher: Sha256::new(),
                     size: 0,
                 };
-                let writer =
-                    AsyncArrowWriter::try_new(sink, batch.schema(), Some(writer_properties(batch)))
-                        .map_err(upload_err)?;
+                let writer = AsyncArrowWriter::try_new(
+                    sink,
+                    batch.schema(),
+                    Some(writer_properties(batch, self.sorted)),
+                )
+                .map_err(upload_err)?;
                 self.writer.insert(writer)
             }
         };
@@ -869,30 +874,43 @@ struct PartitionWriter {
     done: Vec<StagedPartition>,
 }
 
-/// The file's writer properties: fixed, except that columns whose `first` batch is nearly all
-/// distinct values are written without a dictionary (see `DICTIONARY_MAX_DISTINCT`). `first` is
-/// the file's first `WRITE_BATCH_ROWS` rows (or all of them), so the choice, like the bytes, is a
-/// function of the file's rows.
-fn writer_properties(first: &RecordBatch) -> WriterProperties {
+/// The file's writer properties: fixed, except that columns whose `first` batch would not be
+/// smaller with a dictionary are written without one (see [`plain_columns`]). `first` is the
+/// file's first `WRITE_BATCH_ROWS` rows (or all of them), so the choice, like the bytes, is a
+/// function of the file's rows. The `sorted` column, if an integer (or date) column, is
+/// delta-encoded: ascending values take a few bits each.
+fn writer_properties(first: &RecordBatch, sorted: Option<usize>) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")));
-    for name in near_unique_columns(first) {
-        props = props.set_column_dictionary_enabled(
-            parquet::schema::types::ColumnPath::new(vec![name]),
-            false,
-        );
+    let path = |name: &str| parquet::schema::types::ColumnPath::new(vec![name.to_string()]);
+    for name in plain_columns(first) {
+        props = props.set_column_dictionary_enabled(path(&name), false);
+    }
+    if let Some(c) = sorted {
+        let field = first.schema_ref().field(c).clone();
+        if matches!(
+            field.data_type(),
+            DataType::Int32 | DataType::Int64 | DataType::Date32
+        ) {
+            props = props
+                .set_column_dictionary_enabled(path(field.name()), false)
+                .set_column_encoding(path(field.name()), Encoding::DELTA_BINARY_PACKED);
+        }
     }
     props.build()
 }
 
-/// The top-level columns of `batch` with more than `DICTIONARY_MAX_DISTINCT` distinct values
-/// (NULL counts as one value), estimated from 64-bit hashes. Nested and dictionary columns are
-/// left alone, and so is every column of a batch shorter than `DICTIONARY_SAMPLE_ROWS`.
-fn near_unique_columns(batch: &RecordBatch) -> Vec<String> {
+/// The top-level columns of `batch` whose dictionary encoding would not be smaller than their
+/// plain encoding: distinct values (counted by 64-bit hash; NULL counts as one) times the bytes
+/// of a value, plus an index of log2(distinct) bits per row, against the bytes of every value.
+/// A value's bytes: its width, or for strings and binaries their average length plus the 4-byte
+/// length prefix. Other columns (nested, dictionary, boolean, …) are left alone, and so is every
+/// column of a batch shorter than `DICTIONARY_SAMPLE_ROWS`.
+fn plain_columns(batch: &RecordBatch) -> Vec<String> {
     let rows = batch.num_rows();
     if rows < DICTIONARY_SAMPLE_ROWS {
         return Vec::new();
@@ -900,20 +918,47 @@ fn near_unique_columns(batch: &RecordBatch) -> Vec<String> {
     let mut seen = std::collections::HashSet::with_capacity(rows);
     let mut names = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let dt = field.data_type();
-        if dt.is_nested() || matches!(dt, DataType::Dictionary(..) | DataType::Boolean) {
+        let Some(width) = value_bytes(column) else {
             continue;
-        }
+        };
         let Ok(hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
             continue;
         };
         seen.clear();
         seen.extend(hashes);
-        if seen.len() as f64 > DICTIONARY_MAX_DISTINCT * rows as f64 {
+        let distinct = seen.len() as f64;
+        let index_bits = distinct.max(2.0).log2().ceil();
+        let dictionary = distinct * width + rows as f64 * index_bits / 8.0;
+        if dictionary >= rows as f64 * width {
             names.push(field.name().clone());
         }
     }
     names
+}
+
+/// The average bytes of one value of `column` written plainly, for the types whose
+/// dictionary is worth weighing: fixed-width primitives, strings and binaries.
+fn value_bytes(column: &ArrayRef) -> Option<f64> {
+    let rows = column.len().max(1) as f64;
+    let dt = column.data_type();
+    if let Some(w) = dt.primitive_width() {
+        return Some(w as f64);
+    }
+    let data: usize = match dt {
+        DataType::Utf8 => column.as_string::<i32>().values().len(),
+        DataType::LargeUtf8 => column.as_string::<i64>().values().len(),
+        DataType::Binary => column.as_binary::<i32>().values().len(),
+        DataType::LargeBinary => column.as_binary::<i64>().values().len(),
+        DataType::Utf8View => column.as_string_view().iter().flatten().map(str::len).sum(),
+        DataType::BinaryView => column
+            .as_binary_view()
+            .iter()
+            .flatten()
+            .map(<[u8]>::len)
+            .sum(),
+        _ => return None,
+    };
+    Some(data as f64 / rows + 4.0)
 }
 
 impl PartitionWriter {
@@ -1024,6 +1069,11 @@ impl PartitionWriter {
                     path: rel,
                     location,
                     writer: None,
+                    sorted: self
+                        .key_idx
+                        .iter()
+                        .copied()
+                        .find(|&i| !self.columns.contains(self.schema.field(i).name())),
                     coalescer: BatchCoalescer::new(Arc::clone(&self.schema), WRITE_BATCH_ROWS),
                     rows: 0,
                     key_min: Vec::new(),
@@ -1156,7 +1206,7 @@ mod tests {
     use arrow::array::{ArrayRef, Int64Array, StringArray};
 
     #[test]
-    fn only_near_unique_columns_lose_their_dictionary() {
+    fn only_columns_a_dictionary_would_not_shrink_lose_it() {
         let batch = |rows: i64, distinct: i64| {
             RecordBatch::try_from_iter([
                 (
@@ -1178,14 +1228,17 @@ mod tests {
             ])
             .unwrap()
         };
-        // 90% distinct is the limit: above it no dictionary, at it one is kept.
-        assert_eq!(near_unique_columns(&batch(2000, 10)), ["id"]);
-        assert_eq!(near_unique_columns(&batch(2000, 1800)), ["id"]);
-        assert_eq!(near_unique_columns(&batch(2000, 1801)), ["id", "few"]);
+        // 2,000 rows of "v<n>" (n below `distinct`): with 1,600 distinct values a dictionary
+        // takes 1600 * 8.19 + 2000 * 11 / 8 = 15,854 bytes, under the 16,380 of the plain values
+        // (8.19 bytes each with their length); with 1,700, 16,758 is not under 16,480.
+        // 8-byte integers, all distinct: never.
+        assert_eq!(plain_columns(&batch(2000, 10)), ["id"]);
+        assert_eq!(plain_columns(&batch(2000, 1600)), ["id"]);
+        assert_eq!(plain_columns(&batch(2000, 1700)), ["id", "few"]);
         // Too few rows to judge: every column keeps its dictionary.
         let short = (DICTIONARY_SAMPLE_ROWS - 1) as i64;
-        assert!(near_unique_columns(&batch(short, short)).is_empty());
-        let props = writer_properties(&batch(2000, 10));
+        assert!(plain_columns(&batch(short, short)).is_empty());
+        let props = writer_properties(&batch(2000, 10), None);
         let path = |name: &str| parquet::schema::types::ColumnPath::new(vec![name.into()]);
         assert!(!props.dictionary_enabled(&path("id")));
         assert!(props.dictionary_enabled(&path("few")));

@@ -741,7 +741,7 @@ async fn parquet_sources_with_string_views_and_differing_columns() {
 }
 
 #[tokio::test]
-async fn near_unique_columns_are_written_without_a_dictionary() {
+async fn near_unique_columns_lose_their_dictionary_and_the_sorted_key_is_delta_encoded() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     let f = Fixture::new();
@@ -788,6 +788,12 @@ async fn near_unique_columns_are_written_without_a_dictionary() {
             ("status".to_string(), true),
             ("order_date".to_string(), true),
         ]
+    );
+    // The key, sorted in every file, is delta-encoded.
+    let encodings = group.column(0).encodings().collect::<Vec<_>>();
+    assert!(
+        encodings.contains(&parquet::basic::Encoding::DELTA_BINARY_PACKED),
+        "{encodings:?}"
     );
     // The choice is a function of the rows: the same input (in another folder, so another run
     // id) gives the same bytes.

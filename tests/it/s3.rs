@@ -498,10 +498,11 @@ async fn large_files_go_up_in_multipart_and_an_aborted_upload_leaves_nothing() {
         x ^= x >> 7;
         x ^= x << 17;
         csv.push_str(&format!(
-            "{i},{},{}.00,{x:016x}{:016x},2024-01-01T00:00:00\n",
+            "{i},{},{}.00,{x:016x}{:016x}{:016x},2024-01-01T00:00:00\n",
             i % 97,
             i % 1000,
-            x.rotate_left(29)
+            x.rotate_left(29),
+            x.rotate_left(41)
         ));
     }
     f.raw("2024-01-01", "orders.csv", &csv);
