@@ -711,8 +711,10 @@ pub async fn write_partitions(
         // partition on its own; then one task per core sorts whole partitions, the largest first.
         let plan = df.create_physical_plan().await.map_err(exec_err)?;
         let streams = ctx.state().config().target_partitions().max(1);
-        let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > streams
-        {
+        // A scan that cannot be split (one compressed file) is dealt round-robin so that every
+        // core still buckets rows; one split further than the cores is dealt down to them.
+        let count = plan.output_partitioning().partition_count();
+        let plan: Arc<dyn ExecutionPlan> = if count != streams && count > 0 {
             Arc::new(
                 RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(streams))
                     .map_err(exec_err)?,
