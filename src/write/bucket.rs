@@ -395,6 +395,7 @@ impl Layout {
             columns.collect(),
         )?)
     }
+
     /// The order of the rows of `batches` (taken as one): by key, then, where keys repeat, by
     /// the hash of the other columns.
     fn sort_indices(&self, batches: &[RecordBatch]) -> DfResult<Vec<u32>> {
