@@ -282,10 +282,23 @@ pub(super) fn sort_partitions(
     Ok((streams, stats))
 }
 
-/// An output stream was dropped (its writer failed): the other outputs end with this error,
-/// not as if complete.
+/// Why an output ended when another output's writer stopped (it failed): that writer's error is
+/// the cause, this one only says the output is not complete.
+#[derive(Debug, thiserror::Error)]
+#[error("a writer of the partition sort stopped")]
+pub(super) struct WriterStopped;
+
 fn gone() -> DataFusionError {
-    DataFusionError::Execution("a writer of the partition sort stopped".into())
+    DataFusionError::External(Box::new(WriterStopped))
+}
+
+/// Whether `e` is [`WriterStopped`]: an effect of another writer's error, not a cause.
+pub(super) fn writer_stopped(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::Shared(inner) => writer_stopped(inner),
+        DataFusionError::External(inner) => inner.is::<WriterStopped>(),
+        _ => false,
+    }
 }
 
 /// A task of the sort that stopped (panicked or was cancelled), as an error.
@@ -857,11 +870,9 @@ impl Emitter {
                 }
             }
         }
-        buckets.sort_by(|x, y| {
-            let rank = |b: &Bucket| (!b.spills.is_empty(), std::cmp::Reverse(b.total()));
-            (rank(x), &x.values).cmp(&(rank(y), &y.values))
-        });
-        buckets.reverse();
+        // Sorted last-first: the queue pops from the end.
+        let rank = |b: &Bucket| (!b.spills.is_empty(), std::cmp::Reverse(b.total()));
+        buckets.sort_by(|x, y| (rank(y), &y.values).cmp(&(rank(x), &x.values)));
         layout
             .stats
             .buckets
@@ -1173,6 +1184,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A session with the default pool.
+    fn session() -> datafusion::prelude::SessionContext {
+        crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap()
+    }
+
+    /// The batches of every output, output after output (any error fails the test).
+    async fn emitted(outputs: Vec<SendableRecordBatchStream>) -> Vec<RecordBatch> {
+        drain(outputs)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
     /// Every item of every output, the outputs read at once, one after the other.
     async fn drain(outputs: Vec<SendableRecordBatchStream>) -> Vec<Vec<DfResult<RecordBatch>>> {
         futures::future::join_all(outputs.into_iter().map(|o| o.collect::<Vec<_>>())).await
@@ -1208,12 +1234,7 @@ mod tests {
             shape,
         );
         let out_schema = outputs[0].schema();
-        let got: Vec<RecordBatch> = drain(outputs)
-            .await
-            .into_iter()
-            .flatten()
-            .map(|b| b.unwrap())
-            .collect();
+        let got = emitted(outputs).await;
         let load =
             |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
         (
@@ -1271,8 +1292,7 @@ mod tests {
     #[tokio::test]
     async fn an_input_error_arrives_on_every_output_as_an_error_not_as_a_short_stream() {
         let (schema, batches) = input(3, false);
-        let ctx =
-            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let ctx = session();
         let items: Vec<DfResult<RecordBatch>> = batches
             .into_iter()
             .take(3)
@@ -1291,8 +1311,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_output_stops_the_sort() {
         let (schema, batches) = input(3, false);
-        let ctx =
-            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let ctx = session();
         let items = batches.into_iter().map(Ok).collect();
         let (mut outputs, _) = sort(&ctx, &schema, "k", items, (2, 2));
         drop(outputs.pop());
@@ -1307,6 +1326,7 @@ mod tests {
                 .contains("writer of the partition sort stopped"),
             "{err}"
         );
+        assert!(writer_stopped(err), "{err}");
     }
 
     #[tokio::test]
@@ -1382,15 +1402,9 @@ mod tests {
     #[tokio::test]
     async fn a_key_made_of_partition_columns_orders_rows_by_their_hash() {
         let (schema, batches) = input(5, false);
-        let ctx =
-            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let ctx = session();
         let items = batches.into_iter().map(Ok).collect();
-        let got: Vec<RecordBatch> = drain(sort(&ctx, &schema, "p", items, (2, 2)).0)
-            .await
-            .into_iter()
-            .flatten()
-            .map(|b| b.unwrap())
-            .collect();
+        let got = emitted(sort(&ctx, &schema, "p", items, (2, 2)).0).await;
         let all = arrow::compute::concat_batches(&schema, &got).unwrap();
         assert_eq!(all.num_rows(), 40_000);
         let hashes = crate::engine::row_hash(&all.columns()[1..], all.num_rows()).unwrap();
@@ -1426,8 +1440,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let ctx =
-            crate::engine::session(&Default::default(), Arc::new(InMemory::new()), None).unwrap();
+        let ctx = session();
         let got = drain(sort(&ctx, &schema, "k", vec![Ok(batch)], (1, 1)).0).await;
         let err = got
             .into_iter()

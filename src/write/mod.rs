@@ -65,12 +65,8 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 /// a quarter of parquet's default, so high-cardinality columns give up on dictionaries early
 /// while low-cardinality ones (flags, codes, dates) keep them.
 const DICTIONARY_PAGE_BYTES: usize = 256 << 10;
-/// A column is written without a dictionary when, in the file's first batch, its dictionary
-/// (each distinct value once, plus a bit-packed index per row) would take at least as many bytes
-/// as its values written plainly: near-unique and sorted-key columns (ids, prices, free text)
-/// gain nothing from one, and interning every value is most of their encoding time.
-/// Below this many rows in the first batch, the share of distinct values says too little: the
-/// file keeps dictionaries on every column.
+/// Below this many rows in a file's first batch, its distinct values say too little about the
+/// file: it keeps dictionaries on every column (see [`plain_columns`]).
 const DICTIONARY_SAMPLE_ROWS: usize = 1024;
 /// Parts of one multipart upload in flight at once.
 const UPLOAD_CONCURRENCY: usize = 4;
@@ -274,9 +270,6 @@ fn source_format(conf: &JobConf) -> Arc<dyn FileFormat> {
     }
 }
 
-/// Source footers fetched at once while planning.
-const FOOTER_FETCHES: usize = 16;
-
 /// `schema` with top-level string and binary views as plain (offset) arrays.
 fn without_views(schema: &Schema) -> Schema {
     let fields: Vec<Field> = schema
@@ -328,6 +321,11 @@ pub async fn plan_transform(
         // Each future owns what it reads (a borrowing closure would make the run's future
         // lose `Send`, whose proof cannot see through the stream's lifetimes).
         let state = Arc::new(ctx.state());
+        let fetches_at_once = state
+            .config_options()
+            .execution
+            .meta_fetch_concurrency
+            .get();
         let fetches = source.objects.iter().cloned().map(|object| {
             let (format, state, store) = (
                 Arc::clone(&format),
@@ -337,7 +335,7 @@ pub async fn plan_transform(
             async move { format.infer_schema(state.as_ref(), &store, &[object]).await }
         });
         let schemas: Vec<SchemaRef> = futures::stream::iter(fetches)
-            .buffered(FOOTER_FETCHES)
+            .buffered(fetches_at_once)
             .map_ok(|schema| Arc::new(without_views(&schema)))
             .try_collect()
             .await
@@ -749,6 +747,13 @@ pub async fn write_partitions(
         .map(|c| out_schema.index_of(c).expect("checked in plan_transform"))
         .collect();
 
+    // The column each file's rows are in order of: the first key column that is not a
+    // partition column (those are constant in a file).
+    let sorted = conf
+        .key
+        .iter()
+        .find(|k| !conf.partition_by.contains(k))
+        .map(|k| out_schema.index_of(k).expect("checked in plan_transform"));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, stream) in sorted_streams.into_iter().enumerate() {
         let reservation =
@@ -760,6 +765,7 @@ pub async fn write_partitions(
             prefix: prefix.to_string(),
             columns: conf.partition_by.clone(),
             key_idx: key_idx.clone(),
+            sorted,
             options: options.clone(),
             reservation,
             current: None,
@@ -768,6 +774,9 @@ pub async fn write_partitions(
         tasks.spawn(writer.drain(stream, part_idx.clone(), source_location.to_string()));
     }
     let mut partitions = Vec::new();
+    // A writer that fails stops the sort, and the other writers then end with
+    // `WriterStopped`: that is an effect, so wait for the failed writer's own error.
+    let mut stopped = None;
     while let Some(joined) = tasks.join_next().await {
         let done = joined.map_err(|e| WriteError::Upload {
             path: format!("staging/{run_id}/"),
@@ -775,11 +784,18 @@ pub async fn write_partitions(
         })?;
         match done {
             Ok(mut done) => partitions.append(&mut done),
+            Err(e) if matches!(&e, WriteError::Execute { source, .. } if bucket::writer_stopped(source)) =>
+            {
+                stopped.get_or_insert(e);
+            }
             Err(e) => {
                 tasks.abort_all();
                 return Err(e);
             }
         }
+    }
+    if let Some(e) = stopped {
+        return Err(e);
     }
     partitions.sort_by(|a, b| a.path.cmp(&b.path));
     let rows = partitions.iter().map(|p| p.rows).sum();
@@ -870,6 +886,8 @@ struct PartitionWriter {
     prefix: String,
     columns: Vec<String>,
     key_idx: Vec<usize>,
+    /// See [`OpenFile::sorted`].
+    sorted: Option<usize>,
     options: WriteOptions,
     reservation: MemoryReservation,
     current: Option<OpenPartition>,
@@ -917,18 +935,17 @@ fn plain_columns(batch: &RecordBatch) -> Vec<String> {
     if rows < DICTIONARY_SAMPLE_ROWS {
         return Vec::new();
     }
-    let mut seen = std::collections::HashSet::with_capacity(rows);
     let mut names = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
         let Some(width) = value_bytes(column) else {
             continue;
         };
-        let Ok(hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
+        let Ok(mut hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
             continue;
         };
-        seen.clear();
-        seen.extend(hashes);
-        let distinct = seen.len() as f64;
+        hashes.sort_unstable();
+        hashes.dedup();
+        let distinct = hashes.len() as f64;
         let index_bits = distinct.max(2.0).log2().ceil();
         let dictionary = distinct * width + rows as f64 * index_bits / 8.0;
         if dictionary >= rows as f64 * width {
@@ -1071,11 +1088,7 @@ impl PartitionWriter {
                     path: rel,
                     location,
                     writer: None,
-                    sorted: self
-                        .key_idx
-                        .iter()
-                        .copied()
-                        .find(|&i| !self.columns.contains(self.schema.field(i).name())),
+                    sorted: self.sorted,
                     coalescer: BatchCoalescer::new(Arc::clone(&self.schema), WRITE_BATCH_ROWS),
                     rows: 0,
                     key_min: Vec::new(),

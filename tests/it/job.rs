@@ -618,6 +618,26 @@ async fn a_whole_run_costs_few_requests_and_publish_a_constant_four() {
 }
 
 #[tokio::test]
+async fn a_failed_upload_is_the_error_reported_not_the_other_writers_stopping() {
+    let f = Fixture::new();
+    let many: Vec<crate::fixture::Order> = (0..400)
+        .map(|i| (5000 + i as i64, (i % 8) as i64, "1.00", "placed"))
+        .collect();
+    f.orders("2024-01-01", &many);
+    f.edit_conf("partition_by: [order_date]", "partition_by: [customer_id]");
+    let rec = RecordingStore::new(f.table_store());
+    rec.fail_next("put", "customer_id=5/", crate::store::FaultKind::Before);
+    let err = f
+        .job_on(rec.clone())
+        .run("2024-01-01", Mode::Publish)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("customer_id=5/part-00000.parquet"), "{err}");
+    assert!(!err.contains("partition sort stopped"), "{err}");
+}
+
+#[tokio::test]
 async fn json_and_parquet_sources_and_globs() {
     // NDJSON source, matched by a glob.
     let f = Fixture::new();
