@@ -39,8 +39,8 @@ use tokio::sync::mpsc;
 /// Rows per batch inside a bucket. Small enough that the partly filled batch of every bucket
 /// together stays small (84 buckets of lineitem: about 40 MiB), large enough for cheap spills.
 const BUCKET_BATCH_ROWS: usize = 2048;
-/// Rows per emitted batch.
-const EMIT_ROWS: usize = 8192;
+/// Rows per emitted batch: the writer's batch, which it then writes without copying.
+const EMIT_ROWS: usize = super::WRITE_BATCH_ROWS;
 /// The hash column added for a bucket sorted by DataFusion's sort.
 const TIEBREAK: &str = "__wap_tiebreak";
 

@@ -1117,9 +1117,15 @@ impl PartitionWriter {
                 path: file.path.clone(),
                 message: e.to_string(),
             };
-            file.coalescer.push_batch(head).map_err(upload_err)?;
-            while let Some(b) = file.coalescer.next_completed_batch() {
-                file.write(&self.table, &self.options, &b).await?;
+            if take == WRITE_BATCH_ROWS && file.coalescer.get_buffered_rows() == 0 {
+                // Already a whole batch at a batch boundary (as the sort emits them): the
+                // same batch the coalescer would make, without copying it.
+                file.write(&self.table, &self.options, &head).await?;
+            } else {
+                file.coalescer.push_batch(head).map_err(upload_err)?;
+                while let Some(b) = file.coalescer.next_completed_batch() {
+                    file.write(&self.table, &self.options, &b).await?;
+                }
             }
             // Accounted in the pool so that sorts spill earlier, but never refused: a row group is
             // bounded by ROW_GROUP_ROWS / ROW_GROUP_BYTES, fixed so that files stay deterministic.
