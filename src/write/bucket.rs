@@ -16,8 +16,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::builder::BatchBuilder;
+
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::{BatchCoalescer, SortOptions};
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::datatypes::{Decimal128Type, Int64Type};
 use arrow::error::ArrowError;
@@ -64,7 +66,8 @@ struct Bucket {
     /// The same values as one-row arrays of the input's types (buckets do not hold the
     /// partition columns: they are the same in every row).
     columns: Vec<ArrayRef>,
-    coalescer: BatchCoalescer,
+    /// The batch being filled.
+    builder: BatchBuilder,
     /// Completed batches held in memory, and their size.
     batches: Vec<RecordBatch>,
     bytes: usize,
@@ -441,7 +444,16 @@ impl Layout {
                 })
                 .collect();
             drop(rows);
-            packed.sort_unstable();
+            // Rows often come in a few ascending runs (sources sorted by the key, as many are,
+            // bucketed input by input): the stable sort merges runs it finds in linear time per
+            // level, where the unstable one would partition them. Every (key, row) is distinct,
+            // so both give the same order.
+            let descents = packed.windows(2).filter(|w| w[1] < w[0]).count();
+            if descents < packed.len() / 64 {
+                packed.sort();
+            } else {
+                packed.sort_unstable();
+            }
             let mut ties = Vec::new();
             let mut start = 0;
             for i in 1..=packed.len() {
@@ -610,10 +622,6 @@ struct BucketSorter {
     /// inputs together hold at most three quarters of a bounded pool, so that sorting the
     /// buckets (two copies of one per output) has room when reading ends.
     budget: usize,
-    /// Bytes and rows of every completed bucket batch so far, and bytes per row from them (for
-    /// estimating partly filled batches).
-    completed: (usize, usize),
-    row_bytes: usize,
 }
 
 /// What one input left: its buckets (every row in a completed batch) and the memory they hold.
@@ -639,8 +647,6 @@ impl BucketSorter {
             buckets: Vec::new(),
             reservation,
             budget,
-            completed: (0, 0),
-            row_bytes: 0,
         }
     }
 
@@ -666,7 +672,7 @@ impl BucketSorter {
         self.buckets.push(Bucket {
             values: row.owned(),
             columns,
-            coalescer: BatchCoalescer::new(Arc::clone(&self.layout.schema), BUCKET_BATCH_ROWS),
+            builder: BatchBuilder::new(Arc::clone(&self.layout.schema), BUCKET_BATCH_ROWS),
             batches: Vec::new(),
             bytes: 0,
             spills: Vec::new(),
@@ -701,41 +707,45 @@ impl BucketSorter {
         }
         let held = layout.hold(batch)?;
         if ids.iter().all(|&b| b == ids[0]) {
-            self.append(ids[0] as usize, held)?;
+            let all: Vec<u32> = (0..n as u32).collect();
+            self.append(ids[0] as usize, &held, &all)?;
         } else {
-            // Group the rows by bucket with one gather, then hand each bucket its slice.
-            let mut order: Vec<u64> = ids
-                .iter()
-                .enumerate()
-                .map(|(r, &b)| (u64::from(b) << 32) | r as u64)
-                .collect();
-            order.sort_unstable();
-            let indices =
-                arrow::array::UInt32Array::from_iter_values(order.iter().map(|&o| o as u32));
-            let grouped = arrow::compute::take_record_batch(&held, &indices)?;
-            let mut start = 0;
-            while start < n {
-                let b = (order[start] >> 32) as usize;
-                let end = start + order[start..].partition_point(|&o| (o >> 32) as usize == b);
-                self.append(b, grouped.slice(start, end - start))?;
-                start = end;
+            // The rows of each bucket, in input order (a counting sort by bucket).
+            let mut starts = vec![0usize; self.buckets.len() + 1];
+            for &b in &ids {
+                starts[b as usize + 1] += 1;
+            }
+            for b in 1..starts.len() {
+                starts[b] += starts[b - 1];
+            }
+            let mut next = starts.clone();
+            let mut rows = vec![0u32; n];
+            for (r, &b) in ids.iter().enumerate() {
+                rows[next[b as usize]] = r as u32;
+                next[b as usize] += 1;
+            }
+            for b in 0..self.buckets.len() {
+                let (start, end) = (starts[b], starts[b + 1]);
+                if start < end {
+                    self.append(b, &held, &rows[start..end])?;
+                }
             }
         }
-        self.row_bytes = self.completed.0.div_ceil(self.completed.1.max(1));
         let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();
         self.account(held)
     }
 
-    /// Appends rows of one bucket to it.
-    fn append(&mut self, b: usize, rows: RecordBatch) -> DfResult<()> {
+    /// Appends rows `rows` of `batch` to bucket `b`, completing its batch whenever full.
+    fn append(&mut self, b: usize, batch: &RecordBatch, mut rows: &[u32]) -> DfResult<()> {
         let bucket = &mut self.buckets[b];
-        bucket.coalescer.push_batch(rows)?;
-        while let Some(done) = bucket.coalescer.next_completed_batch() {
-            let size = done.get_array_memory_size();
-            bucket.bytes += size;
-            self.completed.0 += size;
-            self.completed.1 += done.num_rows();
-            bucket.batches.push(done);
+        while !rows.is_empty() {
+            let room = BUCKET_BATCH_ROWS - bucket.builder.rows();
+            let (now, later) = rows.split_at(room.min(rows.len()));
+            bucket.builder.append(batch, now)?;
+            if bucket.builder.rows() == BUCKET_BATCH_ROWS {
+                bucket.close()?;
+            }
+            rows = later;
         }
         Ok(())
     }
@@ -777,26 +787,17 @@ impl BucketSorter {
         }
     }
 
-    /// Bytes bucket `b` holds: its batches, and its partly filled batch estimated from the
-    /// size of its completed ones (the coalescer's buffers keep their capacity when empty, so
-    /// its own size would count room, not rows).
+    /// Bytes bucket `b` holds: its batches and the batch being filled.
     fn spillable(&self, b: usize) -> usize {
         let bucket = &self.buckets[b];
-        let rows = bucket.coalescer.get_buffered_rows();
-        bucket.bytes + rows * self.row_bytes
+        bucket.bytes + bucket.builder.size()
     }
 
     /// Spills bucket `b`, its partly filled batch included; returns the bytes freed.
     fn spill(&mut self, b: usize) -> DfResult<usize> {
         let bucket = &mut self.buckets[b];
-        let mut freed = 0;
-        if bucket.coalescer.get_buffered_rows() > 0 {
-            let before = bucket.coalescer.size();
-            bucket.close()?;
-            freed += before.saturating_sub(bucket.coalescer.size());
-        }
-        // What the partly filled batch held moved into `bytes` above.
-        Ok(self.layout.spill(bucket)?.max(freed))
+        bucket.close()?;
+        self.layout.spill(bucket)
     }
 
     /// The input is done: every bucket's partly filled batch completed.
@@ -804,10 +805,11 @@ impl BucketSorter {
         for bucket in &mut self.buckets {
             bucket.close()?;
         }
+        let held: usize = self.buckets.iter().map(Bucket::total).sum();
         self.layout
             .stats
             .held_bytes
-            .fetch_add(self.completed.0, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
         Ok(Part {
             buckets: self.buckets,
             reservation: self.reservation,
@@ -816,10 +818,10 @@ impl BucketSorter {
 }
 
 impl Bucket {
-    /// Completes the partly filled batch.
+    /// Completes the partly filled batch, if any.
     fn close(&mut self) -> DfResult<()> {
-        self.coalescer.finish_buffered_batch()?;
-        while let Some(done) = self.coalescer.next_completed_batch() {
+        if self.builder.rows() > 0 {
+            let done = self.builder.finish()?;
             self.bytes += done.get_array_memory_size();
             self.batches.push(done);
         }

@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 mod bucket;
+mod builder;
 
 use crate::conf::{JobConf, SourceFormat};
 use crate::engine::{self, FilesTable};

@@ -1,0 +1,389 @@
+//! A batch filled by gathering rows from other batches: the one copy of a row on its way into a
+//! bucket of the partition sort.
+//!
+//! Gathering rows of one input batch into many buckets with `take` and then appending the taken
+//! slices to each bucket's coalescer copies every row twice, and the coalescer keeps the taken
+//! string arrays whole, as slices, until its batch completes: one input batch's strings stayed
+//! alive in up to 84 buckets (about 110 MB of lineitem at SF1, outside the memory pool's view).
+//! Here each column of a bucket's batch is a growing buffer that rows are copied into straight
+//! from the input, so that what a bucket holds is exactly its rows.
+
+use std::sync::Arc;
+
+use arrow::array::builder::NullBufferBuilder;
+use arrow::array::{Array, ArrayData, ArrayRef, RecordBatch, UInt32Array, make_array};
+use arrow::buffer::{Buffer, NullBuffer};
+use arrow::datatypes::{ArrowNativeType, DataType, SchemaRef, i256};
+use arrow::error::ArrowError;
+
+/// A batch of `schema` being filled.
+pub(super) struct BatchBuilder {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    rows: usize,
+    capacity: usize,
+}
+
+/// One column being filled.
+enum Column {
+    /// Fixed-width values, read and written as unsigned integers (or `i128`, `i256`) of their
+    /// width: every primitive type but intervals (integers, floats, decimals, dates, times…).
+    W1(Fixed<u8>),
+    W2(Fixed<u16>),
+    W4(Fixed<u32>),
+    W8(Fixed<u64>),
+    W16(Fixed<i128>),
+    W32(Fixed<i256>),
+    /// Strings and binaries with 32-bit offsets.
+    Bytes(Bytes),
+    /// Anything else: the rows of each append taken as an array of their own, concatenated when
+    /// the batch is finished.
+    Other(Vec<ArrayRef>),
+}
+
+struct Fixed<T: ArrowNativeType> {
+    values: Vec<T>,
+    nulls: NullBufferBuilder,
+}
+
+struct Bytes {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    nulls: NullBufferBuilder,
+}
+
+impl BatchBuilder {
+    /// An empty batch of `schema` with room for `capacity` rows.
+    pub(super) fn new(schema: SchemaRef, capacity: usize) -> Self {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| Column::new(f.data_type(), capacity))
+            .collect();
+        BatchBuilder {
+            schema,
+            columns,
+            rows: 0,
+            capacity,
+        }
+    }
+
+    /// Rows so far.
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of the rows so far.
+    pub(super) fn size(&self) -> usize {
+        self.columns.iter().map(Column::size).sum()
+    }
+
+    /// Appends rows `indices` of `batch` (of the same schema).
+    pub(super) fn append(
+        &mut self,
+        batch: &RecordBatch,
+        indices: &[u32],
+    ) -> Result<(), ArrowError> {
+        for (column, array) in self.columns.iter_mut().zip(batch.columns()) {
+            column.append(array, indices)?;
+        }
+        self.rows += indices.len();
+        Ok(())
+    }
+
+    /// The rows so far as a batch; the builder is empty again.
+    pub(super) fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let columns = self
+            .columns
+            .iter_mut()
+            .zip(self.schema.fields())
+            .map(|(c, f)| c.finish(f.data_type(), self.rows, self.capacity))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.rows = 0;
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+    }
+}
+
+impl Column {
+    fn new(data_type: &DataType, capacity: usize) -> Self {
+        match data_type {
+            DataType::Utf8 | DataType::Binary => Column::Bytes(Bytes::new(capacity)),
+            // Intervals are structs of smaller integers: their buffers are aligned to those,
+            // not to the width read here.
+            DataType::Interval(_) => Column::Other(Vec::new()),
+            t => match t.primitive_width() {
+                Some(1) => Column::W1(Fixed::new(capacity)),
+                Some(2) => Column::W2(Fixed::new(capacity)),
+                Some(4) => Column::W4(Fixed::new(capacity)),
+                Some(8) => Column::W8(Fixed::new(capacity)),
+                Some(16) => Column::W16(Fixed::new(capacity)),
+                Some(32) => Column::W32(Fixed::new(capacity)),
+                _ => Column::Other(Vec::new()),
+            },
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Column::W1(c) => c.size(),
+            Column::W2(c) => c.size(),
+            Column::W4(c) => c.size(),
+            Column::W8(c) => c.size(),
+            Column::W16(c) => c.size(),
+            Column::W32(c) => c.size(),
+            Column::Bytes(c) => (c.offsets.len() - 1) * 4 + c.values.len() + c.nulls.len() / 8,
+            Column::Other(parts) => parts.iter().map(|a| a.get_array_memory_size()).sum(),
+        }
+    }
+
+    fn append(&mut self, array: &ArrayRef, indices: &[u32]) -> Result<(), ArrowError> {
+        let data = array.to_data();
+        match self {
+            Column::W1(c) => c.append(&data, indices),
+            Column::W2(c) => c.append(&data, indices),
+            Column::W4(c) => c.append(&data, indices),
+            Column::W8(c) => c.append(&data, indices),
+            Column::W16(c) => c.append(&data, indices),
+            Column::W32(c) => c.append(&data, indices),
+            Column::Bytes(c) => c.append(&data, indices)?,
+            Column::Other(parts) => {
+                let at = UInt32Array::from(indices.to_vec());
+                parts.push(arrow::compute::take(array, &at, None)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        data_type: &DataType,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<ArrayRef, ArrowError> {
+        let (buffers, nulls) = match self {
+            Column::W1(c) => c.finish(capacity),
+            Column::W2(c) => c.finish(capacity),
+            Column::W4(c) => c.finish(capacity),
+            Column::W8(c) => c.finish(capacity),
+            Column::W16(c) => c.finish(capacity),
+            Column::W32(c) => c.finish(capacity),
+            Column::Bytes(c) => c.finish(capacity),
+            Column::Other(parts) => {
+                let parts = std::mem::take(parts);
+                if parts.is_empty() {
+                    return Ok(arrow::array::new_empty_array(data_type));
+                }
+                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                return arrow::compute::concat(&refs);
+            }
+        };
+        let data = ArrayData::try_new(data_type.clone(), rows, nulls, 0, buffers, vec![])?;
+        Ok(make_array(data))
+    }
+}
+
+/// The validity of `data`'s rows, if any is NULL.
+fn nulls_of(data: &ArrayData) -> Option<&NullBuffer> {
+    data.nulls().filter(|n| n.null_count() > 0)
+}
+
+fn append_nulls(to: &mut NullBufferBuilder, from: Option<&NullBuffer>, indices: &[u32]) {
+    match from {
+        None => to.append_n_non_nulls(indices.len()),
+        Some(nulls) => {
+            for &i in indices {
+                to.append(nulls.is_valid(i as usize));
+            }
+        }
+    }
+}
+
+/// The validity so far (`None` if no row is NULL) as a buffer; `nulls` is empty again.
+fn take_nulls(nulls: &mut NullBufferBuilder) -> Option<Buffer> {
+    nulls.finish().map(|n| n.into_inner().into_inner())
+}
+
+impl<T: ArrowNativeType> Fixed<T> {
+    fn new(capacity: usize) -> Self {
+        Fixed {
+            values: Vec::with_capacity(capacity),
+            nulls: NullBufferBuilder::new(capacity),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.values.len() * std::mem::size_of::<T>() + self.nulls.len() / 8
+    }
+
+    fn append(&mut self, data: &ArrayData, indices: &[u32]) {
+        let values = &data.buffers()[0].typed_data::<T>()[data.offset()..];
+        self.values
+            .extend(indices.iter().map(|&i| values[i as usize]));
+        append_nulls(&mut self.nulls, nulls_of(data), indices);
+    }
+
+    fn finish(&mut self, capacity: usize) -> (Vec<Buffer>, Option<Buffer>) {
+        let values = std::mem::replace(&mut self.values, Vec::with_capacity(capacity));
+        (vec![Buffer::from_vec(values)], take_nulls(&mut self.nulls))
+    }
+}
+
+impl Bytes {
+    fn new(capacity: usize) -> Self {
+        let mut offsets = Vec::with_capacity(capacity + 1);
+        offsets.push(0);
+        Bytes {
+            offsets,
+            values: Vec::new(),
+            nulls: NullBufferBuilder::new(capacity),
+        }
+    }
+
+    fn append(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
+        let offsets = &data.buffers()[0].typed_data::<i32>()[data.offset()..];
+        let values = data.buffers()[1].as_slice();
+        if self.values.is_empty() {
+            // Room for a batch of values as long as these on average.
+            let rows = data.len().max(1);
+            let average = (offsets[data.len()] - offsets[0]).max(0) as usize / rows;
+            self.values.reserve(average * (self.offsets.capacity() - 1));
+        }
+        for &i in indices {
+            let (start, end) = (
+                offsets[i as usize] as usize,
+                offsets[i as usize + 1] as usize,
+            );
+            self.values.extend_from_slice(&values[start..end]);
+            let end = i32::try_from(self.values.len()).map_err(|_| {
+                ArrowError::ComputeError(
+                    "a batch of a string or binary column exceeds 2 GiB".to_string(),
+                )
+            })?;
+            self.offsets.push(end);
+        }
+        append_nulls(&mut self.nulls, nulls_of(data), indices);
+        Ok(())
+    }
+
+    fn finish(&mut self, capacity: usize) -> (Vec<Buffer>, Option<Buffer>) {
+        let mut fresh = Vec::with_capacity(capacity + 1);
+        fresh.push(0);
+        let offsets = std::mem::replace(&mut self.offsets, fresh);
+        let mut values = std::mem::take(&mut self.values);
+        values.shrink_to_fit();
+        (
+            vec![Buffer::from_vec(offsets), Buffer::from_vec(values)],
+            take_nulls(&mut self.nulls),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        BooleanArray, Decimal128Array, Int32Array, Int64Array, ListArray, StringArray,
+    };
+    use arrow::datatypes::{Field, Int32Type, Schema};
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("b", DataType::Boolean, true),
+            Field::new("d", DataType::Decimal128(30, 2), true),
+            Field::new("n", DataType::Int32, false),
+            Field::new(
+                "iv",
+                DataType::Interval(arrow::datatypes::IntervalUnit::DayTime),
+                true,
+            ),
+            Field::new(
+                "l",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))),
+                true,
+            ),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(3),
+                    Some(4),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("bb"),
+                    None,
+                    Some(""),
+                    Some("eeeee"),
+                ])),
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    None,
+                    Some(false),
+                    Some(true),
+                    Some(false),
+                ])),
+                Arc::new(
+                    Decimal128Array::from(vec![
+                        Some(10),
+                        Some(-20),
+                        None,
+                        Some(i128::MAX),
+                        Some(0),
+                    ])
+                    .with_precision_and_scale(30, 2)
+                    .unwrap(),
+                ),
+                Arc::new(Int32Array::from(vec![5, 6, 7, 8, 9])),
+                Arc::new(arrow::array::IntervalDayTimeArray::from(vec![
+                    Some(arrow::datatypes::IntervalDayTime::new(1, 2)),
+                    None,
+                    Some(arrow::datatypes::IntervalDayTime::new(-3, 4)),
+                    Some(arrow::datatypes::IntervalDayTime::new(5, -6)),
+                    None,
+                ])),
+                Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+                    Some(vec![Some(1)]),
+                    None,
+                    Some(vec![]),
+                    Some(vec![Some(2), None]),
+                    Some(vec![Some(3)]),
+                ])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gathered_rows_equal_take_of_the_same_rows_whatever_the_offsets_and_nulls() {
+        let whole = batch();
+        // Sliced inputs: the arrays' offsets must be honoured.
+        let parts = [whole.slice(0, 3), whole.slice(2, 3)];
+        let picks: [&[u32]; 2] = [&[2, 0, 1], &[2, 1, 1, 0]];
+        let mut builder = BatchBuilder::new(whole.schema(), 2);
+        let mut expected = Vec::new();
+        for (part, rows) in parts.iter().zip(picks) {
+            builder.append(part, rows).unwrap();
+            let at = UInt32Array::from(rows.to_vec());
+            expected.push(arrow::compute::take_record_batch(part, &at).unwrap());
+        }
+        assert_eq!(builder.rows(), 7);
+        assert!(builder.size() > 0);
+        let got = builder.finish().unwrap();
+        got.columns()
+            .iter()
+            .for_each(|c| c.to_data().validate_full().unwrap());
+        let expected = arrow::compute::concat_batches(&whole.schema(), &expected).unwrap();
+        assert_eq!(got, expected);
+        // Empty again, and reusable.
+        assert_eq!(builder.rows(), 0);
+        assert_eq!(builder.size(), 0);
+        builder.append(&whole, &[4]).unwrap();
+        assert_eq!(builder.finish().unwrap(), whole.slice(4, 1));
+    }
+}
