@@ -56,7 +56,9 @@ use crate::engine::{self, FilesTable};
 use crate::manifest::DataFile;
 use crate::store::{Location, StoreError, object_path};
 
-/// Rows per batch handed to the Parquet writer (fixed, so that page boundaries are too).
+/// Rows per batch handed to the Parquet writer (fixed, so that page boundaries are too), and
+/// per batch the writer encodes at once (its default, 1,024, checks for a full page eight times
+/// as often: 1.5% slower at SF1, pages barely smaller).
 const WRITE_BATCH_ROWS: usize = 8192;
 /// Rows per row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -906,6 +908,7 @@ fn writer_properties(first: &RecordBatch, sorted: Option<usize>) -> WriterProper
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_write_batch_size(WRITE_BATCH_ROWS)
         .set_created_by(format!("wap {}", env!("CARGO_PKG_VERSION")));
     let path = |name: &str| parquet::schema::types::ColumnPath::new(vec![name.to_string()]);
     for name in plain_columns(first) {
