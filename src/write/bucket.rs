@@ -213,7 +213,7 @@ pub(super) fn sort_partitions(
     let stats = Arc::clone(&layout.stats);
     let out_schema = Arc::clone(&layout.input);
     let sorters = (0..inputs.len())
-        .map(|i| BucketSorter::new(i, inputs.len(), Arc::clone(&layout)))
+        .map(|i| BucketSorter::new(i, inputs.len(), outputs.max(1), Arc::clone(&layout)))
         .collect::<Vec<_>>();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..outputs.max(1))
         .map(|_| mpsc::channel::<DfResult<RecordBatch>>(2))
@@ -618,10 +618,10 @@ struct BucketSorter {
     index: HashMap<Vec<u8>, usize>,
     buckets: Vec<Bucket>,
     reservation: MemoryReservation,
-    /// The most this input's buckets hold before spilling, whatever the pool would allow: the
-    /// inputs together hold at most three quarters of a bounded pool, so that sorting the
-    /// buckets (two copies of one per output) has room when reading ends.
-    budget: usize,
+    /// This input's share of a bounded pool, and the sorting tasks after it, which decide how
+    /// much its buckets hold before spilling (see [`Self::budget`]).
+    share: Option<usize>,
+    outputs: usize,
 }
 
 /// What one input left: its buckets (every row in a completed batch) and the memory they hold.
@@ -631,23 +631,45 @@ struct Part {
 }
 
 impl BucketSorter {
-    /// The sorter of input `i` of `inputs`.
-    fn new(i: usize, inputs: usize, layout: Arc<Layout>) -> Self {
+    /// The sorter of input `i` of `inputs`, ahead of `outputs` sorting tasks.
+    fn new(i: usize, inputs: usize, outputs: usize, layout: Arc<Layout>) -> Self {
         let pool = layout.task.memory_pool();
         let reservation = MemoryConsumer::new(format!("wap bucket sort {i}"))
             .with_can_spill(true)
             .register(pool);
-        let budget = match pool.memory_limit() {
-            MemoryLimit::Finite(limit) => limit / 4 * 3 / inputs.max(1),
-            MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
+        let inputs = inputs.max(1);
+        let share = match pool.memory_limit() {
+            MemoryLimit::Finite(limit) => Some(limit / inputs),
+            MemoryLimit::Infinite | MemoryLimit::Unknown => None,
         };
         BucketSorter {
             layout,
             index: HashMap::new(),
             buckets: Vec::new(),
             reservation,
-            budget,
+            share,
+            outputs: outputs.max(1),
         }
+    }
+
+    /// The most this input's buckets hold now: its share of the pool less its share of the room
+    /// the sorting tasks will need (two copies of a partition per output, the partition
+    /// estimated from this input's largest bucket so far: partitions are spread over all
+    /// inputs), but at least three quarters of its share. Small partitions leave most of the
+    /// pool to the buckets, so that less is spilled; large ones (TPC-H SF10: 100 MB each) leave
+    /// the room to sort them.
+    fn budget(&self) -> usize {
+        let Some(share) = self.share else {
+            return usize::MAX;
+        };
+        let largest = self
+            .buckets
+            .iter()
+            .map(|b| b.total() + b.builder.size())
+            .max()
+            .unwrap_or(0);
+        let room = 2 * self.outputs * largest;
+        share.saturating_sub(room).max(share / 4 * 3)
     }
 
     /// The bucket of the partition `row` (the values of row `r` of `batch`).
@@ -754,7 +776,7 @@ impl BucketSorter {
     /// the largest buckets until half of what is held is free: few, large spills (each spill is
     /// a file).
     fn account(&mut self, held: usize) -> DfResult<()> {
-        if held <= self.budget && self.try_resize(held) {
+        if held <= self.budget() && self.try_resize(held) {
             return Ok(());
         }
         let mut held = held;
@@ -1419,6 +1441,47 @@ mod tests {
                 "rows of partition at {r:?} not in hash order"
             );
         }
+    }
+
+    #[test]
+    fn buckets_leave_the_sorting_tasks_room_for_their_largest_partition() {
+        let (schema, batches) = input(3, false);
+        // Partitions grow to about 1.3 MB here: past a sixteenth of the share.
+        let limit = 24 << 20;
+        let options = crate::engine::EngineOptions {
+            memory_limit: limit,
+            batch_size: 1000,
+        };
+        let ctx = crate::engine::session(&options, Arc::new(InMemory::new()), None).unwrap();
+        let layout =
+            Arc::new(Layout::new(schema, &["p".into()], &["k".into()], ctx.task_ctx()).unwrap());
+        // Two inputs, two outputs: a share of 12 MiB each.
+        let share = limit / 2;
+        let mut sorter = BucketSorter::new(0, 2, 2, Arc::clone(&layout));
+        assert_eq!(sorter.budget(), share, "nothing held: the whole share");
+        let (mut last, mut floor, mut above) = (share, false, false);
+        for batch in &batches {
+            sorter.push(batch).unwrap();
+            let largest = sorter
+                .buckets
+                .iter()
+                .map(|b| b.total() + b.builder.size())
+                .max()
+                .unwrap();
+            assert!(largest > 0);
+            let budget = sorter.budget();
+            // Room for two copies of the largest partition per output, down to three quarters.
+            if budget == share / 4 * 3 {
+                floor = true;
+                assert!(share - 4 * largest <= budget);
+            } else {
+                above = true;
+                assert_eq!(budget, share - 4 * largest);
+            }
+            assert!(budget <= last, "{budget} after {last}");
+            last = budget;
+        }
+        assert!(above && floor, "both the room and the floor were reached");
     }
 
     #[tokio::test]
