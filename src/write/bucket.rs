@@ -16,8 +16,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::builder::BatchBuilder;
-
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -38,9 +36,13 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::builder::BatchBuilder;
+
 /// Rows per batch inside a bucket. Small enough that the partly filled batch of every bucket
 /// together stays small (84 buckets of lineitem: about 40 MiB), large enough for cheap spills.
 const BUCKET_BATCH_ROWS: usize = 2048;
+/// Bytes at which a bucket's batch is completed with fewer rows (rows of long strings).
+const BUCKET_BATCH_BYTES: usize = 64 << 20;
 /// Rows per emitted batch: the writer's batch, which it then writes without copying.
 const EMIT_ROWS: usize = super::WRITE_BATCH_ROWS;
 /// The hash column added for a bucket sorted by DataFusion's sort.
@@ -728,9 +730,10 @@ impl BucketSorter {
             ids.push(b);
         }
         let held = layout.hold(batch)?;
+        let row_bytes = held.get_array_memory_size() / n;
         if ids.iter().all(|&b| b == ids[0]) {
             let all: Vec<u32> = (0..n as u32).collect();
-            self.append(ids[0] as usize, &held, &all)?;
+            self.append(ids[0] as usize, &held, row_bytes, &all)?;
         } else {
             // The rows of each bucket, in input order (a counting sort by bucket).
             let mut starts = vec![0usize; self.buckets.len() + 1];
@@ -749,7 +752,7 @@ impl BucketSorter {
             for b in 0..self.buckets.len() {
                 let (start, end) = (starts[b], starts[b + 1]);
                 if start < end {
-                    self.append(b, &held, &rows[start..end])?;
+                    self.append(b, &held, row_bytes, &rows[start..end])?;
                 }
             }
         }
@@ -757,14 +760,24 @@ impl BucketSorter {
         self.account(held)
     }
 
-    /// Appends rows `rows` of `batch` to bucket `b`, completing its batch whenever full.
-    fn append(&mut self, b: usize, batch: &RecordBatch, mut rows: &[u32]) -> DfResult<()> {
+    /// Appends rows `rows` of `batch` (about `row_bytes` each) to bucket `b`, completing its
+    /// batch whenever full.
+    fn append(
+        &mut self,
+        b: usize,
+        batch: &RecordBatch,
+        row_bytes: usize,
+        mut rows: &[u32],
+    ) -> DfResult<()> {
         let bucket = &mut self.buckets[b];
         while !rows.is_empty() {
             let room = BUCKET_BATCH_ROWS - bucket.builder.rows();
-            let (now, later) = rows.split_at(room.min(rows.len()));
+            let fit = BUCKET_BATCH_BYTES.saturating_sub(bucket.builder.size()) / row_bytes.max(1);
+            let (now, later) = rows.split_at(room.min(fit.max(1)).min(rows.len()));
             bucket.builder.append(batch, now)?;
-            if bucket.builder.rows() == BUCKET_BATCH_ROWS {
+            if bucket.builder.rows() == BUCKET_BATCH_ROWS
+                || bucket.builder.size() >= BUCKET_BATCH_BYTES
+            {
                 bucket.close()?;
             }
             rows = later;
@@ -1441,6 +1454,37 @@ mod tests {
                 "rows of partition at {r:?} not in hash order"
             );
         }
+    }
+
+    #[test]
+    fn a_bucket_batch_of_long_strings_completes_early() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Utf8, false),
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, false),
+        ]));
+        let rows = 100;
+        let long = "x".repeat(1 << 20);
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["a"; rows])),
+                Arc::new(arrow::array::Int64Array::from_iter_values(0..rows as i64)),
+                Arc::new(arrow::array::StringArray::from(vec![long.as_str(); rows])),
+            ],
+        )
+        .unwrap();
+        let ctx = session();
+        let layout =
+            Arc::new(Layout::new(schema, &["p".into()], &["k".into()], ctx.task_ctx()).unwrap());
+        let mut sorter = BucketSorter::new(0, 1, 1, layout);
+        sorter.push(&batch).unwrap();
+        let bucket = &sorter.buckets[0];
+        // 1 MiB a row: the batch completes at 64 MiB (64 rows), not at 2,048 rows.
+        let done: Vec<usize> = bucket.batches.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(bucket.spills.len(), 0);
+        assert_eq!(done, [64]);
+        assert_eq!(bucket.builder.rows() + done.iter().sum::<usize>(), rows);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use arrow::buffer::{Buffer, NullBuffer};
 use arrow::datatypes::{ArrowNativeType, DataType, SchemaRef, i256};
 use arrow::error::ArrowError;
 
+/// The most a string or binary column reserves for its values before the first row.
+const INITIAL_VALUES_BYTES: usize = 1 << 20;
+
 /// A batch of `schema` being filled.
 pub(super) struct BatchBuilder {
     schema: SchemaRef,
@@ -243,10 +246,12 @@ impl Bytes {
         let offsets = &data.buffers()[0].typed_data::<i32>()[data.offset()..];
         let values = data.buffers()[1].as_slice();
         if self.values.is_empty() {
-            // Room for a batch of values as long as these on average.
+            // Room for a batch of values as long as these on average (up to a point: the
+            // buffer grows if the values are longer).
             let rows = data.len().max(1);
             let average = (offsets[data.len()] - offsets[0]).max(0) as usize / rows;
-            self.values.reserve(average * (self.offsets.capacity() - 1));
+            let batch = average * (self.offsets.capacity() - 1);
+            self.values.reserve(batch.min(INITIAL_VALUES_BYTES));
         }
         for &i in indices {
             let (start, end) = (
