@@ -24,7 +24,6 @@ pub(super) struct BatchBuilder {
     schema: SchemaRef,
     columns: Vec<Column>,
     rows: usize,
-    capacity: usize,
 }
 
 /// One column being filled.
@@ -44,15 +43,20 @@ enum Column {
     Other(Vec<ArrayRef>),
 }
 
+/// Buffers are allocated for `capacity` rows on the first row, not before: a bucket that gets
+/// no more rows holds nothing.
 struct Fixed<T: ArrowNativeType> {
     values: Vec<T>,
     nulls: NullBufferBuilder,
+    capacity: usize,
 }
 
 struct Bytes {
+    /// Empty before the first row, then starting with 0.
     offsets: Vec<i32>,
     values: Vec<u8>,
     nulls: NullBufferBuilder,
+    capacity: usize,
 }
 
 impl BatchBuilder {
@@ -67,7 +71,6 @@ impl BatchBuilder {
             schema,
             columns,
             rows: 0,
-            capacity,
         }
     }
 
@@ -100,7 +103,7 @@ impl BatchBuilder {
             .columns
             .iter_mut()
             .zip(self.schema.fields())
-            .map(|(c, f)| c.finish(f.data_type(), self.rows, self.capacity))
+            .map(|(c, f)| c.finish(f.data_type(), self.rows))
             .collect::<Result<Vec<_>, _>>()?;
         self.rows = 0;
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
@@ -134,7 +137,7 @@ impl Column {
             Column::W8(c) => c.size(),
             Column::W16(c) => c.size(),
             Column::W32(c) => c.size(),
-            Column::Bytes(c) => (c.offsets.len() - 1) * 4 + c.values.len() + c.nulls.len() / 8,
+            Column::Bytes(c) => c.size(),
             Column::Other(parts) => parts.iter().map(|a| a.get_array_memory_size()).sum(),
         }
     }
@@ -157,20 +160,15 @@ impl Column {
         Ok(())
     }
 
-    fn finish(
-        &mut self,
-        data_type: &DataType,
-        rows: usize,
-        capacity: usize,
-    ) -> Result<ArrayRef, ArrowError> {
+    fn finish(&mut self, data_type: &DataType, rows: usize) -> Result<ArrayRef, ArrowError> {
         let (buffers, nulls) = match self {
-            Column::W1(c) => c.finish(capacity),
-            Column::W2(c) => c.finish(capacity),
-            Column::W4(c) => c.finish(capacity),
-            Column::W8(c) => c.finish(capacity),
-            Column::W16(c) => c.finish(capacity),
-            Column::W32(c) => c.finish(capacity),
-            Column::Bytes(c) => c.finish(capacity),
+            Column::W1(c) => c.finish(),
+            Column::W2(c) => c.finish(),
+            Column::W4(c) => c.finish(),
+            Column::W8(c) => c.finish(),
+            Column::W16(c) => c.finish(),
+            Column::W32(c) => c.finish(),
+            Column::Bytes(c) => c.finish(),
             Column::Other(parts) => {
                 let parts = std::mem::take(parts);
                 if parts.is_empty() {
@@ -209,8 +207,9 @@ fn take_nulls(nulls: &mut NullBufferBuilder) -> Option<Buffer> {
 impl<T: ArrowNativeType> Fixed<T> {
     fn new(capacity: usize) -> Self {
         Fixed {
-            values: Vec::with_capacity(capacity),
+            values: Vec::new(),
             nulls: NullBufferBuilder::new(capacity),
+            capacity,
         }
     }
 
@@ -220,38 +219,47 @@ impl<T: ArrowNativeType> Fixed<T> {
 
     fn append(&mut self, data: &ArrayData, indices: &[u32]) {
         let values = &data.buffers()[0].typed_data::<T>()[data.offset()..];
+        if self.values.capacity() == 0 {
+            self.values.reserve_exact(self.capacity.max(indices.len()));
+        }
         self.values
             .extend(indices.iter().map(|&i| values[i as usize]));
         append_nulls(&mut self.nulls, nulls_of(data), indices);
     }
 
-    fn finish(&mut self, capacity: usize) -> (Vec<Buffer>, Option<Buffer>) {
-        let values = std::mem::replace(&mut self.values, Vec::with_capacity(capacity));
+    fn finish(&mut self) -> (Vec<Buffer>, Option<Buffer>) {
+        let values = std::mem::take(&mut self.values);
         (vec![Buffer::from_vec(values)], take_nulls(&mut self.nulls))
     }
 }
 
 impl Bytes {
     fn new(capacity: usize) -> Self {
-        let mut offsets = Vec::with_capacity(capacity + 1);
-        offsets.push(0);
         Bytes {
-            offsets,
+            offsets: Vec::new(),
             values: Vec::new(),
             nulls: NullBufferBuilder::new(capacity),
+            capacity,
         }
+    }
+
+    fn size(&self) -> usize {
+        self.offsets.len().saturating_sub(1) * 4 + self.values.len() + self.nulls.len() / 8
     }
 
     fn append(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
         let offsets = &data.buffers()[0].typed_data::<i32>()[data.offset()..];
         let values = data.buffers()[1].as_slice();
-        if self.values.is_empty() {
+        if self.offsets.is_empty() {
+            self.offsets
+                .reserve_exact(self.capacity.max(indices.len()) + 1);
+            self.offsets.push(0);
             // Room for a batch of values as long as these on average (up to a point: the
             // buffer grows if the values are longer).
             let rows = data.len().max(1);
             let average = (offsets[data.len()] - offsets[0]).max(0) as usize / rows;
-            let batch = average * (self.offsets.capacity() - 1);
-            self.values.reserve(batch.min(INITIAL_VALUES_BYTES));
+            self.values
+                .reserve((average * self.capacity).min(INITIAL_VALUES_BYTES));
         }
         for &i in indices {
             let (start, end) = (
@@ -270,10 +278,11 @@ impl Bytes {
         Ok(())
     }
 
-    fn finish(&mut self, capacity: usize) -> (Vec<Buffer>, Option<Buffer>) {
-        let mut fresh = Vec::with_capacity(capacity + 1);
-        fresh.push(0);
-        let offsets = std::mem::replace(&mut self.offsets, fresh);
+    fn finish(&mut self) -> (Vec<Buffer>, Option<Buffer>) {
+        let mut offsets = std::mem::take(&mut self.offsets);
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
         let mut values = std::mem::take(&mut self.values);
         values.shrink_to_fit();
         (
@@ -390,5 +399,12 @@ mod tests {
         assert_eq!(builder.size(), 0);
         builder.append(&whole, &[4]).unwrap();
         assert_eq!(builder.finish().unwrap(), whole.slice(4, 1));
+        // Nothing appended: an empty batch of valid arrays.
+        let empty = BatchBuilder::new(whole.schema(), 2).finish().unwrap();
+        assert_eq!(empty.num_rows(), 0);
+        empty
+            .columns()
+            .iter()
+            .for_each(|c| c.to_data().validate_full().unwrap());
     }
 }
