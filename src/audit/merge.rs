@@ -319,26 +319,56 @@ impl Runs {
     }
 }
 
-/// The merge of keys packed in integers: a heap of (current key, cursor).
-async fn merge_packed(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
-    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = cursors
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Reverse((c.packed(), i)))
-        .collect();
+/// A heap merge of cursors of packed keys, a batch of keys at a time.
+struct PackedMerge {
+    cursors: Vec<Cursor>,
+    /// (current key, cursor) of every cursor not at its end.
+    heap: BinaryHeap<Reverse<(u128, usize)>>,
+}
+
+impl PackedMerge {
+    fn new(cursors: Vec<Cursor>) -> Self {
+        let heap = cursors
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Reverse((c.packed(), i)))
+            .collect();
+        PackedMerge { cursors, heap }
+    }
+
+    /// The next keys in merge order, up to `BATCH_ROWS`, into `out` (emptied first); false
+    /// once no key is left, `None` when a cursor could not be read. Order is not checked here.
+    async fn fill(&mut self, out: &mut Vec<u128>) -> Option<bool> {
+        out.clear();
+        while out.len() < BATCH_ROWS {
+            let Some(mut top) = self.heap.peek_mut() else {
+                break;
+            };
+            let Reverse((key, i)) = *top;
+            out.push(key);
+            let c = &mut self.cursors[i];
+            c.pos += 1;
+            if c.exhausted() && !c.fill().await? {
+                PeekMut::pop(top);
+                continue;
+            }
+            *top = Reverse((c.packed(), i));
+        }
+        Some(!out.is_empty())
+    }
+}
+
+/// The merge of keys packed in integers, counting runs of equal keys.
+async fn merge_packed(cursors: Vec<Cursor>) -> Option<(u64, u64)> {
+    let mut merge = PackedMerge::new(cursors);
+    let mut keys = Vec::with_capacity(BATCH_ROWS);
     let mut runs = Runs::default();
     let mut last: Option<u128> = None;
-    while let Some(mut top) = heap.peek_mut() {
-        let Reverse((key, i)) = *top;
-        runs.next(last.map_or(std::cmp::Ordering::Greater, |l| key.cmp(&l)))?;
-        last = Some(key);
-        let c = &mut cursors[i];
-        c.pos += 1;
-        if c.exhausted() && !c.fill().await? {
-            PeekMut::pop(top);
-            continue;
+    while merge.fill(&mut keys).await? {
+        for &key in &keys {
+            runs.next(last.map_or(std::cmp::Ordering::Greater, |l| key.cmp(&l)))?;
+            last = Some(key);
         }
-        *top = Reverse((c.packed(), i));
     }
     Some(runs.finish())
 }
@@ -367,43 +397,20 @@ async fn merge_packed_split(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
 
 /// Merges `cursors` (packed keys) into batches of keys sent on `tx`, then `End`; `Failed` if a
 /// cursor fails. Order is left for the merge downstream to check.
-async fn merge_into(mut cursors: Vec<Cursor>, tx: mpsc::Sender<Loaded>) {
-    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = cursors
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Reverse((c.packed(), i)))
-        .collect();
-    let mut out = Vec::with_capacity(BATCH_ROWS);
-    while let Some(mut top) = heap.peek_mut() {
-        let Reverse((key, i)) = *top;
-        out.push(key);
-        if out.len() == BATCH_ROWS {
-            let full = std::mem::replace(&mut out, Vec::with_capacity(BATCH_ROWS));
-            if tx.send(Loaded::Keys(Keys::Packed(full))).await.is_err() {
-                return;
-            }
+async fn merge_into(cursors: Vec<Cursor>, tx: mpsc::Sender<Loaded>) {
+    let mut merge = PackedMerge::new(cursors);
+    loop {
+        let mut keys = Vec::with_capacity(BATCH_ROWS);
+        let message = match merge.fill(&mut keys).await {
+            Some(true) => Loaded::Keys(Keys::Packed(keys)),
+            Some(false) => Loaded::End,
+            None => Loaded::Failed,
+        };
+        let more = matches!(message, Loaded::Keys(_));
+        if tx.send(message).await.is_err() || !more {
+            return;
         }
-        let c = &mut cursors[i];
-        c.pos += 1;
-        if c.exhausted() {
-            match c.fill().await {
-                Some(true) => {}
-                Some(false) => {
-                    PeekMut::pop(top);
-                    continue;
-                }
-                None => {
-                    let _ = tx.send(Loaded::Failed).await;
-                    return;
-                }
-            }
-        }
-        *top = Reverse((c.packed(), i));
     }
-    if !out.is_empty() && tx.send(Loaded::Keys(Keys::Packed(out))).await.is_err() {
-        return;
-    }
-    let _ = tx.send(Loaded::End).await;
 }
 
 /// The merge of keys in the row format, NULL keys skipped.
@@ -652,6 +659,48 @@ mod tests {
         let mut panicked = cursor(panicking);
         assert_eq!(panicked.fill().await, Some(true));
         assert_eq!(panicked.fill().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_fails_in_either_half_of_the_split_merge_fails_the_merge() {
+        let converter = Arc::new(RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap());
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        // Six files of two keys each (with one duplicate across the halves), file `failing`
+        // ending with a read error after its batch.
+        let cursors = |failing: Option<usize>| {
+            let (converter, schema) = (Arc::clone(&converter), Arc::clone(&schema));
+            async move {
+                let mut cursors = Vec::new();
+                for f in 0..6i64 {
+                    let k = if f == 5 { 0 } else { 10 * f };
+                    let keys = Arc::new(Int64Array::from(vec![k, k + 1]));
+                    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![keys]).unwrap();
+                    let mut items = vec![Ok(batch)];
+                    if failing == Some(f as usize) {
+                        let err = parquet::errors::ParquetError::General("disk on fire".into());
+                        items.push(Err(err));
+                    }
+                    let mut cursor = Cursor::new(read_ahead(
+                        futures::stream::iter(items).boxed(),
+                        vec!["k".into()],
+                        Arc::clone(&converter),
+                        true,
+                    ));
+                    assert_eq!(cursor.fill().await, Some(true));
+                    cursors.push(cursor);
+                }
+                cursors
+            }
+        };
+        // Keys 0 and 1 appear in files 0 and 5 (one in each half): 4 failing rows, 2 groups.
+        assert_eq!(merge_packed_split(cursors(None).await).await, Some((4, 2)));
+        for failing in [0, 5] {
+            assert_eq!(
+                merge_packed_split(cursors(Some(failing)).await).await,
+                None,
+                "file {failing} failed"
+            );
+        }
     }
 
     #[test]

@@ -731,29 +731,24 @@ impl BucketSorter {
         }
         let held = layout.hold(batch)?;
         let row_bytes = held.get_array_memory_size() / n;
-        if ids.iter().all(|&b| b == ids[0]) {
-            let all: Vec<u32> = (0..n as u32).collect();
-            self.append(ids[0] as usize, &held, row_bytes, &all)?;
-        } else {
-            // The rows of each bucket, in input order (a counting sort by bucket).
-            let mut starts = vec![0usize; self.buckets.len() + 1];
-            for &b in &ids {
-                starts[b as usize + 1] += 1;
-            }
-            for b in 1..starts.len() {
-                starts[b] += starts[b - 1];
-            }
-            let mut next = starts.clone();
-            let mut rows = vec![0u32; n];
-            for (r, &b) in ids.iter().enumerate() {
-                rows[next[b as usize]] = r as u32;
-                next[b as usize] += 1;
-            }
-            for b in 0..self.buckets.len() {
-                let (start, end) = (starts[b], starts[b + 1]);
-                if start < end {
-                    self.append(b, &held, row_bytes, &rows[start..end])?;
-                }
+        // The rows of each bucket, in input order (a counting sort by bucket).
+        let mut starts = vec![0usize; self.buckets.len() + 1];
+        for &b in &ids {
+            starts[b as usize + 1] += 1;
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        let mut next = starts.clone();
+        let mut rows = vec![0u32; n];
+        for (r, &b) in ids.iter().enumerate() {
+            rows[next[b as usize]] = r as u32;
+            next[b as usize] += 1;
+        }
+        for b in 0..self.buckets.len() {
+            let (start, end) = (starts[b], starts[b + 1]);
+            if start < end {
+                self.append(b, &held, row_bytes, &rows[start..end])?;
             }
         }
         let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();

@@ -28,19 +28,22 @@ pub(super) struct BatchBuilder {
 
 /// One column being filled.
 enum Column {
-    /// Fixed-width values, read and written as unsigned integers (or `i128`, `i256`) of their
-    /// width: every primitive type but intervals (integers, floats, decimals, dates, times…).
-    W1(Fixed<u8>),
-    W2(Fixed<u16>),
-    W4(Fixed<u32>),
-    W8(Fixed<u64>),
-    W16(Fixed<i128>),
-    W32(Fixed<i256>),
-    /// Strings and binaries with 32-bit offsets.
-    Bytes(Bytes),
+    /// Fixed-width values (every primitive type but intervals: integers, floats, decimals,
+    /// dates, times…), and strings and binaries with 32-bit offsets: rows copied into buffers.
+    Buffers(Box<dyn Growing>),
     /// Anything else: the rows of each append taken as an array of their own, concatenated when
     /// the batch is finished.
     Other(Vec<ArrayRef>),
+}
+
+/// The buffers of a column being filled.
+trait Growing: Send + Sync {
+    /// Bytes of the rows so far.
+    fn size(&self) -> usize;
+    /// Appends rows `indices` of `data`.
+    fn append(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError>;
+    /// The buffers and validity of the rows so far; empty again.
+    fn finish(&mut self) -> (Vec<Buffer>, Option<Buffer>);
 }
 
 /// Buffers are allocated for `capacity` rows on the first row, not before: a bucket that gets
@@ -112,74 +115,62 @@ impl BatchBuilder {
 
 impl Column {
     fn new(data_type: &DataType, capacity: usize) -> Self {
-        match data_type {
-            DataType::Utf8 | DataType::Binary => Column::Bytes(Bytes::new(capacity)),
+        let fixed = |width| -> Option<Box<dyn Growing>> {
+            // Read and written as unsigned integers (or `i128`, `i256`) of their width.
+            Some(match width {
+                1 => Box::new(Fixed::<u8>::new(capacity)),
+                2 => Box::new(Fixed::<u16>::new(capacity)),
+                4 => Box::new(Fixed::<u32>::new(capacity)),
+                8 => Box::new(Fixed::<u64>::new(capacity)),
+                16 => Box::new(Fixed::<i128>::new(capacity)),
+                32 => Box::new(Fixed::<i256>::new(capacity)),
+                _ => return None,
+            })
+        };
+        let growing = match data_type {
+            DataType::Utf8 | DataType::Binary => Some(Box::new(Bytes::new(capacity)) as _),
             // Intervals are structs of smaller integers: their buffers are aligned to those,
-            // not to the width read here.
-            DataType::Interval(_) => Column::Other(Vec::new()),
-            t => match t.primitive_width() {
-                Some(1) => Column::W1(Fixed::new(capacity)),
-                Some(2) => Column::W2(Fixed::new(capacity)),
-                Some(4) => Column::W4(Fixed::new(capacity)),
-                Some(8) => Column::W8(Fixed::new(capacity)),
-                Some(16) => Column::W16(Fixed::new(capacity)),
-                Some(32) => Column::W32(Fixed::new(capacity)),
-                _ => Column::Other(Vec::new()),
-            },
-        }
+            // not to their width.
+            DataType::Interval(_) => None,
+            t => t.primitive_width().and_then(fixed),
+        };
+        growing.map_or(Column::Other(Vec::new()), Column::Buffers)
     }
 
     fn size(&self) -> usize {
         match self {
-            Column::W1(c) => c.size(),
-            Column::W2(c) => c.size(),
-            Column::W4(c) => c.size(),
-            Column::W8(c) => c.size(),
-            Column::W16(c) => c.size(),
-            Column::W32(c) => c.size(),
-            Column::Bytes(c) => c.size(),
+            Column::Buffers(c) => c.size(),
             Column::Other(parts) => parts.iter().map(|a| a.get_array_memory_size()).sum(),
         }
     }
 
     fn append(&mut self, array: &ArrayRef, indices: &[u32]) -> Result<(), ArrowError> {
-        let data = array.to_data();
         match self {
-            Column::W1(c) => c.append(&data, indices),
-            Column::W2(c) => c.append(&data, indices),
-            Column::W4(c) => c.append(&data, indices),
-            Column::W8(c) => c.append(&data, indices),
-            Column::W16(c) => c.append(&data, indices),
-            Column::W32(c) => c.append(&data, indices),
-            Column::Bytes(c) => c.append(&data, indices)?,
+            Column::Buffers(c) => c.append(&array.to_data(), indices),
             Column::Other(parts) => {
                 let at = UInt32Array::from(indices.to_vec());
                 parts.push(arrow::compute::take(array, &at, None)?);
+                Ok(())
             }
         }
-        Ok(())
     }
 
     fn finish(&mut self, data_type: &DataType, rows: usize) -> Result<ArrayRef, ArrowError> {
-        let (buffers, nulls) = match self {
-            Column::W1(c) => c.finish(),
-            Column::W2(c) => c.finish(),
-            Column::W4(c) => c.finish(),
-            Column::W8(c) => c.finish(),
-            Column::W16(c) => c.finish(),
-            Column::W32(c) => c.finish(),
-            Column::Bytes(c) => c.finish(),
+        match self {
+            Column::Buffers(c) => {
+                let (buffers, nulls) = c.finish();
+                let data = ArrayData::try_new(data_type.clone(), rows, nulls, 0, buffers, vec![])?;
+                Ok(make_array(data))
+            }
             Column::Other(parts) => {
                 let parts = std::mem::take(parts);
                 if parts.is_empty() {
                     return Ok(arrow::array::new_empty_array(data_type));
                 }
                 let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                return arrow::compute::concat(&refs);
+                arrow::compute::concat(&refs)
             }
-        };
-        let data = ArrayData::try_new(data_type.clone(), rows, nulls, 0, buffers, vec![])?;
-        Ok(make_array(data))
+        }
     }
 }
 
@@ -212,12 +203,14 @@ impl<T: ArrowNativeType> Fixed<T> {
             capacity,
         }
     }
+}
 
+impl<T: ArrowNativeType> Growing for Fixed<T> {
     fn size(&self) -> usize {
         self.values.len() * std::mem::size_of::<T>() + self.nulls.len() / 8
     }
 
-    fn append(&mut self, data: &ArrayData, indices: &[u32]) {
+    fn append(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
         let values = &data.buffers()[0].typed_data::<T>()[data.offset()..];
         if self.values.capacity() == 0 {
             self.values.reserve_exact(self.capacity.max(indices.len()));
@@ -225,6 +218,7 @@ impl<T: ArrowNativeType> Fixed<T> {
         self.values
             .extend(indices.iter().map(|&i| values[i as usize]));
         append_nulls(&mut self.nulls, nulls_of(data), indices);
+        Ok(())
     }
 
     fn finish(&mut self) -> (Vec<Buffer>, Option<Buffer>) {
@@ -242,7 +236,9 @@ impl Bytes {
             capacity,
         }
     }
+}
 
+impl Growing for Bytes {
     fn size(&self) -> usize {
         self.offsets.len().saturating_sub(1) * 4 + self.values.len() + self.nulls.len() / 8
     }

@@ -834,8 +834,6 @@ struct OpenFile {
     location: object_store::path::Path,
     /// Created on the first batch, whose values decide which columns get a dictionary.
     writer: Option<AsyncArrowWriter<HashingWriter>>,
-    /// The column rows are sorted by (the first key column that is not a partition column).
-    sorted: Option<usize>,
     coalescer: BatchCoalescer,
     rows: u64,
     key_min: Vec<Option<String>>,
@@ -844,11 +842,13 @@ struct OpenFile {
 
 impl OpenFile {
     /// Writes one batch (of `WRITE_BATCH_ROWS` rows, but for the file's last), starting the
-    /// upload and choosing the writer properties on the first.
+    /// upload and choosing the writer properties on the first (`sorted`: see
+    /// [`PartitionWriter::sorted`]).
     async fn write(
         &mut self,
         table: &Arc<dyn ObjectStore>,
         options: &WriteOptions,
+        sorted: Option<usize>,
         batch: &RecordBatch,
     ) -> Result<(), WriteError> {
         let upload_err = |e: parquet::errors::ParquetError| WriteError::Upload {
@@ -871,7 +871,7 @@ impl OpenFile {
                 let writer = AsyncArrowWriter::try_new(
                     sink,
                     batch.schema(),
-                    Some(writer_properties(batch, self.sorted)),
+                    Some(writer_properties(batch, sorted)),
                 )
                 .map_err(upload_err)?;
                 self.writer.insert(writer)
@@ -889,7 +889,8 @@ struct PartitionWriter {
     prefix: String,
     columns: Vec<String>,
     key_idx: Vec<usize>,
-    /// See [`OpenFile::sorted`].
+    /// The column rows are sorted by in each file: the first key column that is not a
+    /// partition column.
     sorted: Option<usize>,
     options: WriteOptions,
     reservation: MemoryReservation,
@@ -1092,7 +1093,6 @@ impl PartitionWriter {
                     path: rel,
                     location,
                     writer: None,
-                    sorted: self.sorted,
                     coalescer: BatchCoalescer::new(Arc::clone(&self.schema), WRITE_BATCH_ROWS),
                     rows: 0,
                     key_min: Vec::new(),
@@ -1124,11 +1124,13 @@ impl PartitionWriter {
             if take == WRITE_BATCH_ROWS && file.coalescer.get_buffered_rows() == 0 {
                 // Already a whole batch at a batch boundary (as the sort emits them): the
                 // same batch the coalescer would make, without copying it.
-                file.write(&self.table, &self.options, &head).await?;
+                file.write(&self.table, &self.options, self.sorted, &head)
+                    .await?;
             } else {
                 file.coalescer.push_batch(head).map_err(upload_err)?;
                 while let Some(b) = file.coalescer.next_completed_batch() {
-                    file.write(&self.table, &self.options, &b).await?;
+                    file.write(&self.table, &self.options, self.sorted, &b)
+                        .await?;
                 }
             }
             // Accounted in the pool so that sorts spill earlier, but never refused: a row group is
@@ -1157,7 +1159,8 @@ impl PartitionWriter {
             .finish_buffered_batch()
             .map_err(|e| err(&file.path, &e))?;
         while let Some(b) = file.coalescer.next_completed_batch() {
-            file.write(&self.table, &self.options, &b).await?;
+            file.write(&self.table, &self.options, self.sorted, &b)
+                .await?;
         }
         // A file is opened for at least one row, so its writer exists by now.
         let Some(mut writer) = file.writer else {
