@@ -987,7 +987,7 @@ impl Emitter {
                 let refs: Vec<&RecordBatch> = all.iter().collect();
                 for chunk in indices.chunks(EMIT_ROWS) {
                     let rows: Vec<(usize, usize)> = chunk.iter().map(|&g| locate.at(g)).collect();
-                    let batch = arrow::compute::interleave_record_batch(&refs, &rows)?;
+                    let batch = gather(&layout.schema, &refs, &rows)?;
                     if tx.send(layout.output(&bucket, &batch)).await.is_err() {
                         return Err(gone());
                     }
@@ -1010,6 +1010,38 @@ impl Emitter {
         }
         Ok(())
     }
+}
+
+/// Rows of a batch that consecutive sorted rows run over, on average, from which they are
+/// copied run by run rather than row by row.
+const RUN_ROWS: usize = 16;
+
+/// Rows `rows` (batch, row) of `batches`, in that order, as one batch. Sources sorted by the
+/// key, as many are, leave a bucket's batches sorted, so that sorted rows come in long runs of
+/// consecutive rows of one batch: those are copied as slices (a copy per run and column), other
+/// rows one by one.
+fn gather(
+    schema: &SchemaRef,
+    batches: &[&RecordBatch],
+    rows: &[(usize, usize)],
+) -> DfResult<RecordBatch> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for &(b, r) in rows {
+        match runs.last_mut() {
+            Some((rb, start, len)) if *rb == b && *start + *len == r => *len += 1,
+            _ => {
+                if runs.len() * RUN_ROWS > rows.len() {
+                    return Ok(arrow::compute::interleave_record_batch(batches, rows)?);
+                }
+                runs.push((b, r, 1));
+            }
+        }
+    }
+    let slices: Vec<RecordBatch> = runs
+        .iter()
+        .map(|&(b, start, len)| batches[b].slice(start, len))
+        .collect();
+    Ok(arrow::compute::concat_batches(schema, &slices)?)
 }
 
 /// Finds row `g` of batches taken as one.
@@ -1236,21 +1268,54 @@ mod tests {
         futures::future::join_all(outputs.into_iter().map(|o| o.collect::<Vec<_>>())).await
     }
 
+    /// The order the test input comes in.
+    #[derive(Debug, Clone, Copy)]
+    enum Order {
+        Given,
+        Reversed,
+        ByKey,
+    }
+
     /// Sorts the input (in `shape`: inputs and outputs) with a pool of `limit` bytes: the output
     /// batches, concatenated output after output, and the spill files and external sorts it
     /// took.
     async fn sorted(
         limit: usize,
-        reversed: bool,
+        order: Order,
         string_key: bool,
         shape: (usize, usize),
     ) -> (RecordBatch, usize, usize) {
         let (schema, mut batches) = input(7, string_key);
-        if reversed {
-            batches.reverse();
-            for b in &mut batches {
-                let back = arrow::array::UInt32Array::from_iter_values((0..1000).rev());
-                *b = arrow::compute::take_record_batch(b, &back).unwrap();
+        match order {
+            Order::Given => {}
+            Order::Reversed => {
+                batches.reverse();
+                for b in &mut batches {
+                    let back = arrow::array::UInt32Array::from_iter_values((0..1000).rev());
+                    *b = arrow::compute::take_record_batch(b, &back).unwrap();
+                }
+            }
+            Order::ByKey => {
+                // As sources sorted by the key come: bucket batches are sorted runs, which the
+                // sort emits by slices.
+                // Ties in the sort's order too (by the hash of the other columns), so that
+                // runs are long.
+                let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+                let hashes = crate::engine::row_hash(&all.columns()[2..], all.num_rows()).unwrap();
+                let columns = [
+                    Arc::clone(all.column(1)),
+                    Arc::new(arrow::array::UInt64Array::from(hashes)) as ArrayRef,
+                ];
+                let order = arrow::compute::lexsort_to_indices(
+                    &columns.map(|values| arrow::compute::SortColumn {
+                        values,
+                        options: Some(ASCENDING),
+                    }),
+                    None,
+                )
+                .unwrap();
+                let all = arrow::compute::take_record_batch(&all, &order).unwrap();
+                batches = (0..40).map(|i| all.slice(i * 1000, 1000)).collect();
             }
         }
         let options = crate::engine::EngineOptions {
@@ -1372,8 +1437,9 @@ mod tests {
 
     async fn same_order_whatever_the_memory(string_key: bool) {
         // Everything in memory; spilled buckets sorted in memory; the big bucket larger than the
-        // pool (sorted by DataFusion's spilling sort). Each with the input in reverse order too.
-        let (roomy, spills, external) = sorted(1 << 30, false, string_key, (1, 1)).await;
+        // pool (sorted by DataFusion's spilling sort). Each with the input in reverse order, and
+        // sorted by the key, too.
+        let (roomy, spills, external) = sorted(1 << 30, Order::Given, string_key, (1, 1)).await;
         assert_eq!((spills, external), (0, 0));
         assert_eq!(roomy.num_rows(), 40_000);
         assert_eq!(
@@ -1407,8 +1473,8 @@ mod tests {
             (3 << 20, (2, 2), true, None),
         ];
         for (limit, shape, spilled, big_outside) in cases {
-            for reversed in [false, true] {
-                let (tight, spills, external) = sorted(limit, reversed, string_key, shape).await;
+            for order in [Order::Given, Order::Reversed, Order::ByKey] {
+                let (tight, spills, external) = sorted(limit, order, string_key, shape).await;
                 assert_eq!(
                     spills > 0,
                     spilled,
@@ -1425,7 +1491,7 @@ mod tests {
                 assert_eq!(
                     by_partition(&tight),
                     expected,
-                    "limit {limit}, shape {shape:?}, reversed {reversed}, string key {string_key}"
+                    "limit {limit}, shape {shape:?}, {order:?}, string key {string_key}"
                 );
             }
         }
@@ -1448,6 +1514,30 @@ mod tests {
                 hashes[r.clone()].is_sorted(),
                 "rows of partition at {r:?} not in hash order"
             );
+        }
+    }
+
+    #[test]
+    fn gathered_rows_equal_interleaved_ones_in_runs_or_scattered() {
+        let (_, batches) = input(7, true);
+        let refs: Vec<&RecordBatch> = batches.iter().take(3).collect();
+        let schema = refs[0].schema();
+        let long = |b: usize, n: usize| (0..n).map(move |r| (b, r));
+        let cases: Vec<Vec<(usize, usize)>> = vec![
+            // Long runs of consecutive rows, over batch boundaries (copied by slices).
+            long(1, 40).chain(long(0, 30)).chain(long(2, 25)).collect(),
+            // Scattered rows (copied one by one).
+            (0..60).map(|i| (i % 3, (i * 7) % 20)).collect(),
+            // Runs, then a scattered tail that tips the balance.
+            long(0, 20)
+                .chain((0..30).map(|i| (i % 3, 30 - i)))
+                .collect(),
+            vec![(2, 5)],
+        ];
+        for rows in cases {
+            let got = gather(&schema, &refs, &rows).unwrap();
+            let expected = arrow::compute::interleave_record_batch(&refs, &rows).unwrap();
+            assert_eq!(got, expected, "rows {rows:?}");
         }
     }
 
