@@ -657,9 +657,10 @@ impl BucketSorter {
     /// The most this input's buckets hold now: its share of the pool less its share of the room
     /// the sorting tasks will need (two copies of a partition per output, the partition
     /// estimated from this input's largest bucket so far: partitions are spread over all
-    /// inputs), but at least three quarters of its share. Small partitions leave most of the
-    /// pool to the buckets, so that less is spilled; large ones (TPC-H SF10: 100 MB each) leave
-    /// the room to sort them.
+    /// inputs), but at least half of its share. Small partitions leave most of the pool to the
+    /// buckets, so that less is spilled; large ones (TPC-H SF10: 100 MB each) leave the room to
+    /// sort them, so that the sorting tasks need not spill held buckets to make room (memory
+    /// freed and allocated again, which the allocator is slow to give back).
     fn budget(&self) -> usize {
         let Some(share) = self.share else {
             return usize::MAX;
@@ -671,7 +672,7 @@ impl BucketSorter {
             .max()
             .unwrap_or(0);
         let room = 2 * self.outputs * largest;
-        share.saturating_sub(room).max(share / 4 * 3)
+        share.saturating_sub(room).max(share / 2)
     }
 
     /// The bucket of the partition `row` (the values of row `r` of `batch`).
@@ -781,14 +782,15 @@ impl BucketSorter {
     }
 
     /// Makes the reservation `held` bytes. Beyond the budget, or when the pool refuses, spills
-    /// the largest buckets until half of what is held is free: few, large spills (each spill is
-    /// a file).
+    /// the largest buckets until a quarter of what is held is free: few, large spills (each
+    /// spill is a file), and most of the budget still held when the input ends (emitted without
+    /// a spill).
     fn account(&mut self, held: usize) -> DfResult<()> {
         if held <= self.budget() && self.try_resize(held) {
             return Ok(());
         }
         let mut held = held;
-        let target = held / 2;
+        let target = held - held / 4;
         while held > target {
             let Some(largest) = (0..self.buckets.len())
                 .filter(|&b| self.spillable(b) > 0)
@@ -1575,8 +1577,8 @@ mod tests {
     #[test]
     fn buckets_leave_the_sorting_tasks_room_for_their_largest_partition() {
         let (schema, batches) = input(3, false);
-        // Partitions grow to about 1.3 MB here: past a sixteenth of the share.
-        let limit = 24 << 20;
+        // Partitions grow to about 1.3 MB here: past an eighth of the share.
+        let limit = 16 << 20;
         let options = crate::engine::EngineOptions {
             memory_limit: limit,
             batch_size: 1000,
@@ -1584,7 +1586,7 @@ mod tests {
         let ctx = crate::engine::session(&options, Arc::new(InMemory::new()), None).unwrap();
         let layout =
             Arc::new(Layout::new(schema, &["p".into()], &["k".into()], ctx.task_ctx()).unwrap());
-        // Two inputs, two outputs: a share of 12 MiB each.
+        // Two inputs, two outputs: a share of 8 MiB each.
         let share = limit / 2;
         let mut sorter = BucketSorter::new(0, 2, 2, Arc::clone(&layout));
         assert_eq!(sorter.budget(), share, "nothing held: the whole share");
@@ -1599,8 +1601,8 @@ mod tests {
                 .unwrap();
             assert!(largest > 0);
             let budget = sorter.budget();
-            // Room for two copies of the largest partition per output, down to three quarters.
-            if budget == share / 4 * 3 {
+            // Room for two copies of the largest partition per output, down to half.
+            if budget == share / 2 {
                 floor = true;
                 assert!(share - 4 * largest <= budget);
             } else {
