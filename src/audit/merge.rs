@@ -10,9 +10,6 @@
 //! The merge checks the order it relies on: if any file is not sorted as expected (a file not
 //! written by this build's writer), it gives up and the rule runs as SQL.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::collections::binary_heap::PeekMut;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
@@ -319,21 +316,65 @@ impl Runs {
     }
 }
 
-/// A heap merge of cursors of packed keys, a batch of keys at a time.
+/// A merge of cursors of packed keys, a batch of keys at a time, by a tree of losers: each
+/// key taken costs one comparison per level of a complete binary tree over the cursors (a
+/// binary heap costs two), and no comparison is with a cursor off the path.
 struct PackedMerge {
     cursors: Vec<Cursor>,
-    /// (current key, cursor) of every cursor not at its end.
-    heap: BinaryHeap<Reverse<(u128, usize)>>,
+    /// Each leaf's current key, and whether it is done (no key left: loses to any key). Leaves
+    /// past the cursors (up to a power of two) are done from the start.
+    keys: Vec<u128>,
+    done: Vec<bool>,
+    /// `tree[node]`: the leaf that lost the match at `node` (1..leaves); `tree[0]`: the winner.
+    tree: Vec<usize>,
 }
 
 impl PackedMerge {
     fn new(cursors: Vec<Cursor>) -> Self {
-        let heap = cursors
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Reverse((c.packed(), i)))
-            .collect();
-        PackedMerge { cursors, heap }
+        let leaves = cursors.len().next_power_of_two();
+        let mut keys = vec![0; leaves];
+        let mut done = vec![true; leaves];
+        for (i, c) in cursors.iter().enumerate() {
+            keys[i] = c.packed();
+            done[i] = false;
+        }
+        let mut merge = PackedMerge {
+            cursors,
+            keys,
+            done,
+            tree: vec![0; leaves],
+        };
+        // Play every match bottom up: the winner of each node goes up, the loser stays.
+        let mut winners = vec![0; 2 * leaves];
+        for (leaf, w) in winners[leaves..].iter_mut().enumerate() {
+            *w = leaf;
+        }
+        for node in (1..leaves).rev() {
+            let (a, b) = (winners[2 * node], winners[2 * node + 1]);
+            let (win, lose) = if merge.before(b, a) { (b, a) } else { (a, b) };
+            winners[node] = win;
+            merge.tree[node] = lose;
+        }
+        merge.tree[0] = if leaves == 1 { 0 } else { winners[1] };
+        merge
+    }
+
+    /// Whether leaf `a` comes before leaf `b` (done leaves last).
+    fn before(&self, a: usize, b: usize) -> bool {
+        (self.done[a], self.keys[a]) < (self.done[b], self.keys[b])
+    }
+
+    /// Replays the matches on the path of `leaf` (its key changed) up to the root.
+    fn replay(&mut self, leaf: usize) {
+        let mut winner = leaf;
+        let mut node = (self.keys.len() + leaf) / 2;
+        while node > 0 {
+            if self.before(self.tree[node], winner) {
+                std::mem::swap(&mut self.tree[node], &mut winner);
+            }
+            node /= 2;
+        }
+        self.tree[0] = winner;
     }
 
     /// The next keys in merge order, up to `BATCH_ROWS`, into `out` (emptied first); false
@@ -341,18 +382,19 @@ impl PackedMerge {
     async fn fill(&mut self, out: &mut Vec<u128>) -> Option<bool> {
         out.clear();
         while out.len() < BATCH_ROWS {
-            let Some(mut top) = self.heap.peek_mut() else {
+            let i = self.tree[0];
+            if self.done[i] {
                 break;
-            };
-            let Reverse((key, i)) = *top;
-            out.push(key);
+            }
+            out.push(self.keys[i]);
             let c = &mut self.cursors[i];
             c.pos += 1;
             if c.exhausted() && !c.fill().await? {
-                PeekMut::pop(top);
-                continue;
+                self.done[i] = true;
+            } else {
+                self.keys[i] = c.packed();
             }
-            *top = Reverse((c.packed(), i));
+            self.replay(i);
         }
         Some(!out.is_empty())
     }
