@@ -746,11 +746,30 @@ impl BucketSorter {
             rows[next[b as usize]] = r as u32;
             next[b as usize] += 1;
         }
-        for b in 0..self.buckets.len() {
-            let (start, end) = (starts[b], starts[b + 1]);
-            if start < end {
-                self.append(b, &held, row_bytes, &rows[start..end])?;
+        // The rows each bucket's batch has room for, all buckets at once (column by column);
+        // then completed batches are closed, and the rest of their rows appended.
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for (b, bucket) in self.buckets.iter_mut().enumerate() {
+            let rows = &rows[starts[b]..starts[b + 1]];
+            if rows.is_empty() {
+                continue;
             }
+            let n = bucket.room(row_bytes).min(rows.len());
+            now.push((&mut bucket.builder, &rows[..n]));
+            if n < rows.len() {
+                later.push((b, &rows[n..]));
+            }
+        }
+        super::builder::append_to_many(&held, &mut now)?;
+        drop(now);
+        for bucket in &mut self.buckets {
+            if bucket.full() {
+                bucket.close()?;
+            }
+        }
+        for (b, rows) in later {
+            self.append(b, &held, row_bytes, rows)?;
         }
         let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();
         self.account(held)
@@ -767,13 +786,9 @@ impl BucketSorter {
     ) -> DfResult<()> {
         let bucket = &mut self.buckets[b];
         while !rows.is_empty() {
-            let room = BUCKET_BATCH_ROWS - bucket.builder.rows();
-            let fit = BUCKET_BATCH_BYTES.saturating_sub(bucket.builder.size()) / row_bytes.max(1);
-            let (now, later) = rows.split_at(room.min(fit.max(1)).min(rows.len()));
+            let (now, later) = rows.split_at(bucket.room(row_bytes).min(rows.len()));
             bucket.builder.append(batch, now)?;
-            if bucket.builder.rows() == BUCKET_BATCH_ROWS
-                || bucket.builder.size() >= BUCKET_BATCH_BYTES
-            {
+            if bucket.full() {
                 bucket.close()?;
             }
             rows = later;
@@ -850,6 +865,18 @@ impl BucketSorter {
 }
 
 impl Bucket {
+    /// Rows (about `row_bytes` each) the batch being filled has room for: at least one.
+    fn room(&self, row_bytes: usize) -> usize {
+        let rows = BUCKET_BATCH_ROWS - self.builder.rows();
+        let fit = BUCKET_BATCH_BYTES.saturating_sub(self.builder.size()) / row_bytes.max(1);
+        rows.min(fit.max(1))
+    }
+
+    /// Whether the batch being filled is complete.
+    fn full(&self) -> bool {
+        self.builder.rows() == BUCKET_BATCH_ROWS || self.builder.size() >= BUCKET_BATCH_BYTES
+    }
+
     /// Completes the partly filled batch, if any.
     fn close(&mut self) -> DfResult<()> {
         if self.builder.rows() > 0 {

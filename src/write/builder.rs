@@ -93,11 +93,7 @@ impl BatchBuilder {
         batch: &RecordBatch,
         indices: &[u32],
     ) -> Result<(), ArrowError> {
-        for (column, array) in self.columns.iter_mut().zip(batch.columns()) {
-            column.append(array, indices)?;
-        }
-        self.rows += indices.len();
-        Ok(())
+        append_to_many(batch, &mut [(self, indices)])
     }
 
     /// The rows so far as a batch; the builder is empty again.
@@ -111,6 +107,25 @@ impl BatchBuilder {
         self.rows = 0;
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
     }
+}
+
+/// Appends rows of `batch` to many builders (of its schema): `(builder, rows)`, rows in order.
+/// Column by column, so that each input column is read while it is in the cache (scattered rows
+/// of one input batch go to many buckets).
+pub(super) fn append_to_many(
+    batch: &RecordBatch,
+    parts: &mut [(&mut BatchBuilder, &[u32])],
+) -> Result<(), ArrowError> {
+    for (c, array) in batch.columns().iter().enumerate() {
+        let data = array.to_data();
+        for (builder, indices) in parts.iter_mut() {
+            builder.columns[c].append(array, &data, indices)?;
+        }
+    }
+    for (builder, indices) in parts.iter_mut() {
+        builder.rows += indices.len();
+    }
+    Ok(())
 }
 
 impl Column {
@@ -144,9 +159,15 @@ impl Column {
         }
     }
 
-    fn append(&mut self, array: &ArrayRef, indices: &[u32]) -> Result<(), ArrowError> {
+    /// Appends rows `indices` of `array` (`data`: its data).
+    fn append(
+        &mut self,
+        array: &ArrayRef,
+        data: &ArrayData,
+        indices: &[u32],
+    ) -> Result<(), ArrowError> {
         match self {
-            Column::Buffers(c) => c.append(&array.to_data(), indices),
+            Column::Buffers(c) => c.append(data, indices),
             Column::Other(parts) => {
                 let at = UInt32Array::from(indices.to_vec());
                 parts.push(arrow::compute::take(array, &at, None)?);
@@ -443,5 +464,22 @@ mod tests {
         let expected =
             arrow::compute::take_record_batch(&input, &UInt32Array::from(rows.clone())).unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn appending_to_many_builders_at_once_equals_appending_to_each() {
+        let whole = batch();
+        let picks: [&[u32]; 3] = [&[4, 0], &[], &[1, 3, 2]];
+        let mut many: Vec<BatchBuilder> = (0..3)
+            .map(|_| BatchBuilder::new(whole.schema(), 4))
+            .collect();
+        let mut parts: Vec<(&mut BatchBuilder, &[u32])> = many.iter_mut().zip(picks).collect();
+        append_to_many(&whole, &mut parts).unwrap();
+        for (builder, rows) in many.iter_mut().zip(picks) {
+            assert_eq!(builder.rows(), rows.len());
+            let mut one = BatchBuilder::new(whole.schema(), 4);
+            one.append(&whole, rows).unwrap();
+            assert_eq!(builder.finish().unwrap(), one.finish().unwrap());
+        }
     }
 }
