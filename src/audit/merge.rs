@@ -355,7 +355,7 @@ impl PackedMerge {
             winners[node] = win;
             merge.tree[node] = lose;
         }
-        merge.tree[0] = if leaves == 1 { 0 } else { winners[1] };
+        merge.tree[0] = winners[1];
         merge
     }
 

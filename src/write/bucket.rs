@@ -1325,10 +1325,9 @@ mod tests {
                 }
             }
             Order::ByKey => {
-                // As sources sorted by the key come: bucket batches are sorted runs, which the
-                // sort emits by slices.
-                // Ties in the sort's order too (by the hash of the other columns), so that
-                // runs are long.
+                // As sources sorted by the key come (ties too, by the hash of the other
+                // columns, as the sort orders them): bucket batches are then long sorted runs,
+                // which the sort emits by slices.
                 let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
                 let hashes = crate::engine::row_hash(&all.columns()[2..], all.num_rows()).unwrap();
                 let columns = [
