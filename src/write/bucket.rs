@@ -746,54 +746,38 @@ impl BucketSorter {
             rows[next[b as usize]] = r as u32;
             next[b as usize] += 1;
         }
-        // The rows each bucket's batch has room for, all buckets at once (column by column);
-        // then completed batches are closed, and the rest of their rows appended.
-        let mut now = Vec::new();
-        let mut later = Vec::new();
-        for (b, bucket) in self.buckets.iter_mut().enumerate() {
-            let rows = &rows[starts[b]..starts[b + 1]];
-            if rows.is_empty() {
-                continue;
+        // In rounds, all buckets at once (column by column): the rows each bucket's batch has
+        // room for, then completed batches are closed. One round but for a batch completing
+        // mid-way.
+        let mut pending: Vec<(usize, &[u32])> = (0..self.buckets.len())
+            .map(|b| (b, &rows[starts[b]..starts[b + 1]]))
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        while !pending.is_empty() {
+            let mut now = Vec::with_capacity(pending.len());
+            let mut later = Vec::new();
+            let mut next = pending.iter().peekable();
+            for (b, bucket) in self.buckets.iter_mut().enumerate() {
+                let Some(&(_, rows)) = next.next_if(|(p, _)| *p == b) else {
+                    continue;
+                };
+                let n = bucket.room(row_bytes).min(rows.len());
+                now.push((&mut bucket.builder, &rows[..n]));
+                if n < rows.len() {
+                    later.push((b, &rows[n..]));
+                }
             }
-            let n = bucket.room(row_bytes).min(rows.len());
-            now.push((&mut bucket.builder, &rows[..n]));
-            if n < rows.len() {
-                later.push((b, &rows[n..]));
+            super::builder::append_to_many(&held, &mut now)?;
+            drop(now);
+            for bucket in &mut self.buckets {
+                if bucket.full() {
+                    bucket.close()?;
+                }
             }
-        }
-        super::builder::append_to_many(&held, &mut now)?;
-        drop(now);
-        for bucket in &mut self.buckets {
-            if bucket.full() {
-                bucket.close()?;
-            }
-        }
-        for (b, rows) in later {
-            self.append(b, &held, row_bytes, rows)?;
+            pending = later;
         }
         let held: usize = (0..self.buckets.len()).map(|b| self.spillable(b)).sum();
         self.account(held)
-    }
-
-    /// Appends rows `rows` of `batch` (about `row_bytes` each) to bucket `b`, completing its
-    /// batch whenever full.
-    fn append(
-        &mut self,
-        b: usize,
-        batch: &RecordBatch,
-        row_bytes: usize,
-        mut rows: &[u32],
-    ) -> DfResult<()> {
-        let bucket = &mut self.buckets[b];
-        while !rows.is_empty() {
-            let (now, later) = rows.split_at(bucket.room(row_bytes).min(rows.len()));
-            bucket.builder.append(batch, now)?;
-            if bucket.full() {
-                bucket.close()?;
-            }
-            rows = later;
-        }
-        Ok(())
     }
 
     /// Makes the reservation `held` bytes. Beyond the budget, or when the pool refuses, spills

@@ -87,15 +87,6 @@ impl BatchBuilder {
         self.columns.iter().map(Column::size).sum()
     }
 
-    /// Appends rows `indices` of `batch` (of the same schema).
-    pub(super) fn append(
-        &mut self,
-        batch: &RecordBatch,
-        indices: &[u32],
-    ) -> Result<(), ArrowError> {
-        append_to_many(batch, &mut [(self, indices)])
-    }
-
     /// The rows so far as a batch; the builder is empty again.
     pub(super) fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let columns = self
@@ -328,6 +319,13 @@ mod tests {
         BooleanArray, Decimal128Array, Int32Array, Int64Array, ListArray, StringArray,
     };
     use arrow::datatypes::{Field, Int32Type, Schema};
+
+    impl BatchBuilder {
+        /// Appends rows `indices` of `batch` to this builder alone.
+        fn append(&mut self, batch: &RecordBatch, indices: &[u32]) -> Result<(), ArrowError> {
+            append_to_many(batch, &mut [(self, indices)])
+        }
+    }
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
