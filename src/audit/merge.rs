@@ -703,36 +703,41 @@ mod tests {
         assert_eq!(panicked.fill().await, None);
     }
 
+    /// A batch of one Int64 key column `k`.
+    fn int64_keys(keys: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(keys.to_vec()))]).unwrap()
+    }
+
+    /// A cursor of packed keys over `items` (batches of [`int64_keys`], or errors).
+    fn packed_cursor(items: Vec<parquet::errors::Result<RecordBatch>>) -> Cursor {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        Cursor::new(read_ahead(
+            futures::stream::iter(items).boxed(),
+            vec!["k".into()],
+            Arc::new(converter),
+            true,
+        ))
+    }
+
     #[tokio::test]
     async fn a_file_that_fails_in_either_half_of_the_split_merge_fails_the_merge() {
-        let converter = Arc::new(RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap());
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
         // Six files of two keys each (with one duplicate across the halves), file `failing`
         // ending with a read error after its batch.
-        let cursors = |failing: Option<usize>| {
-            let (converter, schema) = (Arc::clone(&converter), Arc::clone(&schema));
-            async move {
-                let mut cursors = Vec::new();
-                for f in 0..6i64 {
-                    let k = if f == 5 { 0 } else { 10 * f };
-                    let keys = Arc::new(Int64Array::from(vec![k, k + 1]));
-                    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![keys]).unwrap();
-                    let mut items = vec![Ok(batch)];
-                    if failing == Some(f as usize) {
-                        let err = parquet::errors::ParquetError::General("disk on fire".into());
-                        items.push(Err(err));
-                    }
-                    let mut cursor = Cursor::new(read_ahead(
-                        futures::stream::iter(items).boxed(),
-                        vec!["k".into()],
-                        Arc::clone(&converter),
-                        true,
-                    ));
-                    assert_eq!(cursor.fill().await, Some(true));
-                    cursors.push(cursor);
+        let cursors = |failing: Option<usize>| async move {
+            let mut cursors = Vec::new();
+            for f in 0..6i64 {
+                let k = if f == 5 { 0 } else { 10 * f };
+                let mut items = vec![Ok(int64_keys(&[k, k + 1]))];
+                if failing == Some(f as usize) {
+                    let err = parquet::errors::ParquetError::General("disk on fire".into());
+                    items.push(Err(err));
                 }
-                cursors
+                let mut cursor = packed_cursor(items);
+                assert_eq!(cursor.fill().await, Some(true));
+                cursors.push(cursor);
             }
+            cursors
         };
         // Keys 0 and 1 appear in files 0 and 5 (one in each half): 4 failing rows, 2 groups.
         assert_eq!(merge_packed_split(cursors(None).await).await, Some((4, 2)));
@@ -747,18 +752,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_packed_merge_yields_every_key_in_order_whatever_the_number_of_files() {
-        let converter = Arc::new(RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap());
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
-        let pack = |k: i64| match load(
-            &RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![Arc::new(Int64Array::from(vec![k]))],
-            )
-            .unwrap(),
-            &["k".to_string()],
-            &converter,
-            true,
-        ) {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let pack = |k: i64| match load(&int64_keys(&[k]), &["k".to_string()], &converter, true) {
             Some(Keys::Packed(keys)) => keys[0],
             _ => unreachable!("an Int64 key packs"),
         };
@@ -777,19 +772,7 @@ mod tests {
             let mut cursors = Vec::new();
             for k in &keys {
                 // Batches of at most 4 keys, so that cursors refill mid-merge.
-                let batches: Vec<_> = k
-                    .chunks(4)
-                    .map(|c| {
-                        let a = Arc::new(Int64Array::from(c.to_vec()));
-                        Ok(RecordBatch::try_new(Arc::clone(&schema), vec![a]).unwrap())
-                    })
-                    .collect();
-                let mut cursor = Cursor::new(read_ahead(
-                    futures::stream::iter(batches).boxed(),
-                    vec!["k".into()],
-                    Arc::clone(&converter),
-                    true,
-                ));
+                let mut cursor = packed_cursor(k.chunks(4).map(|c| Ok(int64_keys(c))).collect());
                 if cursor.fill().await.unwrap() {
                     cursors.push(cursor);
                 }
