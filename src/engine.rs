@@ -24,6 +24,9 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::{ObjectMeta, ObjectStore};
 
+mod date_text;
+pub use date_text::{DateCastRewrite, DateText};
+
 /// URL under which the table store is registered.
 pub const TABLE_URL: &str = "wap://table/";
 /// URL under which the source store is registered.
@@ -82,11 +85,15 @@ pub fn session(
     // Keep the reservation a sort holds back for merging small relative to tight budgets.
     let reserve = (options.memory_limit / 8).min(10 << 20);
     config.options_mut().execution.sort_spill_reservation_bytes = reserve;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udaf(datafusion::logical_expr::AggregateUDF::from(
         CountTrue::default(),
     ));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(RowHash::default()));
+    datafusion::execution::FunctionRegistry::register_function_rewrite(
+        &mut ctx,
+        Arc::new(DateCastRewrite),
+    )?;
     ctx.register_object_store(&url::Url::parse(TABLE_URL).expect("static url"), table);
     if let Some(source) = source {
         ctx.register_object_store(&url::Url::parse(SOURCE_URL).expect("static url"), source);
@@ -379,5 +386,40 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(text.contains("| 2 | 0    |"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn date_casts_to_text_are_rewritten_and_give_the_same_text() {
+        let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();
+        let sql = "SELECT CAST(d AS VARCHAR), substr(CAST(d AS TEXT), 1, 7) AS month, \
+                   arrow_cast(d, 'LargeUtf8') AS large, CAST(CAST(d AS INT) AS VARCHAR) AS n \
+                   FROM (VALUES (DATE '1992-01-02'), (NULL), (DATE '2000-02-29')) AS t(d)";
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        assert!(plan.contains("wap_date_text_view"), "{plan}");
+        let batches = df.collect().await.unwrap();
+        let names: Vec<String> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["t.d", "month", "large", "n"]);
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("| 1992-01-02 | 1992-01 | 1992-01-02 | 8036  |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 2000-02-29 | 2000-02 | 2000-02-29 | 11016 |"),
+            "{text}"
+        );
     }
 }
