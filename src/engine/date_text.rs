@@ -123,8 +123,12 @@ impl ScalarUDFImpl for DateText {
 /// `dates` (`Date32`) as text of type `to`, as `CAST(dates AS to)` gives it.
 pub fn date_text(dates: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
     let days = dates.as_primitive::<Date32Type>();
-    let in_range = |i: usize| (FIRST..=LAST).contains(&days.value(i));
-    if !(0..days.len()).all(|i| days.is_null(i) || in_range(i)) {
+    let valid = |i: usize| !days.is_null(i);
+    let (lo, hi) = (0..days.len())
+        .filter(|&i| valid(i))
+        .map(|i| days.value(i))
+        .fold((i32::MAX, i32::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
+    if lo < FIRST || hi > LAST {
         // What a plain CAST does (not TRY_CAST: errors are errors).
         let options = CastOptions {
             safe: false,
@@ -132,7 +136,16 @@ pub fn date_text(dates: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
         };
         return Ok(cast_with_options(dates, to, &options)?);
     }
-    let text = |i: usize| (!days.is_null(i)).then(|| ymd(days.value(i)));
+    // Dates of a batch often span fewer days than it has rows (a day's or a month's data): each
+    // day is then written once, and rows look theirs up.
+    let table: Option<Vec<[u8; WIDTH]>> =
+        (lo <= hi && ((hi - lo) as usize) < days.len()).then(|| (lo..=hi).map(ymd).collect());
+    let text = |i: usize| {
+        valid(i).then(|| match &table {
+            Some(table) => table[(days.value(i) - lo) as usize],
+            None => ymd(days.value(i)),
+        })
+    };
     Ok(match to {
         DataType::Utf8View => {
             let views: Vec<u128> = (0..days.len())
@@ -183,30 +196,25 @@ fn inline_view(text: [u8; WIDTH]) -> u128 {
 }
 
 /// `YYYY-MM-DD` of `days` since 1970-01-01, for days in `FIRST..=LAST` (proleptic Gregorian
-/// calendar; H. Hinnant's `civil_from_days`).
+/// calendar; H. Hinnant's `civil_from_days`, counted from 0000-03-01 minus five 400-year eras so
+/// that it stays in unsigned 32-bit arithmetic).
 fn ymd(days: i32) -> [u8; WIDTH] {
-    let z = i64::from(days) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
+    const ERAS: u32 = 5;
+    let z = (i64::from(days) + 719_468 + 146_097 * i64::from(ERAS)) as u32;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let digit = |v: i64| b'0' + (v % 10) as u8;
-    [
-        digit(year / 1000),
-        digit(year / 100),
-        digit(year / 10),
-        digit(year),
-        b'-',
-        digit(month / 10),
-        digit(month),
-        b'-',
-        digit(day / 10),
-        digit(day),
-    ]
+    let year = yoe + era * 400 + u32::from(month <= 2) - ERAS * 400;
+    let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+    let [y0, y1] = two(year / 100);
+    let [y2, y3] = two(year % 100);
+    let [m0, m1] = two(month);
+    let [d0, d1] = two(day);
+    [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1]
 }
 
 #[cfg(test)]
@@ -240,7 +248,22 @@ mod tests {
         let with_nulls: Vec<Option<i32>> = (0..2000)
             .map(|i| (i % 3 != 0).then_some(FIRST + i * 1463))
             .collect();
-        for case in [days.clone(), with_nulls] {
+        // Batches spanning fewer days than rows (written through a table of their days):
+        // around 0000-01-01, 2000-02-29 and 9999-12-31, with NULLs holding other dates.
+        let narrow = |from: i32| -> Vec<Option<i32>> {
+            (0..3000)
+                .map(|i| (i % 7 != 0).then_some(from + (i * 13) % 900))
+                .collect()
+        };
+        for case in [
+            days.clone(),
+            with_nulls,
+            narrow(FIRST),
+            narrow(10_600),
+            narrow(LAST - 899),
+            vec![None, None],
+            Vec::new(),
+        ] {
             let dates: ArrayRef = Arc::new(Date32Array::from(case));
             for to in &TEXT {
                 let fast = date_text(&dates, to).unwrap();
