@@ -1,5 +1,6 @@
 //! The DataFusion side of `wap`: one way to build a session, and a table made of an explicit list
-//! of files (staged files, a published version, the source objects).
+//! of files (staged files, a published version, the source objects). Sessions write dates cast to
+//! text without chrono's formatter (see [`DateCastRewrite`]).
 //!
 //! Stores are registered under fixed `wap://` URLs so that DataFusion reads through the very
 //! `Arc<dyn ObjectStore>` the job was given (wrapped or not):

@@ -3,10 +3,11 @@
 //! Transforms often derive a partition value from a date that way (`substr(CAST(d AS VARCHAR),
 //! 1, 7)` for a month). Arrow formats each date through `NaiveDate`'s `Debug` behind a
 //! `dyn Write`: about 5% of the CPU of the whole TPC-H benchmark job went there. Dates of the
-//! years 0000 to 9999, all but always every date of a column, are written here as `YYYY-MM-DD`
-//! straight into the string array; an array holding any other date (signed, five-digit years,
-//! or out of chrono's range) is cast by Arrow as before, so that the text, and the error, stay
-//! exactly Arrow's.
+//! years 0000 to 9999 (in practice every date of a column) are written here as `YYYY-MM-DD`
+//! straight into the string array; an array holding any other date (signed or five-digit years,
+//! or beyond chrono's range) is cast by Arrow as before, so that the text, and the error, stay
+//! exactly Arrow's. `TRY_CAST`, dictionary-encoded dates and target fields with metadata are
+//! left to Arrow.
 //!
 //! [`DateCastRewrite`] swaps the cast for [`DateText`] while the plan is analysed; the
 //! expression keeps its name.
