@@ -393,7 +393,8 @@ mod tests {
     async fn date_casts_to_text_are_rewritten_and_give_the_same_text() {
         let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();
         let sql = "SELECT CAST(d AS VARCHAR), substr(CAST(d AS TEXT), 1, 7) AS month, \
-                   arrow_cast(d, 'LargeUtf8') AS large, CAST(CAST(d AS INT) AS VARCHAR) AS n \
+                   arrow_cast(d, 'LargeUtf8') AS large, CAST(CAST(d AS INT) AS VARCHAR) AS n, \
+                   CAST(DATE '1999-12-31' AS VARCHAR) AS constant \
                    FROM (VALUES (DATE '1992-01-02'), (NULL), (DATE '2000-02-29')) AS t(d)";
         let df = ctx.sql(sql).await.unwrap();
         let plan = df
@@ -410,16 +411,16 @@ mod tests {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        assert_eq!(names, ["t.d", "month", "large", "n"]);
+        assert_eq!(names, ["t.d", "month", "large", "n", "constant"]);
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
         assert!(
-            text.contains("| 1992-01-02 | 1992-01 | 1992-01-02 | 8036  |"),
+            text.contains("| 1992-01-02 | 1992-01 | 1992-01-02 | 8036  | 1999-12-31 |"),
             "{text}"
         );
         assert!(
-            text.contains("| 2000-02-29 | 2000-02 | 2000-02-29 | 11016 |"),
+            text.contains("| 2000-02-29 | 2000-02 | 2000-02-29 | 11016 | 1999-12-31 |"),
             "{text}"
         );
     }

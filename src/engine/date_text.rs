@@ -17,7 +17,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, GenericStringArray, OffsetSizeTrait, StringViewArray,
 };
-use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Date32Type};
 use datafusion::arrow::util::display::FormatOptions;
@@ -158,33 +158,30 @@ pub fn date_text(dates: &ArrayRef, to: &DataType) -> DfResult<ArrayRef> {
                 days.nulls().cloned(),
             )?)
         }
-        DataType::LargeUtf8 => Arc::new(plain::<i64>(days.len(), text)?),
-        _ => Arc::new(plain::<i32>(days.len(), text)?),
+        DataType::LargeUtf8 => Arc::new(plain::<i64>(days.len(), days.nulls(), text)?),
+        _ => Arc::new(plain::<i32>(days.len(), days.nulls(), text)?),
     })
 }
 
-/// A string array of `len` values, `text(i)` each (`None`: NULL).
+/// A string array of `len` values, `text(i)` each (`None` where `nulls` has a NULL).
 fn plain<O: OffsetSizeTrait>(
     len: usize,
+    nulls: Option<&NullBuffer>,
     text: impl Fn(usize) -> Option<[u8; WIDTH]>,
 ) -> DfResult<GenericStringArray<O>> {
     let mut values = Vec::with_capacity(len * WIDTH);
     let mut offsets = Vec::with_capacity(len + 1);
-    let mut valid = Vec::with_capacity(len);
     offsets.push(O::usize_as(0));
     for i in 0..len {
-        let t = text(i);
-        if let Some(t) = t {
+        if let Some(t) = text(i) {
             values.extend_from_slice(&t);
         }
-        valid.push(t.is_some());
         offsets.push(O::usize_as(values.len()));
     }
-    let nulls = valid.contains(&false).then(|| valid.into());
     Ok(GenericStringArray::try_new(
         OffsetBuffer::new(ScalarBuffer::from(offsets)),
         Buffer::from_vec(values),
-        nulls,
+        nulls.cloned(),
     )?)
 }
 
