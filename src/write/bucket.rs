@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::datatypes::{Decimal128Type, Int64Type};
@@ -85,7 +85,8 @@ enum Held {
     Same,
     /// String and binary views as plain arrays: a view array's size counts every buffer it
     /// points into, so batches cut from shared buffers would be accounted many times over (and
-    /// spill all at once); plain arrays are compact and exactly sized.
+    /// spill all at once); plain arrays are compact and exactly sized. The bucket's builder
+    /// copies rows from the views straight into its plain buffers (no cast of the whole input).
     Plain,
     /// Decimals of up to 18 digits as their unscaled 64-bit integers: half the size, and what
     /// Parquet stores them as.
@@ -102,11 +103,11 @@ impl Held {
         }
     }
 
-    /// `a` (of the input's type) as held.
-    fn hold(self, a: &ArrayRef, name: &str, held: &DataType) -> DfResult<ArrayRef> {
+    /// `a` (of the input's type) as appended to a bucket's builder: as held, but that views
+    /// stay views (see [`Held::Plain`]).
+    fn hold(self, a: &ArrayRef, name: &str) -> DfResult<ArrayRef> {
         Ok(match self {
-            Held::Same => Arc::clone(a),
-            Held::Plain => arrow::compute::cast(a, held)?,
+            Held::Same | Held::Plain => Arc::clone(a),
             Held::Decimal(..) => Arc::new(
                 a.as_primitive::<Decimal128Type>()
                     .try_unary::<_, Int64Type, _>(|v| {
@@ -132,6 +133,23 @@ impl Held {
                     .with_precision_and_scale(p, s)?,
             ),
         })
+    }
+}
+
+/// The bytes `a` (as given to a bucket's builder) takes once held: a view array's values and
+/// 32-bit offsets (not the buffers its views point into, which may be shared), otherwise its
+/// memory size.
+fn held_bytes(a: &ArrayRef) -> usize {
+    fn values<T: arrow::datatypes::ByteViewType + ?Sized>(
+        a: &arrow::array::GenericByteViewArray<T>,
+    ) -> usize {
+        let len = |(i, v): (usize, &u128)| if a.is_valid(i) { *v as u32 as usize } else { 0 };
+        a.views().iter().enumerate().map(len).sum::<usize>() + 4 * a.len()
+    }
+    match a.data_type() {
+        DataType::Utf8View => values(a.as_string_view()),
+        DataType::BinaryView => values(a.as_binary_view()),
+        _ => a.get_array_memory_size(),
     }
 }
 
@@ -239,6 +257,13 @@ pub(super) fn sort_partitions(
         while let Some(read) = reading.join_next().await {
             parts.push(read.map_err(|e| stopped("reading", &e))??);
         }
+        tracing::debug!(
+            spill_files = layout
+                .stats
+                .spills
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "inputs bucketed"
+        );
         let emitter = Arc::new(Emitter::new(Arc::clone(&layout), parts));
         let mut emitting = tokio::task::JoinSet::new();
         for (w, tx) in senders.into_iter().enumerate() {
@@ -384,15 +409,13 @@ impl Layout {
         })
     }
 
-    /// An input batch as held in buckets.
-    fn hold(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
-        let columns = self
-            .held
+    /// The columns of an input batch as appended to buckets (see [`Held::hold`]).
+    fn hold(&self, batch: &RecordBatch) -> DfResult<Vec<ArrayRef>> {
+        self.held
             .iter()
             .zip(self.schema.fields())
-            .map(|(c, f)| c.how.hold(batch.column(c.input), f.name(), f.data_type()))
-            .collect::<DfResult<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+            .map(|(c, f)| c.how.hold(batch.column(c.input), f.name()))
+            .collect()
     }
 
     /// A batch of `bucket` in the output schema: the held columns restored and the partition
@@ -731,7 +754,7 @@ impl BucketSorter {
             ids.push(b);
         }
         let held = layout.hold(batch)?;
-        let row_bytes = held.get_array_memory_size() / n;
+        let row_bytes = held.iter().map(held_bytes).sum::<usize>() / n;
         // The rows of each bucket, in input order (a counting sort by bucket).
         let mut starts = vec![0usize; self.buckets.len() + 1];
         for &b in &ids {

@@ -29,7 +29,8 @@ pub(super) struct BatchBuilder {
 /// One column being filled.
 enum Column {
     /// Fixed-width values (every primitive type but intervals: integers, floats, decimals,
-    /// dates, times…), and strings and binaries with 32-bit offsets: rows copied into buffers.
+    /// dates, times…), and strings and binaries with 32-bit offsets: rows copied into buffers
+    /// (strings and binaries from plain or view arrays alike).
     Buffers(Box<dyn Growing>),
     /// Anything else: the rows of each append taken as an array of their own, concatenated when
     /// the batch is finished.
@@ -100,14 +101,15 @@ impl BatchBuilder {
     }
 }
 
-/// Appends rows of `batch` to many builders (of its schema): `(builder, rows)`, rows in order.
-/// Column by column, so that each input column is read while it is in the cache (scattered rows
-/// of one input batch go to many buckets).
+/// Appends rows of `columns` (one array per column of the builders' schema, of its types, but
+/// that a string or binary column may come as a view array) to many builders: `(builder, rows)`,
+/// rows in order. Column by column, so that each input column is read while it is in the cache
+/// (scattered rows of one input batch go to many buckets).
 pub(super) fn append_to_many(
-    batch: &RecordBatch,
+    columns: &[ArrayRef],
     parts: &mut [(&mut BatchBuilder, &[u32])],
 ) -> Result<(), ArrowError> {
-    for (c, array) in batch.columns().iter().enumerate() {
+    for (c, array) in columns.iter().enumerate() {
         let data = array.to_data();
         for (builder, indices) in parts.iter_mut() {
             builder.columns[c].append(array, &data, indices)?;
@@ -241,6 +243,8 @@ impl<T: ArrowNativeType> Growing for Fixed<T> {
 
 /// Values up to this long are copied as a block of this many bytes.
 const SHORT: usize = 16;
+/// Bytes of a value held in its view (the Arrow format's inline limit).
+const INLINE: usize = 12;
 
 impl Bytes {
     fn new(capacity: usize) -> Self {
@@ -251,6 +255,61 @@ impl Bytes {
             capacity,
         }
     }
+
+    /// Makes room for `rows` more values of `bytes` in all, after checking that they fit in
+    /// 32-bit offsets. On the batch's first rows, also for a batch of values as long as these
+    /// on average (up to a point: the buffer grows if the values are longer).
+    fn reserve(&mut self, bytes: usize, rows: usize) -> Result<(), ArrowError> {
+        if self.offsets.is_empty() {
+            self.offsets.reserve_exact(self.capacity.max(rows) + 1);
+            self.offsets.push(0);
+            let average = bytes / rows.max(1);
+            self.values
+                .reserve((average * self.capacity).min(INITIAL_VALUES_BYTES));
+        }
+        if i32::try_from(self.values.len() + bytes).is_err() {
+            return Err(ArrowError::ComputeError(
+                "a batch of a string or binary column exceeds 2 GiB".to_string(),
+            ));
+        }
+        self.values.reserve(bytes + SHORT);
+        Ok(())
+    }
+
+    /// Appends rows `indices` of a string or binary view array, whose values are inline in
+    /// their views (up to 12 bytes) or in one of the array's data buffers: copied straight into
+    /// the plain buffers, without a plain copy of the whole array first. A NULL row gets no
+    /// bytes (its view need not describe any).
+    fn append_views(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
+        let views = &data.buffers()[0].typed_data::<u128>()[data.offset()..];
+        let buffers = &data.buffers()[1..];
+        let nulls = nulls_of(data);
+        let len = |i: u32| match nulls {
+            Some(n) if n.is_null(i as usize) => 0,
+            _ => views[i as usize] as u32 as usize,
+        };
+        let bytes: usize = indices.iter().map(|&i| len(i)).sum();
+        self.reserve(bytes, indices.len())?;
+        for &i in indices {
+            let view = views[i as usize];
+            let n = len(i);
+            if n <= INLINE {
+                // Copied as the whole inline part, then the overshoot is cut (see SHORT).
+                let at = self.values.len();
+                self.values
+                    .extend_from_slice(&view.to_le_bytes()[4..4 + INLINE]);
+                self.values.truncate(at + n);
+            } else {
+                let buffer = (view >> 64) as u32 as usize;
+                let start = (view >> 96) as u32 as usize;
+                self.values
+                    .extend_from_slice(&buffers[buffer].as_slice()[start..start + n]);
+            }
+            self.offsets.push(self.values.len() as i32);
+        }
+        append_nulls(&mut self.nulls, nulls, indices);
+        Ok(())
+    }
 }
 
 impl Growing for Bytes {
@@ -259,29 +318,16 @@ impl Growing for Bytes {
     }
 
     fn append(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
+        if matches!(data.data_type(), DataType::Utf8View | DataType::BinaryView) {
+            return self.append_views(data, indices);
+        }
         let offsets = &data.buffers()[0].typed_data::<i32>()[data.offset()..];
         let values = data.buffers()[1].as_slice();
-        if self.offsets.is_empty() {
-            self.offsets
-                .reserve_exact(self.capacity.max(indices.len()) + 1);
-            self.offsets.push(0);
-            // Room for a batch of values as long as these on average (up to a point: the
-            // buffer grows if the values are longer).
-            let rows = data.len().max(1);
-            let average = (offsets[data.len()] - offsets[0]).max(0) as usize / rows;
-            self.values
-                .reserve((average * self.capacity).min(INITIAL_VALUES_BYTES));
-        }
         let span = |i: u32| offsets[i as usize] as usize..offsets[i as usize + 1] as usize;
         let bytes: usize = indices.iter().map(|&i| span(i).len()).sum();
-        if i32::try_from(self.values.len() + bytes).is_err() {
-            return Err(ArrowError::ComputeError(
-                "a batch of a string or binary column exceeds 2 GiB".to_string(),
-            ));
-        }
+        self.reserve(bytes, indices.len())?;
         // Short values (most are) are copied as a block of SHORT bytes, which compiles to a
         // few moves instead of a call per value, then the overshoot is cut.
-        self.values.reserve(bytes + SHORT);
         for &i in indices {
             let span = span(i);
             let at = self.values.len();
@@ -316,14 +362,15 @@ impl Growing for Bytes {
 mod tests {
     use super::*;
     use arrow::array::{
-        BooleanArray, Decimal128Array, Int32Array, Int64Array, ListArray, StringArray,
+        AsArray, BinaryViewArray, BooleanArray, Decimal128Array, Int32Array, Int64Array, ListArray,
+        StringArray, StringViewArray,
     };
     use arrow::datatypes::{Field, Int32Type, Schema};
 
     impl BatchBuilder {
         /// Appends rows `indices` of `batch` to this builder alone.
         fn append(&mut self, batch: &RecordBatch, indices: &[u32]) -> Result<(), ArrowError> {
-            append_to_many(batch, &mut [(self, indices)])
+            append_to_many(batch.columns(), &mut [(self, indices)])
         }
     }
 
@@ -465,6 +512,79 @@ mod tests {
     }
 
     #[test]
+    fn views_are_copied_as_plain_values_inline_or_not_null_or_not_and_sliced() {
+        // Lengths around the 12 bytes a view holds inline; some NULL.
+        let values: Vec<Option<String>> = (0..40usize)
+            .map(|n| {
+                (n % 7 != 3).then(|| {
+                    (0..n)
+                        .map(|k| char::from(b'a' + ((n + k) % 26) as u8))
+                        .collect()
+                })
+            })
+            .collect();
+        let strings = StringViewArray::from_iter(values.iter().map(|v| v.as_deref()));
+        let binaries = BinaryViewArray::from_iter(values.iter().map(|v| v.as_deref()));
+        // NULL rows whose views still describe values, inline and in a buffer: no bytes.
+        let (views, buffers, _) =
+            StringViewArray::from(vec!["a value longer than twelve bytes", "short", "x"])
+                .into_parts();
+        let masked = StringViewArray::new(
+            views,
+            buffers,
+            Some(NullBuffer::from(vec![false, false, true])),
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("b", DataType::Binary, true),
+        ]));
+        let mut builder = BatchBuilder::new(Arc::clone(&schema), 4);
+        let mut expected = Vec::new();
+        let inputs: [(ArrayRef, ArrayRef); 2] = [
+            // Sliced: the arrays' offsets must be honoured.
+            (
+                Arc::new(strings.slice(5, 35)),
+                Arc::new(binaries.slice(5, 35)),
+            ),
+            (Arc::new(masked.clone()), Arc::new(masked.to_binary_view())),
+        ];
+        let picks: [Vec<u32>; 2] = [(0..35).rev().chain([30, 0, 30]).collect(), vec![2, 0, 1, 2]];
+        for ((s, b), rows) in inputs.iter().zip(&picks) {
+            let columns = [Arc::clone(s), Arc::clone(b)];
+            append_to_many(&columns, &mut [(&mut builder, rows)]).unwrap();
+            let at = UInt32Array::from(rows.clone());
+            let plain = |a: &ArrayRef, t: &DataType| {
+                let taken = arrow::compute::take(a, &at, None).unwrap();
+                arrow::compute::cast(&taken, t).unwrap()
+            };
+            expected.push(
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![plain(s, &DataType::Utf8), plain(b, &DataType::Binary)],
+                )
+                .unwrap(),
+            );
+        }
+        let got = builder.finish().unwrap();
+        got.columns()
+            .iter()
+            .for_each(|c| c.to_data().validate_full().unwrap());
+        assert_eq!(
+            got,
+            arrow::compute::concat_batches(&schema, &expected).unwrap()
+        );
+        // NULL rows took no bytes: the values are exactly the valid rows' values.
+        let valid: usize = got
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(str::len)
+            .sum();
+        assert_eq!(got.column(0).as_string::<i32>().values().len(), valid);
+    }
+
+    #[test]
     fn appending_to_many_builders_at_once_gives_each_its_rows() {
         let whole = batch();
         let picks: [&[u32]; 3] = [&[4, 0], &[], &[1, 3, 2]];
@@ -472,7 +592,7 @@ mod tests {
             .map(|_| BatchBuilder::new(whole.schema(), 4))
             .collect();
         let mut parts: Vec<(&mut BatchBuilder, &[u32])> = many.iter_mut().zip(picks).collect();
-        append_to_many(&whole, &mut parts).unwrap();
+        append_to_many(whole.columns(), &mut parts).unwrap();
         for (builder, rows) in many.iter_mut().zip(picks) {
             assert_eq!(builder.rows(), rows.len());
             let expected =
