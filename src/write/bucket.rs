@@ -1578,33 +1578,48 @@ mod tests {
 
     #[test]
     fn a_bucket_batch_of_long_strings_completes_early() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("p", DataType::Utf8, false),
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Utf8, false),
-        ]));
         let rows = 100;
         let long = "x".repeat(1 << 20);
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(arrow::array::StringArray::from(vec!["a"; rows])),
-                Arc::new(arrow::array::Int64Array::from_iter_values(0..rows as i64)),
-                Arc::new(arrow::array::StringArray::from(vec![long.as_str(); rows])),
-            ],
-        )
-        .unwrap();
-        let ctx = session();
-        let layout =
-            Arc::new(Layout::new(schema, &["p".into()], &["k".into()], ctx.task_ctx()).unwrap());
-        let mut sorter = BucketSorter::new(0, 1, 1, layout);
-        sorter.push(&batch).unwrap();
-        let bucket = &sorter.buckets[0];
-        // 1 MiB a row: the batch completes at 64 MiB (64 rows), not at 2,048 rows.
-        let done: Vec<usize> = bucket.batches.iter().map(|b| b.num_rows()).collect();
-        assert_eq!(bucket.spills.len(), 0);
-        assert_eq!(done, [64]);
-        assert_eq!(bucket.builder.rows() + done.iter().sum::<usize>(), rows);
+        let plain: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![long.as_str(); rows]));
+        // Views sharing one buffer: the array's memory is 1 MiB, the rows held are 100 MiB.
+        let view = arrow::array::builder::make_view(long.as_bytes(), 0, 0);
+        let shared: ArrayRef = Arc::new(StringViewArray::new(
+            vec![view; rows].into(),
+            vec![arrow::buffer::Buffer::from(long.as_bytes())],
+            None,
+        ));
+        for v in [plain, shared] {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("p", DataType::Utf8, false),
+                Field::new("k", DataType::Int64, false),
+                Field::new("v", v.data_type().clone(), false),
+            ]));
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(arrow::array::StringArray::from(vec!["a"; rows])),
+                    Arc::new(arrow::array::Int64Array::from_iter_values(0..rows as i64)),
+                    v,
+                ],
+            )
+            .unwrap();
+            let ctx = session();
+            let layout = Arc::new(
+                Layout::new(schema, &["p".into()], &["k".into()], ctx.task_ctx()).unwrap(),
+            );
+            let mut sorter = BucketSorter::new(0, 1, 1, layout);
+            sorter.push(&batch).unwrap();
+            let bucket = &sorter.buckets[0];
+            // 1 MiB a row: the batch completes at 64 MiB (64 rows), not at 2,048 rows.
+            let done: Vec<usize> = bucket.batches.iter().map(|b| b.num_rows()).collect();
+            assert_eq!(bucket.spills.len(), 0);
+            assert_eq!(done, [64]);
+            assert_eq!(bucket.builder.rows() + done.iter().sum::<usize>(), rows);
+            assert_eq!(
+                bucket.batches[0].column(1).as_string::<i32>().value(63),
+                long
+            );
+        }
     }
 
     #[test]
