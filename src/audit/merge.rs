@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::buffer::NullBuffer;
 use arrow::compute::SortOptions;
+use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -207,21 +208,119 @@ fn load(
     for a in &arrays {
         valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
     }
+    if packed && let Some(keys) = pack_integers(&arrays, valid.as_ref()) {
+        return Some(Keys::Packed(keys));
+    }
     let rows = converter.convert_columns(&arrays).ok()?;
     if !packed {
         return Some(Keys::Rows(Arc::new(rows), valid));
     }
-    let keys = rows
-        .iter()
+    Some(Keys::Packed(pack_rows(&rows, valid.as_ref())))
+}
+
+/// Rows in the row format (of up to 16 bytes), but those with a NULL, as big-endian integers:
+/// the row's bytes left-aligned in 16.
+fn pack_rows(rows: &Rows, valid: Option<&NullBuffer>) -> Vec<u128> {
+    rows.iter()
         .enumerate()
-        .filter(|(i, _)| valid.as_ref().is_none_or(|v| v.is_valid(*i)))
+        .filter(|(i, _)| valid.is_none_or(|v| v.is_valid(*i)))
         .map(|(_, r)| {
             let mut b = [0u8; 16];
             b[..r.as_ref().len()].copy_from_slice(r.as_ref());
             u128::from_be_bytes(b)
         })
-        .collect();
-    Some(Keys::Packed(keys))
+        .collect()
+}
+
+/// What [`pack_rows`] makes of the row format of `arrays`, computed from the values instead of
+/// through the row format (no row buffer, no copy per row), when every column is an integer
+/// or a type stored as one (dates, times, timestamps, durations): in the row format a valid
+/// value is a 1 byte, then the value big-endian, a signed one with its sign bit flipped.
+/// `None` for any other type (or more than 16 bytes), left to the row format.
+fn pack_integers(arrays: &[ArrayRef], valid: Option<&NullBuffer>) -> Option<Vec<u128>> {
+    let rows = arrays.first()?.len();
+    let mut keys = vec![0u128; rows];
+    let mut bits = 0u32;
+    for a in arrays {
+        let (width, signed) = integer_layout(a.data_type())?;
+        bits += 8 * (width as u32 + 1);
+        if bits > 128 {
+            return None;
+        }
+        let data = a.to_data();
+        let bytes = &data.buffers()[0];
+        let flip: u64 = if signed { 1 << (8 * width - 1) } else { 0 };
+        let marker = 1u128 << (8 * width);
+        let shift = 8 * (width as u32 + 1);
+        let at = data.offset()..data.offset() + rows;
+        match width {
+            1 => put(
+                &mut keys,
+                &bytes.typed_data::<u8>()[at],
+                shift,
+                marker,
+                flip,
+            ),
+            2 => put(
+                &mut keys,
+                &bytes.typed_data::<u16>()[at],
+                shift,
+                marker,
+                flip,
+            ),
+            4 => put(
+                &mut keys,
+                &bytes.typed_data::<u32>()[at],
+                shift,
+                marker,
+                flip,
+            ),
+            8 => put(
+                &mut keys,
+                &bytes.typed_data::<u64>()[at],
+                shift,
+                marker,
+                flip,
+            ),
+            _ => return None,
+        }
+    }
+    if bits < 128 {
+        keys.iter_mut().for_each(|k| *k <<= 128 - bits);
+    }
+    if let Some(valid) = valid.filter(|v| v.null_count() > 0) {
+        let mut i = 0;
+        keys.retain(|_| {
+            i += 1;
+            valid.is_valid(i - 1)
+        });
+    }
+    Some(keys)
+}
+
+/// Appends to each key (shifted left by `shift` bits) the `marker` and its row's value, whose
+/// bits `flip` (the sign bit of a signed value) are flipped.
+fn put<T: Copy + Into<u64>>(keys: &mut [u128], values: &[T], shift: u32, marker: u128, flip: u64) {
+    for (key, &v) in keys.iter_mut().zip(values) {
+        *key = (*key << shift) | marker | u128::from(v.into() ^ flip);
+    }
+}
+
+/// The width in bytes of a type the row format encodes as an integer of that width, and
+/// whether it is signed.
+fn integer_layout(t: &DataType) -> Option<(usize, bool)> {
+    use DataType as D;
+    Some(match t {
+        D::Int8 => (1, true),
+        D::Int16 => (2, true),
+        D::Int32 | D::Date32 | D::Time32(_) => (4, true),
+        D::Int64 | D::Date64 | D::Time64(_) | D::Timestamp(..) | D::Duration(_) => (8, true),
+        D::UInt8 => (1, false),
+        D::UInt16 => (2, false),
+        D::UInt32 => (4, false),
+        D::UInt64 => (8, false),
+        _ => return None,
+    })
 }
 
 /// One file's keys, a batch at a time.
@@ -787,6 +886,109 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(got, expected, "{files} files: {keys:?}");
         }
+    }
+
+    #[test]
+    fn integer_keys_pack_as_their_row_format_packs() {
+        use arrow::array::{
+            Date32Array, Int8Array, Int16Array, Int32Array, TimestampMicrosecondArray, UInt8Array,
+            UInt16Array, UInt32Array, UInt64Array,
+        };
+        let mut seed = 7u64;
+        let mut next = move || lcg(&mut seed) << 31 ^ lcg(&mut seed);
+        let n = 500;
+        // Extremes first, then random values; every 7th row NULL in the nullable ones.
+        let nullable = |i: usize| i % 7 != 3;
+        fn at<T: Copy>(edges: &[T], i: usize, random: T) -> T {
+            edges.get(i).copied().unwrap_or(random)
+        }
+        let mut i8s = Vec::new();
+        let mut i16s = Vec::new();
+        let mut i32s = Vec::new();
+        let mut i64s = Vec::new();
+        let mut u8s = Vec::new();
+        let mut u16s = Vec::new();
+        let mut u32s = Vec::new();
+        let mut u64s = Vec::new();
+        for i in 0..n {
+            let r = next();
+            i8s.push(nullable(i).then_some(at(&[i8::MIN, -1, 0, 1, i8::MAX], i, r as i8)));
+            i16s.push(at(&[i16::MIN, -1, 0, 1, i16::MAX], i, r as i16));
+            i32s.push(at(&[i32::MIN, -1, 0, 1, i32::MAX], i, r as i32));
+            i64s.push(nullable(i + 1).then_some(at(&[i64::MIN, -1, 0, 1, i64::MAX], i, r as i64)));
+            u8s.push(at(&[0, 1, u8::MAX], i, r as u8));
+            u16s.push(at(&[0, 1, u16::MAX], i, r as u16));
+            u32s.push(nullable(i + 2).then_some(at(&[0, 1, u32::MAX], i, r as u32)));
+            u64s.push(at(&[0, 1, u64::MAX], i, r));
+        }
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(Int8Array::from(i8s)),
+            Arc::new(Int16Array::from(i16s)),
+            Arc::new(Int32Array::from(i32s.clone())),
+            Arc::new(Int64Array::from(i64s.clone())),
+            Arc::new(UInt8Array::from(u8s)),
+            Arc::new(UInt16Array::from(u16s)),
+            Arc::new(UInt32Array::from(u32s)),
+            Arc::new(UInt64Array::from(u64s)),
+            Arc::new(Date32Array::from(i32s)),
+            Arc::new(TimestampMicrosecondArray::from(i64s).with_timezone("UTC")),
+        ];
+        // Keys of up to 16 bytes: every pair and some triples, whole and sliced.
+        let mut keys: Vec<Vec<usize>> = (0..arrays.len()).map(|a| vec![a]).collect();
+        for a in 0..arrays.len() {
+            for b in 0..arrays.len() {
+                keys.push(vec![a, b]);
+            }
+        }
+        keys.extend([
+            vec![0, 1, 2],
+            vec![4, 5, 6, 4],
+            vec![2, 0, 9],
+            vec![1, 5, 0, 4, 8],
+        ]);
+        let mut packed = 0;
+        for key in keys {
+            let columns: Vec<ArrayRef> = key.iter().map(|&c| Arc::clone(&arrays[c])).collect();
+            let width: usize = columns
+                .iter()
+                .map(|a| a.data_type().primitive_width().unwrap() + 1)
+                .sum();
+            for (offset, len) in [(0, n), (3, n - 10)] {
+                let sliced: Vec<ArrayRef> = columns.iter().map(|a| a.slice(offset, len)).collect();
+                let mut valid: Option<NullBuffer> = None;
+                for a in &sliced {
+                    valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
+                }
+                let direct = pack_integers(&sliced, valid.as_ref());
+                if width > 16 {
+                    assert_eq!(direct, None, "{key:?}");
+                    continue;
+                }
+                let fields = sliced
+                    .iter()
+                    .map(|a| SortField::new(a.data_type().clone()))
+                    .collect();
+                let rows = RowConverter::new(fields)
+                    .unwrap()
+                    .convert_columns(&sliced)
+                    .unwrap();
+                let expected = pack_rows(&rows, valid.as_ref());
+                assert!(expected.len() < len || valid.is_none(), "{key:?}");
+                let direct = direct.unwrap_or_else(|| panic!("{key:?} not packed"));
+                assert_eq!(direct.len(), expected.len(), "{key:?} at {offset}");
+                if let Some(i) = (0..direct.len()).find(|&i| direct[i] != expected[i]) {
+                    panic!(
+                        "{key:?} at {offset}, row {i}: {:032x} instead of {:032x}",
+                        direct[i], expected[i]
+                    );
+                }
+                packed += 1;
+            }
+        }
+        assert!(packed > 100);
+        // Other types are left to the row format.
+        let floats: ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0, -1.0]));
+        assert_eq!(pack_integers(&[floats], None), None);
     }
 
     #[test]
