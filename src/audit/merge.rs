@@ -235,8 +235,9 @@ fn pack_rows(rows: &Rows, valid: Option<&NullBuffer>) -> Vec<u128> {
 /// What [`pack_rows`] makes of the row format of `arrays`, computed from the values instead of
 /// through the row format (no row buffer, no copy per row), when every column is an integer
 /// or a type stored as one (dates, times, timestamps, durations): in the row format a valid
-/// value is a 1 byte, then the value big-endian, a signed one with its sign bit flipped.
-/// `None` for any other type (or more than 16 bytes), left to the row format.
+/// value is a 1 byte, then the value big-endian, a signed one with its sign bit flipped (in
+/// ascending order, the only one the merge uses). `None` for any other type (or more than 16
+/// bytes), left to the row format.
 fn pack_integers(arrays: &[ArrayRef], valid: Option<&NullBuffer>) -> Option<Vec<u128>> {
     let rows = arrays.first()?.len();
     let mut keys = vec![0u128; rows];
@@ -249,39 +250,17 @@ fn pack_integers(arrays: &[ArrayRef], valid: Option<&NullBuffer>) -> Option<Vec<
         }
         let data = a.to_data();
         let bytes = &data.buffers()[0];
-        let flip: u64 = if signed { 1 << (8 * width - 1) } else { 0 };
-        let marker = 1u128 << (8 * width);
-        let shift = 8 * (width as u32 + 1);
+        let lane = Lane {
+            shift: 8 * (width as u32 + 1),
+            marker: 1 << (8 * width),
+            flip: if signed { 1 << (8 * width - 1) } else { 0 },
+        };
         let at = data.offset()..data.offset() + rows;
         match width {
-            1 => put(
-                &mut keys,
-                &bytes.typed_data::<u8>()[at],
-                shift,
-                marker,
-                flip,
-            ),
-            2 => put(
-                &mut keys,
-                &bytes.typed_data::<u16>()[at],
-                shift,
-                marker,
-                flip,
-            ),
-            4 => put(
-                &mut keys,
-                &bytes.typed_data::<u32>()[at],
-                shift,
-                marker,
-                flip,
-            ),
-            8 => put(
-                &mut keys,
-                &bytes.typed_data::<u64>()[at],
-                shift,
-                marker,
-                flip,
-            ),
+            1 => lane.put(&mut keys, &bytes.typed_data::<u8>()[at]),
+            2 => lane.put(&mut keys, &bytes.typed_data::<u16>()[at]),
+            4 => lane.put(&mut keys, &bytes.typed_data::<u32>()[at]),
+            8 => lane.put(&mut keys, &bytes.typed_data::<u64>()[at]),
             _ => return None,
         }
     }
@@ -298,11 +277,19 @@ fn pack_integers(arrays: &[ArrayRef], valid: Option<&NullBuffer>) -> Option<Vec<
     Some(keys)
 }
 
-/// Appends to each key (shifted left by `shift` bits) the `marker` and its row's value, whose
-/// bits `flip` (the sign bit of a signed value) are flipped.
-fn put<T: Copy + Into<u64>>(keys: &mut [u128], values: &[T], shift: u32, marker: u128, flip: u64) {
-    for (key, &v) in keys.iter_mut().zip(values) {
-        *key = (*key << shift) | marker | u128::from(v.into() ^ flip);
+/// One column's part of packed keys: its values' bits `flip` (the sign bit of a signed type)
+/// flipped, after a `marker` byte (1: valid), each key first shifted left to make room.
+struct Lane {
+    shift: u32,
+    marker: u128,
+    flip: u64,
+}
+
+impl Lane {
+    fn put<T: Copy + Into<u64>>(&self, keys: &mut [u128], values: &[T]) {
+        for (key, &v) in keys.iter_mut().zip(values) {
+            *key = (*key << self.shift) | self.marker | u128::from(v.into() ^ self.flip);
+        }
     }
 }
 
@@ -891,8 +878,9 @@ mod tests {
     #[test]
     fn integer_keys_pack_as_their_row_format_packs() {
         use arrow::array::{
-            Date32Array, Int8Array, Int16Array, Int32Array, TimestampMicrosecondArray, UInt8Array,
-            UInt16Array, UInt32Array, UInt64Array,
+            Date32Array, Date64Array, DurationNanosecondArray, Int8Array, Int16Array, Int32Array,
+            Time32SecondArray, TimestampMicrosecondArray, UInt8Array, UInt16Array, UInt32Array,
+            UInt64Array,
         };
         let mut seed = 7u64;
         let mut next = move || lcg(&mut seed) << 31 ^ lcg(&mut seed);
@@ -930,8 +918,11 @@ mod tests {
             Arc::new(UInt16Array::from(u16s)),
             Arc::new(UInt32Array::from(u32s)),
             Arc::new(UInt64Array::from(u64s)),
-            Arc::new(Date32Array::from(i32s)),
-            Arc::new(TimestampMicrosecondArray::from(i64s).with_timezone("UTC")),
+            Arc::new(Date32Array::from(i32s.clone())),
+            Arc::new(TimestampMicrosecondArray::from(i64s.clone()).with_timezone("UTC")),
+            Arc::new(Date64Array::from(i64s.clone())),
+            Arc::new(Time32SecondArray::from(i32s)),
+            Arc::new(DurationNanosecondArray::from(i64s)),
         ];
         // Keys of up to 16 bytes: every pair and some triples, whole and sliced.
         let mut keys: Vec<Vec<usize>> = (0..arrays.len()).map(|a| vec![a]).collect();
