@@ -240,14 +240,19 @@ fn pack_rows(rows: &Rows, valid: Option<&NullBuffer>) -> Vec<u128> {
 /// bytes), left to the row format.
 fn pack_integers(arrays: &[ArrayRef], valid: Option<&NullBuffer>) -> Option<Vec<u128>> {
     let rows = arrays.first()?.len();
+    let layouts = arrays
+        .iter()
+        .map(|a| integer_layout(a.data_type()))
+        .collect::<Option<Vec<_>>>()?;
+    let bits: u32 = layouts
+        .iter()
+        .map(|&(width, _)| 8 * (width as u32 + 1))
+        .sum();
+    if bits > 128 {
+        return None;
+    }
     let mut keys = vec![0u128; rows];
-    let mut bits = 0u32;
-    for a in arrays {
-        let (width, signed) = integer_layout(a.data_type())?;
-        bits += 8 * (width as u32 + 1);
-        if bits > 128 {
-            return None;
-        }
+    for (a, &(width, signed)) in arrays.iter().zip(&layouts) {
         let data = a.to_data();
         let bytes = &data.buffers()[0];
         let lane = Lane {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::datatypes::{Decimal128Type, Int64Type};
@@ -133,23 +133,6 @@ impl Held {
                     .with_precision_and_scale(p, s)?,
             ),
         })
-    }
-}
-
-/// The bytes `a` (as given to a bucket's builder) takes once held: a view array's values and
-/// 32-bit offsets (not the buffers its views point into, which may be shared), otherwise its
-/// memory size.
-fn held_bytes(a: &ArrayRef) -> usize {
-    fn values<T: arrow::datatypes::ByteViewType + ?Sized>(
-        a: &arrow::array::GenericByteViewArray<T>,
-    ) -> usize {
-        let len = |(i, v): (usize, &u128)| if a.is_valid(i) { *v as u32 as usize } else { 0 };
-        a.views().iter().enumerate().map(len).sum::<usize>() + 4 * a.len()
-    }
-    match a.data_type() {
-        DataType::Utf8View => values(a.as_string_view()),
-        DataType::BinaryView => values(a.as_binary_view()),
-        _ => a.get_array_memory_size(),
     }
 }
 
@@ -754,7 +737,11 @@ impl BucketSorter {
             ids.push(b);
         }
         let held = layout.hold(batch)?;
-        let row_bytes = held.iter().map(held_bytes).sum::<usize>() / n;
+        let row_bytes = held
+            .iter()
+            .map(super::builder::appended_size)
+            .sum::<usize>()
+            / n;
         // The rows of each bucket, in input order (a counting sort by bucket).
         let mut starts = vec![0usize; self.buckets.len() + 1];
         for &b in &ids {

@@ -188,6 +188,31 @@ impl Column {
     }
 }
 
+/// The bytes `array`'s rows take once appended to a builder: for a string or binary view
+/// array, its values and 32-bit offsets (not the buffers its views point into, which may be
+/// shared with other arrays); otherwise its memory size.
+pub(super) fn appended_size(array: &ArrayRef) -> usize {
+    let data = array.to_data();
+    match data.data_type() {
+        DataType::Utf8View | DataType::BinaryView => {
+            let len = view_len(&data);
+            (0..data.len() as u32).map(len).sum::<usize>() + 4 * data.len()
+        }
+        _ => array.get_array_memory_size(),
+    }
+}
+
+/// The byte length of each row of a string or binary view array's `data`: its view's, or 0 for
+/// a NULL row (whose view need not describe any bytes).
+fn view_len(data: &ArrayData) -> impl Fn(u32) -> usize + '_ {
+    let views = &data.buffers()[0].typed_data::<u128>()[data.offset()..];
+    let nulls = nulls_of(data);
+    move |i: u32| match nulls {
+        Some(n) if n.is_null(i as usize) => 0,
+        _ => views[i as usize] as u32 as usize,
+    }
+}
+
 /// The validity of `data`'s rows, if any is NULL.
 fn nulls_of(data: &ArrayData) -> Option<&NullBuffer> {
     data.nulls().filter(|n| n.null_count() > 0)
@@ -269,7 +294,10 @@ impl Bytes {
         }
         if i32::try_from(self.values.len() + bytes).is_err() {
             return Err(ArrowError::ComputeError(
-                "a batch of a string or binary column exceeds 2 GiB".to_string(),
+                "a batch of a string or binary column exceeds 2 GiB (values this large, in rows \
+                 of one partition, cannot be held)\nhelp: drop or shorten the column in the \
+                 transform, or read the source in smaller batches"
+                    .to_string(),
             ));
         }
         self.values.reserve(bytes + SHORT);
@@ -283,11 +311,7 @@ impl Bytes {
     fn append_views(&mut self, data: &ArrayData, indices: &[u32]) -> Result<(), ArrowError> {
         let views = &data.buffers()[0].typed_data::<u128>()[data.offset()..];
         let buffers = &data.buffers()[1..];
-        let nulls = nulls_of(data);
-        let len = |i: u32| match nulls {
-            Some(n) if n.is_null(i as usize) => 0,
-            _ => views[i as usize] as u32 as usize,
-        };
+        let len = view_len(data);
         let bytes: usize = indices.iter().map(|&i| len(i)).sum();
         self.reserve(bytes, indices.len())?;
         for &i in indices {
@@ -307,7 +331,7 @@ impl Bytes {
             }
             self.offsets.push(self.values.len() as i32);
         }
-        append_nulls(&mut self.nulls, nulls, indices);
+        append_nulls(&mut self.nulls, nulls_of(data), indices);
         Ok(())
     }
 }
