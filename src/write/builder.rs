@@ -296,7 +296,7 @@ impl Bytes {
             return Err(ArrowError::ComputeError(
                 "a batch of a string or binary column exceeds 2 GiB (values this large, in rows \
                  of one partition, cannot be held)\nhelp: drop or shorten the column in the \
-                 transform, or read the source in smaller batches"
+                 transform (for example with `substr`)"
                     .to_string(),
             ));
         }
