@@ -192,9 +192,9 @@ impl Column {
 /// array, its values and 32-bit offsets (not the buffers its views point into, which may be
 /// shared with other arrays); otherwise its memory size.
 pub(super) fn appended_size(array: &ArrayRef) -> usize {
-    let data = array.to_data();
-    match data.data_type() {
+    match array.data_type() {
         DataType::Utf8View | DataType::BinaryView => {
+            let data = array.to_data();
             let len = view_len(&data);
             (0..data.len() as u32).map(len).sum::<usize>() + 4 * data.len()
         }
