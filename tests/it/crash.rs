@@ -138,18 +138,23 @@ fn sigkill_at_random_moments_on_s3() {
 
 fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
     let dates = ["2024-01-01", "2024-01-03", "2024-01-05"];
-    // A clean run's wall time bounds the random kill moments.
-    source(ex, "data/orders", dates[0], &[1, 2, 3]);
-    let started = Instant::now();
-    assert_eq!(
-        ex.wap(&["run", "--conf", CONF, "--date", dates[0]])
-            .status
-            .code(),
-        Some(0)
-    );
-    let clean = started.elapsed();
+    // A clean run's wall time bounds the random kill moments: the shorter of two, since the
+    // first run of a process (cold caches, a cold server) can take many times a later one's,
+    // and kill moments drawn from it would then all fall after the runs end.
     let mut published: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    published.insert(dates[0].to_string(), vec![1, 2, 3]);
+    let mut clean = Duration::MAX;
+    for (date, ids) in [(dates[0], vec![1, 2, 3]), (dates[1], vec![4, 5])] {
+        source(ex, "data/orders", date, &ids);
+        let started = Instant::now();
+        assert_eq!(
+            ex.wap(&["run", "--conf", CONF, "--date", date])
+                .status
+                .code(),
+            Some(0)
+        );
+        clean = clean.min(started.elapsed());
+        published.insert(date.to_string(), ids);
+    }
 
     let mut rng = Lcg(0x5eed);
     let budget = Duration::from_secs(90);
