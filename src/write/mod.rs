@@ -945,12 +945,10 @@ fn plain_columns(batch: &RecordBatch) -> Vec<String> {
         let Some(width) = value_bytes(column) else {
             continue;
         };
-        let Ok(mut hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
+        let Ok(hashes) = engine::row_hash(std::slice::from_ref(column), rows) else {
             continue;
         };
-        hashes.sort_unstable();
-        hashes.dedup();
-        let distinct = hashes.len() as f64;
+        let distinct = distinct_hashes(&hashes) as f64;
         let index_bits = distinct.max(2.0).log2().ceil();
         let dictionary = distinct * width + rows as f64 * index_bits / 8.0;
         if dictionary >= rows as f64 * width {
@@ -958,6 +956,37 @@ fn plain_columns(batch: &RecordBatch) -> Vec<String> {
         }
     }
     names
+}
+
+/// How many distinct values `hashes` holds: an open-addressing set of the hashes themselves
+/// (already well mixed), at most half full. Every file's first batch is counted, column by
+/// column: sorting the hashes instead took 1.2% of the CPU time of the TPC-H SF1 benchmark.
+fn distinct_hashes(hashes: &[u64]) -> usize {
+    let slots = (2 * hashes.len()).next_power_of_two().max(2);
+    let shift = 64 - slots.trailing_zeros();
+    let mut table = vec![0u64; slots];
+    // 0 marks an empty slot: a zero hash is counted apart.
+    let mut zero = false;
+    let mut distinct = 0;
+    for &h in hashes {
+        if h == 0 {
+            zero = true;
+            continue;
+        }
+        let mut i = (h >> shift) as usize;
+        loop {
+            match table[i] {
+                0 => {
+                    table[i] = h;
+                    distinct += 1;
+                    break;
+                }
+                seen if seen == h => break,
+                _ => i = (i + 1) & (slots - 1),
+            }
+        }
+    }
+    distinct + usize::from(zero)
 }
 
 /// The average bytes of one value of `column` written plainly, for the types whose
@@ -1232,6 +1261,41 @@ impl AsyncFileWriter for HashingWriter {
 mod tests {
     use super::*;
     use arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    #[test]
+    fn distinct_hashes_counts_like_sorting_them() {
+        let mut s = 7u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s
+        };
+        for (rows, distinct) in [(0, 1), (1, 1), (2, 1), (8192, 1), (8192, 100), (8192, 8192)] {
+            for with_zero in [false, true] {
+                let values: Vec<u64> = (0..distinct).map(|_| next()).collect();
+                let mut hashes: Vec<u64> = (0..rows)
+                    .map(|_| values[(next() >> 33) as usize % distinct])
+                    .collect();
+                if with_zero && rows > 0 {
+                    hashes[rows / 2] = 0;
+                    hashes[0] = 0;
+                }
+                // Colliding slots too: hashes sharing their top bits.
+                if rows > 2 {
+                    hashes[1] = hashes[2] ^ 1;
+                }
+                let mut sorted = hashes.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(
+                    distinct_hashes(&hashes),
+                    sorted.len(),
+                    "{rows} rows of {distinct} values, zero {with_zero}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn only_columns_a_dictionary_would_not_shrink_lose_it() {
