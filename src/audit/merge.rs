@@ -106,7 +106,7 @@ pub(super) async fn unique_by_merge(
     }
 }
 
-async fn open(
+pub(super) async fn open(
     store: &Arc<dyn ObjectStore>,
     file: &ObjectMeta,
     columns: &[String],
@@ -300,7 +300,7 @@ impl Lane {
 
 /// The width in bytes of a type the row format encodes as an integer of that width, and
 /// whether it is signed.
-fn integer_layout(t: &DataType) -> Option<(usize, bool)> {
+pub(super) fn integer_layout(t: &DataType) -> Option<(usize, bool)> {
     use DataType as D;
     Some(match t {
         D::Int8 => (1, true),

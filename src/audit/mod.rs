@@ -6,10 +6,12 @@
 //!   does not plan is a configuration error.
 //! - Rule SQL is read-only: one query per rule, no DDL, DML, COPY or statements.
 //! - All row-level rules share ONE aggregate scan of `staged`; `unique` and `sql` rules run as
-//!   their own queries, concurrently. A `unique` rule on the key over `staged` merges the sorted
-//!   files instead (bounded memory). Samples are fetched only for failing rules.
+//!   their own queries, concurrently. A `unique` rule over `staged` on integer columns whose
+//!   footers bound them to a small range marks a bitmap of that range instead; one on the key
+//!   merges the sorted files (bounded memory). Samples are fetched only for failing rules.
 //! - This phase writes nothing but `_wap/runs/<run_id>/report.json`.
 
+mod dense;
 mod merge;
 mod proof;
 pub mod report;

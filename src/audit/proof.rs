@@ -115,7 +115,10 @@ pub(super) struct Footer {
 }
 
 /// Every file's footer (one ranged read each, concurrently), or None if any cannot be read.
-async fn footers(store: &Arc<dyn ObjectStore>, files: &[ObjectMeta]) -> Option<Vec<Footer>> {
+pub(super) async fn footers(
+    store: &Arc<dyn ObjectStore>,
+    files: &[ObjectMeta],
+) -> Option<Vec<Footer>> {
     futures::stream::iter(files.iter().cloned())
         .map(|file| {
             let store = Arc::clone(store);

@@ -671,9 +671,18 @@ pub async fn run(
                 RuleKind::Unique(cols) => {
                     let table = rule.scope.table();
                     let rows = rows_in.get(&rule.scope).copied().unwrap_or(rows);
-                    // On staged files (sorted by the key), a merge with bounded memory; else SQL.
-                    let merged = match (rule.scope, super::merge::key_prefix(cols, key)) {
-                        (Scope::Staged, Some(prefix)) => {
+                    // On staged files: integer keys in a small range, by a bitmap of that
+                    // range; keys the files are sorted by, by a merge with bounded memory; else
+                    // SQL.
+                    let dense = match rule.scope {
+                        Scope::Staged => {
+                            super::dense::unique_by_bitmap(ctx, table, cols, footers).await
+                        }
+                        _ => None,
+                    };
+                    let merged = match (dense, rule.scope, super::merge::key_prefix(cols, key)) {
+                        (Some(found), ..) => Some(found),
+                        (None, Scope::Staged, Some(prefix)) => {
                             super::merge::unique_by_merge(ctx, table, &prefix, footers).await
                         }
                         _ => None,

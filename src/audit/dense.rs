@@ -1,0 +1,491 @@
+//! `unique` over integer keys that span a small range: one bit per possible key.
+//!
+//! The footers give each key column's exact min and max, so the keys of a run all lie in a box
+//! of `span_1 * span_2 * ...` values. When that box is small against the row count (TPC-H
+//! `lineitem`'s `(l_orderkey, l_linenumber)` at SF1: order keys up to 6M times 7 line numbers,
+//! 42M bits for 6M rows), a
+//! key is a bit in a bitmap of the box: a bit found set is a duplicate, and a second bitmap
+//! counts each duplicated key once. Files are read concurrently, in any order, and need not be
+//! sorted; the work per row is one fetch-or instead of a comparison per level of a merge.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::buffer::NullBuffer;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+
+use super::merge::{integer_layout, open};
+use super::proof::{Footer, listed_files};
+
+/// Bits of the bitmaps per row of the table, at most: past that the box is sparse and the merge
+/// (whose memory does not grow with the key range) is used instead.
+const BITS_PER_ROW: u128 = 64;
+/// The largest box, in bits (two bitmaps of 256 MiB).
+const MAX_BITS: u128 = 1 << 31;
+
+/// `(failing rows, duplicated keys)` of a `unique` rule over `columns` of `table`, when every
+/// column is an integer-like type (see [`integer_layout`]), every file has a footer in `footers`
+/// with exact statistics for them, and their box is small enough (see the module doc) for the
+/// pool to hold its two bitmaps. `None` otherwise, or when a file cannot be read or holds a
+/// value outside its footer's bounds: the caller then merges or runs the SQL. Rows with a
+/// NULL in the key are left out, as the SQL leaves them out.
+pub(super) async fn unique_by_bitmap(
+    ctx: &SessionContext,
+    table: &str,
+    columns: &[String],
+    footers: &[Footer],
+) -> Option<(u64, u64)> {
+    let (schema, store, files) = listed_files(ctx, table).await?;
+    for c in columns {
+        integer_layout(schema.field_with_name(c).ok()?.data_type())?;
+    }
+    let metas = files
+        .iter()
+        .map(|file| {
+            footers
+                .iter()
+                .find(|f| f.file.location == file.location)
+                .map(|f| f.meta.clone())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let rows: u128 = metas
+        .iter()
+        .map(|m| m.metadata().file_metadata().num_rows().max(0) as u128)
+        .sum();
+    let bounds = columns
+        .iter()
+        .map(|c| bounds(c, footers))
+        .collect::<Option<Vec<_>>>()?;
+    // No key at all (every key column NULL in every row, or no rows): nothing repeats.
+    let Some(bounds) = bounds.into_iter().collect::<Option<Vec<(i128, i128)>>>() else {
+        return Some((0, 0));
+    };
+    let mut bits: u128 = 1;
+    for &(min, max) in &bounds {
+        bits = bits.checked_mul((max - min + 1) as u128)?;
+        if bits > MAX_BITS {
+            return None;
+        }
+    }
+    if bits > BITS_PER_ROW * rows.max(1) {
+        return None;
+    }
+    let words = bits.div_ceil(64) as usize;
+    let reservation =
+        MemoryConsumer::new("wap audit unique bitmap").register(&ctx.runtime_env().memory_pool);
+    reservation
+        .try_grow(2 * words * std::mem::size_of::<u64>())
+        .ok()?;
+    let maps = Arc::new(Bitmaps {
+        seen: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        repeated: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        bounds,
+    });
+    let at_once = ctx.state().config().target_partitions().max(1);
+    let tasks = files.into_iter().zip(metas).map(|(file, meta)| {
+        let (store, columns, maps) = (Arc::clone(&store), columns.to_vec(), Arc::clone(&maps));
+        async move {
+            let mut stream = open(&store, &file, &columns, Some(meta)).await?;
+            // Decoding is CPU work: each file on a task of its own, `at_once` at a time.
+            tokio::spawn(async move {
+                let mut counts = (0u64, 0u64);
+                let mut scratch = Scratch::default();
+                while let Some(batch) = stream.next().await {
+                    let (failing, groups) = maps.mark(&batch.ok()?, &columns, &mut scratch)?;
+                    counts = (counts.0 + failing, counts.1 + groups);
+                }
+                Some(counts)
+            })
+            .await
+            .ok()?
+        }
+    });
+    let counts: Vec<Option<(u64, u64)>> = futures::stream::iter(tasks)
+        .buffer_unordered(at_once)
+        .collect()
+        .await;
+    counts
+        .into_iter()
+        .try_fold((0, 0), |(f, g), c| c.map(|(cf, cg)| (f + cf, g + cg)))
+}
+
+/// The exact min and max of `column` over every row group of `footers`, as `i128`: `None` when
+/// a statistic is missing or inexact, `Some(None)` when the column holds no value at all.
+fn bounds(column: &str, footers: &[Footer]) -> Option<Option<(i128, i128)>> {
+    let mut bounds: Option<(i128, i128)> = None;
+    for f in footers {
+        let m = &f.meta;
+        let conv = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()).ok()?;
+        let groups = m.metadata().row_groups();
+        let mins = conv.row_group_mins(groups).ok()?;
+        let maxes = conv.row_group_maxes(groups).ok()?;
+        let exact = [
+            conv.row_group_is_min_value_exact(groups).ok()?,
+            conv.row_group_is_max_value_exact(groups).ok()?,
+        ];
+        let nulls = conv.row_group_null_counts(groups).ok()?;
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        widen(&mins, &mut lo)?;
+        widen(&maxes, &mut hi)?;
+        for (g, group) in groups.iter().enumerate() {
+            if mins.is_null(g) || maxes.is_null(g) {
+                // Without bounds only a group of NULLs alone is known to hold no value.
+                if nulls.is_null(g) || nulls.value(g) as i64 != group.num_rows() {
+                    return None;
+                }
+                continue;
+            }
+            if exact.iter().any(|e| e.is_null(g) || !e.value(g)) {
+                return None;
+            }
+            bounds = Some(match bounds {
+                None => (lo[g], hi[g]),
+                Some((a, b)) => (a.min(lo[g]), b.max(hi[g])),
+            });
+        }
+    }
+    Some(bounds)
+}
+
+/// Every value of an integer-like array (see [`integer_layout`]) as `i128`, into `out`
+/// (cleared first); a NULL slot gives whatever its slot holds. `None` for another type.
+fn widen(a: &ArrayRef, out: &mut Vec<i128>) -> Option<()> {
+    let (width, signed) = integer_layout(a.data_type())?;
+    let data = a.to_data();
+    let buffer = data.buffers().first()?;
+    let at = data.offset()..data.offset() + data.len();
+    out.clear();
+    match (width, signed) {
+        (1, true) => out.extend(buffer.typed_data::<i8>()[at].iter().map(|&v| v as i128)),
+        (2, true) => out.extend(buffer.typed_data::<i16>()[at].iter().map(|&v| v as i128)),
+        (4, true) => out.extend(buffer.typed_data::<i32>()[at].iter().map(|&v| v as i128)),
+        (8, true) => out.extend(buffer.typed_data::<i64>()[at].iter().map(|&v| v as i128)),
+        (1, false) => out.extend(buffer.typed_data::<u8>()[at].iter().map(|&v| v as i128)),
+        (2, false) => out.extend(buffer.typed_data::<u16>()[at].iter().map(|&v| v as i128)),
+        (4, false) => out.extend(buffer.typed_data::<u32>()[at].iter().map(|&v| v as i128)),
+        (8, false) => out.extend(buffer.typed_data::<u64>()[at].iter().map(|&v| v as i128)),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Per-task buffers, reused batch after batch.
+#[derive(Default)]
+struct Scratch {
+    values: Vec<i128>,
+    index: Vec<u64>,
+}
+
+/// The two bitmaps over the key box, shared by the tasks.
+struct Bitmaps {
+    /// A key's bit: set by its first row.
+    seen: Vec<AtomicU64>,
+    /// Set by its second row: the key is counted as duplicated once, its rows all failing.
+    repeated: Vec<AtomicU64>,
+    /// Each key column's min and max.
+    bounds: Vec<(i128, i128)>,
+}
+
+impl Bitmaps {
+    /// Marks the keys of `batch`: `(failing rows, duplicated keys)` this batch adds (a key's
+    /// first row counts as failing when its second is found). `None` when a column is missing
+    /// or a value lies outside the footers' bounds.
+    fn mark(
+        &self,
+        batch: &RecordBatch,
+        columns: &[String],
+        scratch: &mut Scratch,
+    ) -> Option<(u64, u64)> {
+        let arrays = columns
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned())
+            .collect::<Option<Vec<ArrayRef>>>()?;
+        let mut valid: Option<NullBuffer> = None;
+        for a in &arrays {
+            valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
+        }
+        let valid = valid.filter(|v| v.null_count() > 0);
+        let index = &mut scratch.index;
+        index.clear();
+        index.resize(batch.num_rows(), 0);
+        for (a, &(min, max)) in arrays.iter().zip(&self.bounds) {
+            widen(a, &mut scratch.values)?;
+            let span = (max - min + 1) as u64;
+            let mut inside = true;
+            for (r, (i, &v)) in index.iter_mut().zip(&scratch.values).enumerate() {
+                let offset = v - min;
+                if !(0..span as i128).contains(&offset) {
+                    inside &= valid.as_ref().is_some_and(|n| n.is_null(r));
+                    continue;
+                }
+                *i = *i * span + offset as u64;
+            }
+            if !inside {
+                return None;
+            }
+        }
+        let (mut failing, mut groups) = (0u64, 0u64);
+        for (r, &i) in index.iter().enumerate() {
+            if valid.as_ref().is_some_and(|n| n.is_null(r)) {
+                continue;
+            }
+            let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+            if self.seen[word].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                continue;
+            }
+            if self.repeated[word].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                failing += 2;
+                groups += 1;
+            } else {
+                failing += 1;
+            }
+        }
+        Some((failing, groups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    /// A key row: `(k1 Int64, k2 Date32)`.
+    type Row = (Option<i64>, Option<i32>);
+
+    /// Files of `(k1, k2, s Utf8)` rows, in the order given, registered as `staged`, and their
+    /// footers. `stats`: whether files carry statistics.
+    async fn staged(files: &[Vec<Row>], stats: bool) -> (SessionContext, Vec<Footer>) {
+        staged_in(files, stats, &Default::default()).await
+    }
+
+    /// [`staged`] in a session with `options`.
+    async fn staged_in(
+        files: &[Vec<Row>],
+        stats: bool,
+        options: &crate::engine::EngineOptions,
+    ) -> (SessionContext, Vec<Footer>) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k1", DataType::Int64, true),
+            Field::new("k2", DataType::Date32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let mut metas = Vec::new();
+        for (i, rows) in files.iter().enumerate() {
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
+                    Arc::new(Date32Array::from_iter(rows.iter().map(|r| r.1))),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| format!("{r:?}")),
+                    )),
+                ],
+            )
+            .unwrap();
+            let mut buf = Vec::new();
+            // Small row groups and batches: keys repeat across both.
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(100))
+                .set_statistics_enabled(if stats {
+                    EnabledStatistics::Chunk
+                } else {
+                    EnabledStatistics::None
+                })
+                .build();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props))
+                    .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            let path = object_store::path::Path::from(format!("staged/part-{i}.parquet"));
+            store.put(&path, buf.into()).await.unwrap();
+            metas.push(store.head(&path).await.unwrap());
+        }
+        let footers = super::super::proof::footers(&store, &metas).await.unwrap();
+        let ctx = crate::engine::session(options, store, None).unwrap();
+        let table = crate::engine::FilesTable::new(
+            schema,
+            Arc::new(ParquetFormat::default()),
+            crate::engine::TABLE_URL,
+            metas,
+        )
+        .unwrap();
+        ctx.register_table("staged", Arc::new(table)).unwrap();
+        (ctx, footers)
+    }
+
+    async fn by_sql(ctx: &SessionContext, cols: &[String]) -> (u64, u64) {
+        let q = super::super::sql::unique_count_query(cols, "staged");
+        let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
+        let b = &batches[0];
+        let at = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        (at(0) as u64, at(1) as u64)
+    }
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    fn cols(v: &[&str]) -> Vec<String> {
+        v.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn counts_what_the_sql_counts_in_any_order() {
+        for seed in 0..16u64 {
+            let mut s = seed;
+            let nfiles = 1 + (lcg(&mut s) % 9) as usize;
+            // Negative and positive keys, spans from a handful to hundreds of values.
+            let range = 2 + lcg(&mut s) % 300;
+            let files: Vec<Vec<Row>> = (0..nfiles)
+                .map(|_| {
+                    (0..lcg(&mut s) % 700)
+                        .map(|_| {
+                            let k1 = (!lcg(&mut s).is_multiple_of(10))
+                                .then(|| (lcg(&mut s) % range) as i64 - 100);
+                            let k2 = (!lcg(&mut s).is_multiple_of(12))
+                                .then(|| 19_000 + (lcg(&mut s) % 4) as i32);
+                            (k1, k2)
+                        })
+                        .collect()
+                })
+                .collect();
+            let (ctx, footers) = staged(&files, true).await;
+            for c in [cols(&["k1"]), cols(&["k1", "k2"]), cols(&["k2", "k1"])] {
+                let dense = unique_by_bitmap(&ctx, "staged", &c, &footers).await;
+                assert_eq!(
+                    dense,
+                    Some(by_sql(&ctx, &c).await),
+                    "seed {seed}, columns {c:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_in_three_files_is_one_duplicated_key_of_three_rows() {
+        let row = |k: i64| (Some(k), Some(1));
+        let files = vec![
+            (0..150).map(row).chain([row(7)]).collect(),
+            vec![row(7), row(300), row(-5)],
+            (150..300)
+                .map(row)
+                .chain([row(-5), (None, Some(1))])
+                .collect(),
+            vec![(None, Some(1)), (Some(7), None)],
+        ];
+        let (ctx, footers) = staged(&files, true).await;
+        let c = cols(&["k1", "k2"]);
+        // Key 7 in files 0, 0 and 1; -5 in files 1 and 2; rows with a NULL left out.
+        assert_eq!(
+            unique_by_bitmap(&ctx, "staged", &c, &footers).await,
+            Some((5, 2))
+        );
+        assert_eq!(by_sql(&ctx, &c).await, (5, 2));
+    }
+
+    #[tokio::test]
+    async fn a_key_column_of_nulls_alone_repeats_nothing() {
+        let files = vec![vec![(None, Some(1)), (None, Some(1))], vec![(None, None)]];
+        let (ctx, footers) = staged(&files, true).await;
+        for c in [cols(&["k1"]), cols(&["k1", "k2"])] {
+            assert_eq!(
+                unique_by_bitmap(&ctx, "staged", &c, &footers).await,
+                Some((0, 0))
+            );
+            assert_eq!(by_sql(&ctx, &c).await, (0, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn left_to_the_merge_when_the_bitmap_would_not_do() {
+        let dense = |k: i64| (Some(k), Some(1));
+        let files: Vec<Vec<Row>> = vec![(0..500).map(dense).collect()];
+        let c = cols(&["k1"]);
+        let (ctx, footers) = staged(&files, true).await;
+        assert_eq!(
+            unique_by_bitmap(&ctx, "staged", &c, &footers).await,
+            Some((0, 0)),
+            "dense keys use the bitmap"
+        );
+        // A string column.
+        assert_eq!(
+            unique_by_bitmap(&ctx, "staged", &cols(&["s"]), &footers).await,
+            None
+        );
+        // No footers, or footers of other files.
+        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &[]).await, None);
+        // Keys far apart: 500 rows over a range of 500 million.
+        let sparse: Vec<Vec<Row>> = vec![(0..500).map(|k| dense(k * 1_000_000)).collect()];
+        let (ctx, footers) = staged(&sparse, true).await;
+        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+        // Bitmaps (two of 512 bits) that the pool cannot hold.
+        let tight = crate::engine::EngineOptions {
+            memory_limit: 100,
+            batch_size: 1000,
+        };
+        let (ctx, footers) = staged_in(&files, true, &tight).await;
+        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+        // Files without statistics.
+        let (ctx, footers) = staged(&files, false).await;
+        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+    }
+
+    #[test]
+    fn a_value_outside_the_footers_bounds_gives_up_but_a_null_slot_does_not() {
+        let maps = || Bitmaps {
+            seen: (0..2).map(|_| AtomicU64::new(0)).collect(),
+            repeated: (0..2).map(|_| AtomicU64::new(0)).collect(),
+            bounds: vec![(10, 109)],
+        };
+        let batch = |values: Int64Array| {
+            RecordBatch::try_from_iter([("k", Arc::new(values) as ArrayRef)]).unwrap()
+        };
+        let c = cols(&["k"]);
+        let mut scratch = Scratch::default();
+        assert_eq!(
+            maps().mark(
+                &batch(Int64Array::from(vec![10, 109, 10])),
+                &c,
+                &mut scratch
+            ),
+            Some((2, 1))
+        );
+        for outside in [9, 110, i64::MIN, i64::MAX] {
+            assert_eq!(
+                maps().mark(
+                    &batch(Int64Array::from(vec![50, outside])),
+                    &c,
+                    &mut scratch
+                ),
+                None,
+                "{outside}"
+            );
+        }
+        // A NULL slot holds whatever value: here one far outside.
+        let nulls = Int64Array::new(
+            vec![109, i64::MAX, 109].into(),
+            Some(vec![true, false, true].into()),
+        );
+        assert_eq!(maps().mark(&batch(nulls), &c, &mut scratch), Some((2, 1)));
+    }
+}
