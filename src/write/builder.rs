@@ -173,7 +173,19 @@ impl Column {
         match self {
             Column::Buffers(c) => {
                 let (buffers, nulls) = c.finish();
-                let data = ArrayData::try_new(data_type.clone(), rows, nulls, 0, buffers, vec![])?;
+                let data = ArrayData::builder(data_type.clone())
+                    .len(rows)
+                    .null_bit_buffer(nulls)
+                    .buffers(buffers);
+                // SAFETY: the buffers are built here to the layout of `data_type` for `rows` rows
+                // (tests check every type against the full validation, and debug builds check
+                // every batch): fixed-width values `rows` wide; offsets from 0, never
+                // decreasing, ending at the values' length; every value copied whole from a
+                // valid array of the same type (for strings: whole UTF-8 values). Validating
+                // it all again (offsets one by one, UTF-8) took about 1% of the CPU time of the
+                // TPC-H SF1 benchmark.
+                let data = unsafe { data.build_unchecked() };
+                debug_assert!(data.validate_full().is_ok(), "{:?}", data.validate_full());
                 Ok(make_array(data))
             }
             Column::Other(parts) => {
