@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
-use arrow::buffer::NullBuffer;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 
-use super::merge::{integer_layout, open};
+use super::merge::{integer_layout, key_columns, open};
 use super::proof::{Footer, listed_files};
 
 /// Bits of the bitmaps per row of the table, at most: past that the box is sparse and the merge
@@ -200,14 +199,7 @@ impl Bitmaps {
         columns: &[String],
         scratch: &mut Scratch,
     ) -> Option<(u64, u64)> {
-        let arrays = columns
-            .iter()
-            .map(|c| batch.column_by_name(c).cloned())
-            .collect::<Option<Vec<ArrayRef>>>()?;
-        let mut valid: Option<NullBuffer> = None;
-        for a in &arrays {
-            valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
-        }
+        let (arrays, valid) = key_columns(batch, columns)?;
         let valid = valid.filter(|v| v.null_count() > 0);
         let index = &mut scratch.index;
         index.clear();
@@ -250,12 +242,10 @@ impl Bitmaps {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{lcg, staged_files, unique_by_sql};
     use super::*;
     use arrow::array::{Date32Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use object_store::memory::InMemory;
-    use object_store::{ObjectStore, ObjectStoreExt};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
     /// A key row: `(k1 Int64, k2 Date32)`.
@@ -273,76 +263,35 @@ mod tests {
         stats: bool,
         options: &crate::engine::EngineOptions,
     ) -> (SessionContext, Vec<Footer>) {
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let schema = Arc::new(Schema::new(vec![
             Field::new("k1", DataType::Int64, true),
             Field::new("k2", DataType::Date32, true),
             Field::new("s", DataType::Utf8, true),
         ]));
-        let mut metas = Vec::new();
-        for (i, rows) in files.iter().enumerate() {
-            let batch = RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![
-                    Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
-                    Arc::new(Date32Array::from_iter(rows.iter().map(|r| r.1))),
-                    Arc::new(StringArray::from_iter_values(
-                        rows.iter().map(|r| format!("{r:?}")),
-                    )),
-                ],
-            )
-            .unwrap();
-            let mut buf = Vec::new();
-            // Small row groups and batches: keys repeat across both.
-            let props = WriterProperties::builder()
-                .set_max_row_group_row_count(Some(100))
-                .set_statistics_enabled(if stats {
-                    EnabledStatistics::Chunk
-                } else {
-                    EnabledStatistics::None
-                })
-                .build();
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props))
-                    .unwrap();
-            w.write(&batch).unwrap();
-            w.close().unwrap();
-            let path = object_store::path::Path::from(format!("staged/part-{i}.parquet"));
-            store.put(&path, buf.into()).await.unwrap();
-            metas.push(store.head(&path).await.unwrap());
-        }
-        let footers = super::super::proof::footers(&store, &metas).await.unwrap();
-        let ctx = crate::engine::session(options, store, None).unwrap();
-        let table = crate::engine::FilesTable::new(
-            schema,
-            Arc::new(ParquetFormat::default()),
-            crate::engine::TABLE_URL,
-            metas,
-        )
-        .unwrap();
-        ctx.register_table("staged", Arc::new(table)).unwrap();
-        (ctx, footers)
-    }
-
-    async fn by_sql(ctx: &SessionContext, cols: &[String]) -> (u64, u64) {
-        let q = super::super::sql::unique_count_query(cols, "staged");
-        let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
-        let b = &batches[0];
-        let at = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
+        let batches: Vec<RecordBatch> = files
+            .iter()
+            .map(|rows| {
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
+                        Arc::new(Date32Array::from_iter(rows.iter().map(|r| r.1))),
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|r| format!("{r:?}")),
+                        )),
+                    ],
+                )
                 .unwrap()
-                .value(0)
-        };
-        (at(0) as u64, at(1) as u64)
-    }
-
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
+            })
+            .collect();
+        let props = WriterProperties::builder().set_statistics_enabled(if stats {
+            EnabledStatistics::Chunk
+        } else {
+            EnabledStatistics::None
+        });
+        let (ctx, store, metas) = staged_files(&batches, props, options).await;
+        let footers = super::super::proof::footers(&store, &metas).await.unwrap();
+        (ctx, footers)
     }
 
     fn cols(v: &[&str]) -> Vec<String> {
@@ -374,7 +323,7 @@ mod tests {
                 let dense = unique_by_bitmap(&ctx, "staged", &c, &footers).await;
                 assert_eq!(
                     dense,
-                    Some(by_sql(&ctx, &c).await),
+                    Some(unique_by_sql(&ctx, &c).await),
                     "seed {seed}, columns {c:?}"
                 );
             }
@@ -400,7 +349,7 @@ mod tests {
             unique_by_bitmap(&ctx, "staged", &c, &footers).await,
             Some((5, 2))
         );
-        assert_eq!(by_sql(&ctx, &c).await, (5, 2));
+        assert_eq!(unique_by_sql(&ctx, &c).await, (5, 2));
     }
 
     #[tokio::test]
@@ -412,7 +361,7 @@ mod tests {
                 unique_by_bitmap(&ctx, "staged", &c, &footers).await,
                 Some((0, 0))
             );
-            assert_eq!(by_sql(&ctx, &c).await, (0, 0));
+            assert_eq!(unique_by_sql(&ctx, &c).await, (0, 0));
         }
     }
 

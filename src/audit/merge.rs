@@ -193,13 +193,12 @@ fn read_ahead(
     rx
 }
 
-/// A batch's keys; `None` when a column is missing or cannot be converted.
-fn load(
+/// The key `columns` of `batch`, and which rows have no NULL in any of them (`None`: all);
+/// `None` when a column is missing.
+pub(super) fn key_columns(
     batch: &RecordBatch,
     columns: &[String],
-    converter: &RowConverter,
-    packed: bool,
-) -> Option<Keys> {
+) -> Option<(Vec<ArrayRef>, Option<NullBuffer>)> {
     let arrays = columns
         .iter()
         .map(|c| batch.column_by_name(c).cloned())
@@ -208,6 +207,17 @@ fn load(
     for a in &arrays {
         valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
     }
+    Some((arrays, valid))
+}
+
+/// A batch's keys; `None` when a column is missing or cannot be converted.
+fn load(
+    batch: &RecordBatch,
+    columns: &[String],
+    converter: &RowConverter,
+    packed: bool,
+) -> Option<Keys> {
+    let (arrays, valid) = key_columns(batch, columns)?;
     if packed && let Some(keys) = pack_integers(&arrays, valid.as_ref()) {
         return Some(Keys::Packed(keys));
     }
@@ -605,12 +615,10 @@ fn sift_down(heap: &mut [usize], mut i: usize, less: impl Fn(usize, usize) -> bo
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{lcg, staged_files, unique_by_sql};
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use object_store::ObjectStoreExt;
-    use object_store::memory::InMemory;
 
     /// Files of (k1 Int64, k2 Utf8, v Int64) rows, each sorted by (k1, k2) with NULLs first
     /// unless `sorted` is false, registered as `staged`.
@@ -618,76 +626,34 @@ mod tests {
         files: Vec<Vec<(Option<i64>, Option<String>)>>,
         sorted: bool,
     ) -> SessionContext {
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let schema = Arc::new(Schema::new(vec![
             Field::new("k1", DataType::Int64, true),
             Field::new("k2", DataType::Utf8, true),
             Field::new("v", DataType::Int64, true),
         ]));
-        let mut metas = Vec::new();
-        for (i, mut rows) in files.into_iter().enumerate() {
-            if sorted {
-                rows.sort();
-            }
-            let batch = RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![
-                    Arc::new(Int64Array::from(
-                        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                    )),
-                    Arc::new(StringArray::from(
-                        rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
-                ],
-            )
-            .unwrap();
-            let mut buf = Vec::new();
-            // Small row groups and batches: the merge crosses batch boundaries.
-            let props = parquet::file::properties::WriterProperties::builder()
-                .set_max_row_group_row_count(Some(100))
-                .build();
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props))
-                    .unwrap();
-            w.write(&batch).unwrap();
-            w.close().unwrap();
-            let path = object_store::path::Path::from(format!("staged/part-{i}.parquet"));
-            store.put(&path, buf.into()).await.unwrap();
-            metas.push(store.head(&path).await.unwrap());
-        }
-        let ctx = crate::engine::session(&Default::default(), store, None).unwrap();
-        let table = crate::engine::FilesTable::new(
-            schema,
-            Arc::new(ParquetFormat::default()),
-            crate::engine::TABLE_URL,
-            metas,
-        )
-        .unwrap();
-        ctx.register_table("staged", Arc::new(table)).unwrap();
-        ctx
-    }
-
-    async fn by_sql(ctx: &SessionContext, cols: &[String]) -> (u64, u64) {
-        let q = super::super::sql::unique_count_query(cols, "staged");
-        let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
-        let b = &batches[0];
-        let at = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
+        let batches: Vec<RecordBatch> = files
+            .into_iter()
+            .map(|mut rows| {
+                if sorted {
+                    rows.sort();
+                }
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(
+                            rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
+                    ],
+                )
                 .unwrap()
-                .value(0) as u64
-        };
-        (at(0), at(1))
-    }
-
-    /// A deterministic pseudo-random sequence (no clock, no global state).
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
+            })
+            .collect();
+        let props = parquet::file::properties::WriterProperties::builder();
+        staged_files(&batches, props, &Default::default()).await.0
     }
 
     #[tokio::test]
@@ -714,7 +680,7 @@ mod tests {
             let ctx = staged(files, true).await;
             for c in [cols(&["k1"]), cols(&["k1", "k2"])] {
                 let merged = unique_by_merge(&ctx, "staged", &c, &[]).await;
-                let sql = by_sql(&ctx, &c).await;
+                let sql = unique_by_sql(&ctx, &c).await;
                 assert_eq!(merged, Some(sql), "seed {seed}, columns {c:?}");
             }
         }
@@ -732,7 +698,7 @@ mod tests {
         let ctx = staged(files, true).await;
         let c = vec!["k1".to_string()];
         assert_eq!(unique_by_merge(&ctx, "staged", &c, &[]).await, Some((6, 2)));
-        assert_eq!(by_sql(&ctx, &c).await, (6, 2));
+        assert_eq!(unique_by_sql(&ctx, &c).await, (6, 2));
     }
 
     #[tokio::test]

@@ -18,6 +18,8 @@ pub mod report;
 pub mod rule;
 pub mod run;
 pub mod sql;
+#[cfg(test)]
+mod testing;
 
 pub use report::{AuditReport, RuleResult};
 pub use rule::{Rule, RuleKind, RuleSet, Severity};
