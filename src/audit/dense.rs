@@ -3,10 +3,10 @@
 //! The footers give each key column's exact min and max, so the keys of a run all lie in a box
 //! of `span_1 * span_2 * ...` values. When that box is small against the row count (TPC-H
 //! `lineitem`'s `(l_orderkey, l_linenumber)` at SF1: order keys up to 6M times 7 line numbers,
-//! 42M bits for 6M rows), a
-//! key is a bit in a bitmap of the box: a bit found set is a duplicate, and a second bitmap
-//! counts each duplicated key once. Files are read concurrently, in any order, and need not be
-//! sorted; the work per row is one fetch-or instead of a comparison per level of a merge.
+//! 42M bits for 6M rows), a key is a bit in a bitmap of the box: a bit found set is a
+//! duplicate, and a second bitmap counts each duplicated key once. Files are read
+//! concurrently, in any order, and need not be sorted; the work per row is one fetch-or
+//! instead of a comparison per level of a merge.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
