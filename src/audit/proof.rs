@@ -108,6 +108,15 @@ pub(super) async fn listed_files(
     Some((provider.schema(), store, files.files().to_vec()))
 }
 
+/// The footers of every file of `table` (empty when it is not a list of files or a footer
+/// cannot be read).
+pub(super) async fn table_footers(ctx: &SessionContext, table: &str) -> Vec<Footer> {
+    let Some((_, store, files)) = listed_files(ctx, table).await else {
+        return Vec::new();
+    };
+    footers(&store, &files).await.unwrap_or_default()
+}
+
 /// A staged file with its footer.
 pub(super) struct Footer {
     pub(super) file: ObjectMeta,

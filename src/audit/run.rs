@@ -655,6 +655,14 @@ pub async fn run(
         }
     }
 
+    // The proofs read no footers when no rule needed them: a `unique` rule on `staged` still
+    // does (the bitmap's bounds, the merge's readers), so they are read here, once.
+    let unique_on_staged = rules
+        .iter()
+        .any(|r| r.scope == Scope::Staged && matches!(r.kind, RuleKind::Unique(_)));
+    if footers.is_empty() && unique_on_staged {
+        footers = super::proof::table_footers(ctx, Scope::Staged.table()).await;
+    }
     let footers = footers.as_slice();
     let own = rules
         .iter()
