@@ -15,10 +15,9 @@ use arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 
 use super::merge::{integer_layout, key_columns, open};
-use super::proof::{Footer, listed_files};
+use super::proof::{Footer, group_stats, listed_files};
 
 /// Bits of the bitmaps per row of the table, at most: past that the box is sparse and the merge
 /// (whose memory does not grow with the key range) is used instead.
@@ -117,28 +116,19 @@ pub(super) async fn unique_by_bitmap(
 fn bounds(column: &str, footers: &[Footer]) -> Option<Option<(i128, i128)>> {
     let mut bounds: Option<(i128, i128)> = None;
     for f in footers {
-        let m = &f.meta;
-        let conv = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()).ok()?;
-        let groups = m.metadata().row_groups();
-        let mins = conv.row_group_mins(groups).ok()?;
-        let maxes = conv.row_group_maxes(groups).ok()?;
-        let exact = [
-            conv.row_group_is_min_value_exact(groups).ok()?,
-            conv.row_group_is_max_value_exact(groups).ok()?,
-        ];
-        let nulls = conv.row_group_null_counts(groups).ok()?;
+        let stats = group_stats(column, f)?;
         let (mut lo, mut hi) = (Vec::new(), Vec::new());
-        widen(&mins, &mut lo)?;
-        widen(&maxes, &mut hi)?;
-        for (g, group) in groups.iter().enumerate() {
-            if mins.is_null(g) || maxes.is_null(g) {
+        widen(&stats.mins, &mut lo)?;
+        widen(&stats.maxes, &mut hi)?;
+        for (g, &rows) in stats.rows.iter().enumerate() {
+            if stats.mins.is_null(g) || stats.maxes.is_null(g) {
                 // Without bounds only a group of NULLs alone is known to hold no value.
-                if nulls.is_null(g) || nulls.value(g) as i64 != group.num_rows() {
+                if stats.nulls.is_null(g) || stats.nulls.value(g) as i64 != rows {
                     return None;
                 }
                 continue;
             }
-            if exact.iter().any(|e| e.is_null(g) || !e.value(g)) {
+            if stats.exact.is_null(g) || !stats.exact.value(g) {
                 return None;
             }
             bounds = Some(match bounds {

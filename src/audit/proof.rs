@@ -150,14 +150,40 @@ pub(super) async fn footers(
         .ok()
 }
 
+/// A column's statistics in each row group of one file, as Arrow arrays of the column's type:
+/// min and max (NULL where the group has none), whether both are exact, the null count, and
+/// the group's rows.
+pub(super) struct GroupStats {
+    pub(super) mins: ArrayRef,
+    pub(super) maxes: ArrayRef,
+    pub(super) exact: arrow::array::BooleanArray,
+    pub(super) nulls: arrow::array::UInt64Array,
+    pub(super) rows: Vec<i64>,
+}
+
+/// `column`'s [`GroupStats`] in `footer`'s file; `None` when they cannot be read.
+pub(super) fn group_stats(column: &str, footer: &Footer) -> Option<GroupStats> {
+    let m = &footer.meta;
+    let conv = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()).ok()?;
+    let groups = m.metadata().row_groups();
+    let exact = arrow::compute::and(
+        &conv.row_group_is_min_value_exact(groups).ok()?,
+        &conv.row_group_is_max_value_exact(groups).ok()?,
+    )
+    .ok()?;
+    Some(GroupStats {
+        mins: conv.row_group_mins(groups).ok()?,
+        maxes: conv.row_group_maxes(groups).ok()?,
+        exact,
+        nulls: conv.row_group_null_counts(groups).ok()?,
+        rows: groups.iter().map(|g| g.num_rows()).collect(),
+    })
+}
+
 fn no_nulls(column: &str, footers: &[Footer]) -> bool {
     footers.iter().all(|f| {
-        let m = &f.meta;
-        let Ok(conv) = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()) else {
-            return false;
-        };
-        conv.row_group_null_counts(m.metadata().row_groups())
-            .is_ok_and(|nulls| nulls.null_count() == 0 && nulls.values().iter().all(|n| *n == 0))
+        group_stats(column, f)
+            .is_some_and(|s| s.nulls.null_count() == 0 && s.nulls.values().iter().all(|n| *n == 0))
     })
 }
 
@@ -191,26 +217,14 @@ async fn range_by_statistics(
     }
     let mut bounds = Vec::new();
     for f in footers {
-        let m = &f.meta;
-        let Ok(conv) = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()) else {
+        let Some(stats) = group_stats(column, f) else {
             return false;
         };
-        let groups = m.metadata().row_groups();
-        let (Ok(mins), Ok(maxes), Ok(min_exact), Ok(max_exact)) = (
-            conv.row_group_mins(groups),
-            conv.row_group_maxes(groups),
-            conv.row_group_is_min_value_exact(groups),
-            conv.row_group_is_max_value_exact(groups),
-        ) else {
-            return false;
-        };
-        let all_exact =
-            |b: &arrow::array::BooleanArray| b.null_count() == 0 && b.true_count() == b.len();
-        if !all_exact(&min_exact) || !all_exact(&max_exact) {
+        if stats.exact.null_count() > 0 || stats.exact.true_count() < stats.exact.len() {
             return false;
         }
-        bounds.push(mins);
-        bounds.push(maxes);
+        bounds.push(stats.mins);
+        bounds.push(stats.maxes);
     }
     let refs: Vec<&dyn Array> = bounds.iter().map(|a| a.as_ref()).collect();
     let Ok(values) = arrow::compute::concat(&refs) else {
