@@ -150,7 +150,7 @@ def main():
               f"{n['one_month_publish_ms']:.0f} ms); re-run of the published run "
               f"{n['rerun_unchanged_wall_s']:.2f} s")
 
-        print("\ntargets (issue #6):")
+        print("\ntargets:")
         bare = [summary[t]["wall_s"] for t in BARE if t in summary]
         checks = []
         if bare:

@@ -5,7 +5,7 @@
 //!     scripts/with-s3.sh cargo bench --bench publish
 //!
 //! `scripts/with-s3.sh` starts the S3 test server (moto) and sets `WAP_TEST_S3_ENDPOINT`; without
-//! it the bench stops and says so. Target (issue #6): at most 4 requests, and under 50 ms on the
+//! it the bench stops and says so. Target: at most 4 requests, and under 50 ms on the
 //! local filesystem, whatever the file count. Prints the figures; exits 1 when a target is missed.
 
 use std::collections::BTreeMap;
@@ -130,7 +130,7 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
     latencies.sort();
     let current = wap::versions::latest_version(&store).await.unwrap();
     let manifest_bytes = store
-        .head(&wap::manifest::manifest_path(current))
+        .head(&wap::layout::manifest_path(current))
         .await
         .map(|m| m.size)
         .unwrap_or(0);

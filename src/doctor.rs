@@ -53,9 +53,16 @@ fn version(r: &object_store::PutResult) -> UpdateVersion {
     }
 }
 
+impl crate::job::Job {
+    /// `wap doctor` on the job's table: see [`diagnose`].
+    pub async fn doctor(&self) -> Diagnosis {
+        diagnose(self.store(), &self.conf().table).await
+    }
+}
+
 /// Runs every check on `store` (rooted at the table) and cleans up after itself.
 pub async fn diagnose(store: &Arc<dyn ObjectStore>, location: &str) -> Diagnosis {
-    let dir = format!("_wap/doctor/probe-{}", std::process::id());
+    let dir = crate::layout::doctor_folder(std::process::id());
     let probe = Path::from(format!("{dir}/object"));
     let missing = Path::from(format!("{dir}/missing"));
     let mut checks = Vec::new();

@@ -35,7 +35,7 @@ pub const SOURCE_URL: &str = "wap://source/";
 
 /// Default memory budget for one job's queries (sorts spill to disk beyond it). Half a GiB: what
 /// is outside the pool (Parquet reading and writing buffers, the allocator) comes on top, and the
-/// whole process should stay under 1 GiB (TPC-H SF10: 891-944 MiB peak, depending on the hour).
+/// whole process should stay under 1 GiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
 
 /// Settings for a session.

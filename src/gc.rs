@@ -25,7 +25,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 
-use crate::manifest::{self, Manifest};
+use crate::layout;
+use crate::manifest::Manifest;
 use crate::versions::{self, VersionsError};
 
 /// Default retention: 7 days.
@@ -113,6 +114,13 @@ pub struct GcReport {
     pub kept_young: usize,
 }
 
+impl crate::job::Job {
+    /// `wap gc` on the job's table: see [`gc`].
+    pub async fn gc(&self, options: &GcOptions) -> crate::Result<GcReport> {
+        Ok(gc(self.store(), options).await?)
+    }
+}
+
 /// Plans and (unless `dry_run`) carries out gc on the table at `store`.
 pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcReport, GcError> {
     let cutoff = options.now - chrono::Duration::seconds(options.older_than_seconds.max(0));
@@ -187,7 +195,7 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
     // Staged objects no retained version needs.
     let mut doomed = Vec::new();
     let mut kept_young = 0;
-    let staging = Path::from("staging");
+    let staging = Path::from(layout::STAGING);
     let mut listing = store.list(Some(&staging));
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|source| GcError::List {
@@ -219,7 +227,7 @@ pub async fn gc(store: &Arc<dyn ObjectStore>, options: &GcOptions) -> Result<GcR
     let manifests_doomed: Vec<Doomed> = expired
         .iter()
         .map(|v| Doomed {
-            path: manifest::manifest_path(*v).to_string(),
+            path: layout::manifest_path(*v).to_string(),
             bytes: sizes.get(v).copied().unwrap_or(0),
             reason: Reason::ExpiredManifest,
         })

@@ -1,4 +1,5 @@
-//! A job run: the three phases in order, and the read-side commands over the same table.
+//! A job run: the three phases in order (and `wap audit --version`, `wap rollback` and
+//! `wap check`, which run some of them). The read-side commands are in [`crate::inspect`].
 //!
 //! ```text
 //!  list source ─► run id ─► already published? ──yes──► unchanged (no data read)
@@ -12,30 +13,28 @@
 //!                                               publish (commit manifest, swap pointer)
 //! ```
 //!
-//! The run id is a hash of everything that determines the output: job name, job and rule file
-//! contents, logical date, and each source object's path, size and ETag. Same inputs, same run id,
-//! same staged bytes, and a re-run finds its own work already published.
+//! The run id ([`crate::run_id`]) is a hash of everything that determines the output: job name,
+//! job and rule file contents, logical date, and each source object's path, size and ETag. Same
+//! inputs, same run id, same staged bytes, and a re-run finds its own work already published.
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
 use datafusion::prelude::{DataFrame, SessionContext};
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tracing::{Instrument, info};
 
-use crate::audit::{self, AuditReport};
+use crate::audit::{self, AuditError, AuditReport, RuleResult, StagedFiles};
 use crate::conf::JobConf;
 use crate::engine::{self, EngineOptions};
 use crate::manifest::{AuditSummary, Manifest, Partition};
 use crate::publish::{Proposal, PublishError, PublishOptions, PublishOutcome, Publisher};
+use crate::quarantine::{self, QuarantineTarget};
+use crate::run_id::{RunInputs, run_id};
 use crate::store::Location;
-use crate::table;
-use crate::versions;
-use crate::write::{self, WriteOptions};
-use crate::{Error, Result};
+use crate::write::{self, StagedRun, WriteOptions};
+use crate::{Error, Result, layout, table, versions};
 
 /// Tunables of a job run.
 #[derive(Debug, Clone)]
@@ -139,115 +138,12 @@ fn ms_since(t: std::time::Instant) -> u64 {
     t.elapsed().as_millis() as u64
 }
 
-/// What became of one run, as `wap log` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub run_id: String,
-    pub logical_date: String,
-    pub status: RunStatus,
-    /// The version that published it (for `published`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    pub rows: u64,
-    pub partitions: Vec<String>,
-    /// When its report was written (RFC 3339).
-    pub at: String,
-    /// The last re-run that found it already published, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_unchanged: Option<UnchangedCheck>,
-}
-
-/// The fate of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// A version holds its partitions.
-    Published,
-    /// An error-severity rule failed.
-    AuditFailed,
-    /// Audited and passed, but no version holds it: `wap audit`, a conflict, or a run
-    /// interrupted before its publish.
-    NotPublished,
-    /// The transform produced no rows.
-    NothingToPublish,
-    /// `wap audit --version N`: rules tried on a published version.
-    VersionAudit,
-}
-
 /// Written to `_wap/runs/<run_id>/unchanged.json` by a re-run of an already published run (its
 /// only write): when it ran and which version held the run.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct UnchangedCheck {
     pub version: u64,
     pub checked_at: String,
-}
-
-/// Run ids of `wap audit --version N` start with this (then `N-<hash>`).
-const VERSION_AUDIT_PREFIX: &str = "audit-v";
-
-fn unchanged_path(run_id: &str) -> object_store::path::Path {
-    object_store::path::Path::from(format!("_wap/runs/{run_id}/unchanged.json"))
-}
-
-/// What a run's rules are judged against.
-fn baseline<'a>(
-    logical_date: NaiveDate,
-    conf: &'a JobConf,
-    staged: &'a [(String, u64)],
-    published: Option<&'a Manifest>,
-) -> audit::run::Baseline<'a> {
-    audit::run::Baseline {
-        logical_date,
-        partition_by: &conf.partition_by,
-        staged,
-        published,
-    }
-}
-
-/// (Hive path, rows) of each staged partition.
-fn staged_rows(staged: &write::StagedRun) -> Vec<(String, u64)> {
-    staged
-        .partitions
-        .iter()
-        .map(|p| (p.path.clone(), p.rows))
-        .collect()
-}
-
-/// Registers `staged` (the run's files) and `result` (the table as it would be after
-/// publishing: the current version minus the partitions the run replaces, plus the run's files).
-fn register_staged(
-    ctx: &SessionContext,
-    staged: &write::StagedRun,
-    current: Option<&Manifest>,
-) -> Result<()> {
-    let replaced: std::collections::BTreeSet<&str> =
-        staged.partitions.iter().map(|p| p.path.as_str()).collect();
-    let kept = current.into_iter().flat_map(|m| {
-        m.partitions
-            .values()
-            .filter(|p| !replaced.contains(p.path.as_str()))
-    });
-    let result = table::VersionTable::new(
-        crate::engine::TABLE_URL,
-        Arc::clone(&staged.schema),
-        staged.objects(),
-        kept,
-    )?;
-    let staged_table = table::files_table(Arc::clone(&staged.schema), staged.objects())?;
-    let providers: [(&str, Arc<dyn datafusion::datasource::TableProvider>); 2] = [
-        (audit::run::STAGED, Arc::new(staged_table)),
-        (audit::run::RESULT, Arc::new(result)),
-    ];
-    for (name, provider) in providers {
-        let register = ctx
-            .deregister_table(name)
-            .and_then(|_| ctx.register_table(name, provider));
-        register.map_err(|source| table::TableError::Register {
-            name: name.to_string(),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 /// What `wap check` verified.
@@ -259,6 +155,38 @@ pub struct CheckReport {
     pub columns: Vec<String>,
     /// The source location whose schema was used.
     pub source: String,
+}
+
+/// `wap check` of the job file at `path`: every problem of the job file, of its rule files, of
+/// the transform and of each rule's queries, all in one error (exit code 2), or what was
+/// verified. Nothing is written.
+pub async fn check(
+    path: &std::path::Path,
+    date: Option<&str>,
+    options: JobOptions,
+) -> Result<CheckReport> {
+    let checked = JobConf::check(path);
+    let mut problems: Vec<String> = checked.problems.iter().map(|p| p.to_string()).collect();
+    let Some(conf) = checked.conf else {
+        return Err(Error::Check { problems });
+    };
+    let checked = match Job::open(conf, options) {
+        Ok(job) => job.check(date).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(report) if problems.is_empty() => Ok(report),
+        Ok(_) => Err(Error::Check { problems }),
+        Err(Error::Audit(AuditError::Compile { problems: more })) => {
+            problems.extend(more);
+            Err(Error::Check { problems })
+        }
+        Err(e) if problems.is_empty() => Err(e),
+        Err(e) => {
+            problems.push(e.to_string());
+            Err(Error::Check { problems })
+        }
+    }
 }
 
 /// Validates a logical date: `YYYY-MM-DD`, a real day.
@@ -273,42 +201,19 @@ pub fn parse_date(date: &str) -> Result<NaiveDate> {
         })
 }
 
-/// The run id of a job run: a hash of what determines its output, never a uuid or a clock.
-pub fn run_id(conf: &JobConf, date: &str, source: &[ObjectMeta]) -> String {
-    let mut h = Sha256::new();
-    let mut field = |name: &str, value: &[u8]| {
-        h.update(name.as_bytes());
-        h.update((value.len() as u64).to_le_bytes());
-        h.update(value);
-    };
-    field("wap-run", b"1");
-    field("name", conf.name.as_bytes());
-    field("conf", conf.text.as_bytes());
-    for f in conf.rules.files() {
-        field("rules", f.text.as_bytes());
-    }
-    field("date", date.as_bytes());
-    for o in source {
-        field("object", o.location.as_ref().as_bytes());
-        field("size", &o.size.to_le_bytes());
-        let tag = o.e_tag.clone().unwrap_or_else(|| {
-            o.last_modified
-                .timestamp_nanos_opt()
-                .unwrap_or(0)
-                .to_string()
-        });
-        field("etag", tag.as_bytes());
-    }
-    let digest = h.finalize();
-    crate::manifest::hex(&digest[..12])
-}
-
 /// A configured job bound to its table store.
 #[derive(Debug, Clone)]
 pub struct Job {
     conf: JobConf,
     table: Arc<dyn ObjectStore>,
     options: JobOptions,
+}
+
+/// What the plan step gives the later phases.
+struct Planned {
+    ctx: SessionContext,
+    transform: DataFrame,
+    current: Option<Manifest>,
 }
 
 impl Job {
@@ -339,13 +244,15 @@ impl Job {
         &self.table
     }
 
-    fn session(&self, source: Option<Arc<dyn ObjectStore>>) -> Result<SessionContext> {
+    /// A query session over the table store (and the source store, for a run).
+    pub(crate) fn session(&self, source: Option<Arc<dyn ObjectStore>>) -> Result<SessionContext> {
         // Not the user's query at fault: an engine failure (exit 1).
-        engine::session(&self.options.engine, Arc::clone(&self.table), source).map_err(|e| {
-            Error::Table(table::TableError::Execute {
-                message: e.to_string(),
-            })
-        })
+        engine::session(&self.options.engine, Arc::clone(&self.table), source)
+            .map_err(|source| Error::Table(table::TableError::Engine { source }))
+    }
+
+    fn sample_limit(&self) -> usize {
+        self.conf.audit_samples.unwrap_or(self.options.sample_limit)
     }
 
     /// Runs the job for one logical date.
@@ -354,7 +261,11 @@ impl Job {
         parse_date(date)?;
         let conf = &self.conf;
         let source = write::list_source(conf, date).await?;
-        let run_id = run_id(conf, date, &source.objects);
+        let run_id = run_id(RunInputs::Job {
+            conf,
+            date,
+            source: &source.objects,
+        });
         let span = tracing::info_span!("run", job = %conf.name, run_id = %run_id, date);
         let mut timings = Timings::default();
         let mut outcome = self
@@ -377,38 +288,25 @@ impl Job {
         let conf = &self.conf;
         let mut phase = std::time::Instant::now();
         let current = versions::current(&self.table).await?;
-        let current_version = current.as_ref().map_or(0, |m| m.version);
-
         if mode == Mode::Publish
             && let Some(done) = self.already_published(&run_id, current.as_ref()).await?
         {
-            info!(
-                version = current_version,
-                "run already published; nothing to do"
-            );
-            // Bookkeeping for `wap log` only: a failure here does not fail an idempotent re-run.
-            let check = UnchangedCheck {
-                version: current_version,
-                checked_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            };
-            let path = unchanged_path(&run_id);
-            let body = serde_json::to_vec_pretty(&check).expect("serializable");
-            if let Err(e) = self.table.put(&path, body.into()).await {
-                tracing::warn!(path = %path, error = %e, "unable to record the unchanged re-run");
-            }
             return Ok(done);
         }
 
         // Plan everything before writing anything.
-        let (ctx, df) = self.prepare(date, &source, current.as_ref()).await?;
+        let Planned {
+            ctx,
+            transform,
+            current,
+        } = self.prepare(date, &source, current).await?;
         timings.plan_ms = ms_since(phase);
         phase = std::time::Instant::now();
-        let rules = conf.rules.rules();
 
         // Phase 1.
         let staged = write::write_staging(
             &ctx,
-            df,
+            transform,
             conf,
             &run_id,
             &self.table,
@@ -422,64 +320,25 @@ impl Job {
             partitions = staged.partitions.len(),
             "staged"
         );
-
         timings.write_ms = ms_since(phase);
         phase = std::time::Instant::now();
+
         // Phase 2.
-        register_staged(&ctx, &staged, current.as_ref())?;
-        let logical_date = parse_date(date)?;
-        let samples = conf.audit_samples.unwrap_or(self.options.sample_limit);
-        let (quarantining, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
-            rules.iter().copied().partition(|r| r.quarantine);
-        let mut results = Vec::new();
-        let mut quarantine = None;
-        let mut staged = staged;
-        if !quarantining.is_empty() {
-            let staged_rows = staged_rows(&staged);
-            let baseline = baseline(logical_date, conf, &staged_rows, current.as_ref());
-            let found = audit::run::run(&ctx, &quarantining, &conf.key, samples, &baseline)
-                .instrument(tracing::info_span!("audit", quarantine = true))
-                .await?;
-            if found.iter().any(|r| r.failing_rows > 0) {
-                let (clean, q) = self
-                    .quarantine(&ctx, &quarantining, &staged, &source.location)
-                    .await?;
-                staged = clean;
-                register_staged(&ctx, &staged, current.as_ref())?;
-                quarantine = Some(q);
-            }
-            results.extend(found);
-        }
-        let staged_rows = staged_rows(&staged);
-        let baseline = baseline(logical_date, conf, &staged_rows, current.as_ref());
-        results.extend(
-            audit::run::run(&ctx, &others, &conf.key, samples, &baseline)
-                .instrument(tracing::info_span!("audit"))
-                .await?,
-        );
-        results.sort_by_key(|r| rules.iter().position(|x| x.name == r.name));
-        let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
-        let mut report = AuditReport::new(
-            &conf.name,
-            &run_id,
-            date,
-            staged.rows,
-            partitions.clone(),
-            results,
-        );
-        report.quarantine = quarantine;
-        report.save(&self.table).await?;
+        let (staged, report) = self
+            .audit_run(&ctx, current.as_ref(), staged, date, &source.location)
+            .await?;
         timings.audit_ms = ms_since(phase);
         phase = std::time::Instant::now();
+        let current_version = current.as_ref().map_or(0, |m| m.version);
         let mut outcome = RunOutcome {
             status: Status::AuditPassed,
             version: current_version,
             run_id: run_id.clone(),
             logical_date: date.to_string(),
             rows: staged.rows,
-            partitions,
+            partitions: report.partitions.clone(),
             audits: report.summaries(),
-            report: Some(crate::manifest::report_path(&run_id).to_string()),
+            report: Some(layout::report_path(&run_id).to_string()),
             message: None,
             audit_report: Some(report.clone()),
             timings: Timings::default(),
@@ -491,7 +350,6 @@ impl Job {
         if mode == Mode::AuditOnly {
             return Ok(outcome);
         }
-
         if staged.partitions.is_empty() {
             outcome.status = Status::Unchanged;
             outcome.message = Some(format!(
@@ -501,102 +359,130 @@ impl Job {
         }
 
         // Phase 3: the run's file lists go up as one segment, then the manifest names it.
-        let segment = write::write_segment(&self.table, &staged).await?;
-        let proposal = Proposal::Replace {
+        let proposal = self.proposal(&staged, date, report.summaries()).await?;
+        let outcome = self.publish(proposal, current_version, outcome).await;
+        timings.publish_ms = ms_since(phase);
+        outcome
+    }
+
+    /// Phase 2 of a run: the quarantining rules first (and the quarantine step if they find
+    /// rows), then every other rule over what is left; the report is saved pass or fail.
+    /// Returns the run to publish (the clean one after a quarantine) and its report.
+    async fn audit_run(
+        &self,
+        ctx: &SessionContext,
+        current: Option<&Manifest>,
+        staged: StagedRun,
+        date: &str,
+        source: &str,
+    ) -> Result<(StagedRun, AuditReport)> {
+        let conf = &self.conf;
+        let rules = conf.rules.rules();
+        let (quarantining, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
+            rules.iter().copied().partition(|r| r.quarantine);
+        let mut staged = staged;
+        let mut results = Vec::new();
+        let mut quarantined = None;
+        let mut files = audit::tables::register_run(ctx, &self.table, &staged, current)?;
+        if !quarantining.is_empty() {
+            let found = self
+                .audit_staged(ctx, &quarantining, &staged, &files, date, current)
+                .instrument(tracing::info_span!("audit", quarantine = true))
+                .await?;
+            if found.iter().any(|r| r.failing_rows > 0) {
+                let target = QuarantineTarget {
+                    conf,
+                    table: &self.table,
+                    options: &self.options.write,
+                    source,
+                };
+                let (clean, held) = quarantine::split(ctx, &target, &quarantining, &staged).await?;
+                staged = clean;
+                files = audit::tables::register_run(ctx, &self.table, &staged, current)?;
+                quarantined = Some(held);
+            }
+            results.extend(found);
+        }
+        results.extend(
+            self.audit_staged(ctx, &others, &staged, &files, date, current)
+                .instrument(tracing::info_span!("audit"))
+                .await?,
+        );
+        results.sort_by_key(|r| rules.iter().position(|x| x.name == r.name));
+        let partitions: Vec<String> = staged.partitions.iter().map(|p| p.path.clone()).collect();
+        let mut report = AuditReport::new(
+            &conf.name,
+            &staged.run_id,
+            date,
+            staged.rows,
+            partitions,
+            results,
+        );
+        report.quarantine = quarantined;
+        report.save(&self.table).await?;
+        Ok((staged, report))
+    }
+
+    /// Runs `rules` over the registered `staged` run.
+    async fn audit_staged(
+        &self,
+        ctx: &SessionContext,
+        rules: &[&audit::Rule],
+        staged: &StagedRun,
+        files: &StagedFiles,
+        date: &str,
+        published: Option<&Manifest>,
+    ) -> Result<Vec<RuleResult>> {
+        let rows: Vec<(String, u64)> = staged
+            .partitions
+            .iter()
+            .map(|p| (p.path.clone(), p.rows))
+            .collect();
+        let baseline = audit::run::Baseline {
+            logical_date: parse_date(date)?,
+            partition_by: &self.conf.partition_by,
+            staged: &rows,
+            files: Some(files),
+            published,
+        };
+        let key = &self.conf.key;
+        Ok(audit::run::run(ctx, rules, key, self.sample_limit(), &baseline).await?)
+    }
+
+    /// What phase 3 commits for a run: its partitions, whose file lists go up first as one
+    /// segment.
+    async fn proposal(
+        &self,
+        staged: &StagedRun,
+        date: &str,
+        audits: Vec<AuditSummary>,
+    ) -> Result<Proposal> {
+        let conf = &self.conf;
+        let run_id = &staged.run_id;
+        let segment = write::write_segment(&self.table, staged).await?;
+        let partitions = staged
+            .partitions
+            .iter()
+            .map(|p| {
+                let values = conf
+                    .partition_by
+                    .iter()
+                    .cloned()
+                    .zip(p.values.iter().cloned())
+                    .collect();
+                Partition::new(&p.path, values, &p.files, run_id, date, &segment)
+            })
+            .collect();
+        Ok(Proposal::Replace {
             run_id: run_id.clone(),
             logical_date: date.to_string(),
             table: conf.name.clone(),
             schema: staged.schema.as_ref().clone(),
             partition_by: conf.partition_by.clone(),
             key: conf.key.clone(),
-            partitions: staged
-                .partitions
-                .iter()
-                .map(|p| {
-                    let values = conf
-                        .partition_by
-                        .iter()
-                        .cloned()
-                        .zip(p.values.iter().cloned())
-                        .collect();
-                    Partition::new(&p.path, values, &p.files, &run_id, date, &segment)
-                })
-                .collect(),
-            audits: report.summaries(),
-        };
-        let outcome = self.publish(proposal, current_version, outcome).await;
-        timings.publish_ms = ms_since(phase);
-        outcome
-    }
-
-    /// Splits the staged rows: rows failing any quarantining rule go to
-    /// `_wap/runs/<run_id>/quarantine/` (Hive partitions, Parquet), the others are rewritten to
-    /// `staging/<run_id>-clean/` and become what the run publishes. Both are deterministic. A
-    /// partition whose every row is quarantined stays in the clean run, empty, so that publishing
-    /// replaces its old content with nothing.
-    async fn quarantine(
-        &self,
-        ctx: &SessionContext,
-        rules: &[&audit::Rule],
-        staged: &write::StagedRun,
-        source: &str,
-    ) -> Result<(write::StagedRun, audit::report::Quarantine)> {
-        let run_id = staged.run_id.as_str();
-        let failing = rules
-            .iter()
-            .filter_map(|r| audit::sql::failing_predicate(&r.kind))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let plan =
-            |sql: String| async move { table::plan_query(ctx, &sql).await.map_err(Error::Table) };
-        let path = format!("_wap/runs/{run_id}/quarantine");
-        let bad = plan(format!("SELECT * FROM staged WHERE {failing}")).await?;
-        let held = write::write_partitions(
-            ctx,
-            bad,
-            &self.conf,
-            run_id,
-            &path,
-            &self.table,
-            &self.options.write,
-            source,
-        )
-        .await?;
-        let good = plan(format!("SELECT * FROM staged WHERE NOT ({failing})")).await?;
-        let mut clean = write::write_partitions(
-            ctx,
-            good,
-            &self.conf,
-            run_id,
-            &format!("staging/{run_id}-clean"),
-            &self.table,
-            &self.options.write,
-            source,
-        )
-        .await?;
-        for p in &staged.partitions {
-            if !clean.partitions.iter().any(|c| c.path == p.path) {
-                clean.partitions.push(write::StagedPartition {
-                    path: p.path.clone(),
-                    values: p.values.clone(),
-                    rows: 0,
-                    files: Vec::new(),
-                });
-            }
-        }
-        clean.partitions.sort_by(|a, b| a.path.cmp(&b.path));
-        info!(
-            quarantined = held.rows,
-            kept = clean.rows,
-            "quarantined failing rows"
-        );
-        Ok((
-            clean,
-            audit::report::Quarantine {
-                rows: held.rows,
-                path: format!("{path}/"),
-            },
-        ))
+            partitions,
+            audits,
+        })
     }
 
     /// Plans the transform and compiles every rule against its schema, reading no data: the
@@ -605,64 +491,19 @@ impl Job {
         &self,
         date: &str,
         source: &write::SourceObjects,
-        current: Option<&Manifest>,
-    ) -> Result<(SessionContext, DataFrame)> {
+        current: Option<Manifest>,
+    ) -> Result<Planned> {
         let ctx = self.session(Some(Arc::clone(&source.store)))?;
-        let df = write::plan_transform(&ctx, &self.conf, date, source).await?;
-        let schema = write::table_schema(df.schema().inner());
-        table::register_version(&ctx, audit::run::PUBLISHED, current, Arc::clone(&schema))?;
-        table::register_version(&ctx, audit::run::STAGED, None, Arc::clone(&schema))?;
-        table::register_version(&ctx, audit::run::RESULT, None, Arc::clone(&schema))?;
-        self.register_targets(&ctx, &schema).await?;
-        audit::run::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
-        Ok((ctx, df))
-    }
-
-    /// Registers the current published version of every `relationships` target (a table
-    /// location, or a job file naming one). An unpublished target is an empty table, so every
-    /// non-NULL value fails the rule.
-    async fn register_targets(&self, ctx: &SessionContext, staged: &SchemaRef) -> Result<()> {
-        let rules = self.conf.rules.rules();
-        for (i, rule) in rules.iter().enumerate() {
-            let audit::RuleKind::Relationships { column, to, field } = &rule.kind else {
-                continue;
-            };
-            let (location, storage) = if to.ends_with(".yaml") || to.ends_with(".yml") {
-                let target = JobConf::load(to)?;
-                (target.table, target.storage)
-            } else {
-                (to.clone(), self.conf.storage.clone())
-            };
-            let store = Location::parse(&location, &storage)?.scoped()?;
-            let manifest = versions::current(&store).await?;
-            let url = format!("wap://target-{i}/");
-            ctx.register_object_store(
-                &url::Url::parse(&url).expect("valid url"),
-                Arc::clone(&store),
-            );
-            let provider = match &manifest {
-                Some(m) => table::VersionTable::new(
-                    &url,
-                    m.schema_ref(),
-                    Vec::new(),
-                    m.partitions.values(),
-                )?,
-                None => {
-                    let data_type = staged
-                        .field_with_name(column)
-                        .map(|f| f.data_type().clone())
-                        .unwrap_or(arrow::datatypes::DataType::Utf8);
-                    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-                        arrow::datatypes::Field::new(field, data_type, true),
-                    ]));
-                    table::VersionTable::new(&url, schema, Vec::new(), [])?
-                }
-            };
-            let name = audit::sql::relationship_table(&rule.name);
-            ctx.register_table(name.as_str(), Arc::new(provider))
-                .map_err(|source| table::TableError::Register { name, source })?;
-        }
-        Ok(())
+        let transform = write::plan_transform(&ctx, &self.conf, date, source).await?;
+        let schema = write::table_schema(transform.schema().inner());
+        audit::tables::register_for_compile(&ctx, &schema, current.as_ref())?;
+        audit::tables::register_targets(&ctx, &self.conf, &schema).await?;
+        audit::plan::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
+        Ok(Planned {
+            ctx,
+            transform,
+            current,
+        })
     }
 
     /// `wap check`: plans the transform against the source's schema (for `date`, or any date the
@@ -680,11 +521,12 @@ impl Job {
             ),
         };
         let current = versions::current(&self.table).await?;
-        let (_, df) = self.prepare(&date, &source, current.as_ref()).await?;
+        let planned = self.prepare(&date, &source, current).await?;
         Ok(CheckReport {
             rules: self.conf.rules.rules().len(),
             rule_files: self.conf.rules.files().len(),
-            columns: df
+            columns: planned
+                .transform
                 .schema()
                 .fields()
                 .iter()
@@ -729,7 +571,8 @@ impl Job {
     }
 
     /// The outcome of a re-run whose partitions the current version already holds from this very
-    /// run id, found from its report and the manifest alone (no data is read).
+    /// run id, found from its report and the manifest alone (no data is read). Its one write is
+    /// the bookkeeping record of `wap log`, whose failure does not fail the re-run.
     async fn already_published(
         &self,
         run_id: &str,
@@ -738,12 +581,12 @@ impl Job {
         let Some(current) = current else {
             return Ok(None);
         };
-        let report = AuditReport::load(&self.table, run_id).await.map_err(|e| {
-            Error::Audit(audit::AuditError::Execute {
-                rule: "(report)".into(),
-                message: e.to_string(),
-            })
-        })?;
+        let report = AuditReport::load(&self.table, run_id)
+            .await
+            .map_err(|source| AuditError::ReadReport {
+                path: layout::report_path(run_id).to_string(),
+                source,
+            })?;
         let Some(report) = report.filter(|r| r.passed() && !r.partitions.is_empty()) else {
             return Ok(None);
         };
@@ -756,6 +599,19 @@ impl Job {
         if !all_ours {
             return Ok(None);
         }
+        info!(
+            version = current.version,
+            "run already published; nothing to do"
+        );
+        let check = UnchangedCheck {
+            version: current.version,
+            checked_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let path = layout::unchanged_path(run_id);
+        let body = serde_json::to_vec_pretty(&check).expect("serializable");
+        if let Err(e) = self.table.put(&path, body.into()).await {
+            tracing::warn!(path = %path, error = %e, "unable to record the unchanged re-run");
+        }
         Ok(Some(RunOutcome {
             status: Status::Unchanged,
             version: current.version,
@@ -764,7 +620,7 @@ impl Job {
             rows: report.rows,
             partitions: report.partitions.clone(),
             audits: report.summaries(),
-            report: Some(crate::manifest::report_path(run_id).to_string()),
+            report: Some(layout::report_path(run_id).to_string()),
             message: None,
             audit_report: Some(report),
             timings: Timings::default(),
@@ -775,24 +631,17 @@ impl Job {
     /// table `staged` (and `result`), with its parent as `published`, so that a new rule can be
     /// tried on production data before it gates anything. Writes only the report.
     pub async fn audit_version(&self, version: Option<u64>) -> Result<RunOutcome> {
-        let target = self.show(version).await?;
+        let mut target = self.show(version).await?;
+        versions::resolve_files(&self.table, [&mut target]).await?;
         let parent = match target.parent {
             0 => None,
             v => Some(versions::read_manifest(&self.table, v).await?),
         };
         let rules = self.conf.rules.rules();
-        let run_id = {
-            let mut h = Sha256::new();
-            h.update(format!("wap-audit-version/1 v={}\n", target.version));
-            for f in self.conf.rules.files() {
-                h.update(f.text.as_bytes());
-            }
-            format!(
-                "{VERSION_AUDIT_PREFIX}{}-{}",
-                target.version,
-                crate::manifest::hex(&h.finalize()[..6])
-            )
-        };
+        let run_id = run_id(RunInputs::VersionAudit {
+            version: target.version,
+            rule_files: self.conf.rules.files(),
+        });
         let date = target
             .watermarks
             .get("max_logical_date")
@@ -800,18 +649,9 @@ impl Job {
             .unwrap_or_else(|| "1970-01-01".to_string());
         let logical_date = parse_date(&date)?;
         let ctx = self.session(None)?;
-        let schema = target.schema_ref();
-        for name in [audit::run::STAGED, audit::run::RESULT] {
-            table::register_version(&ctx, name, Some(&target), Arc::clone(&schema))?;
-        }
-        table::register_version(
-            &ctx,
-            audit::run::PUBLISHED,
-            parent.as_ref(),
-            Arc::clone(&schema),
-        )?;
-        self.register_targets(&ctx, &schema).await?;
-        audit::run::compile(&ctx, &rules, &self.conf.key).await?;
+        let files = audit::tables::register_version(&ctx, &self.table, &target, parent.as_ref())?;
+        audit::tables::register_targets(&ctx, &self.conf, &target.schema_ref()).await?;
+        audit::plan::compile(&ctx, &rules, &self.conf.key).await?;
         let partitions: Vec<(String, u64)> = target
             .partitions
             .values()
@@ -821,10 +661,11 @@ impl Job {
             logical_date,
             partition_by: &self.conf.partition_by,
             staged: &partitions,
+            files: Some(&files),
             published: parent.as_ref(),
         };
-        let samples = self.conf.audit_samples.unwrap_or(self.options.sample_limit);
-        let results = audit::run::run(&ctx, &rules, &self.conf.key, samples, &baseline).await?;
+        let results =
+            audit::run::run(&ctx, &rules, &self.conf.key, self.sample_limit(), &baseline).await?;
         let paths: Vec<String> = partitions.iter().map(|(p, _)| p.clone()).collect();
         let report = AuditReport::new(
             &self.conf.name,
@@ -847,17 +688,11 @@ impl Job {
             rows: target.rows(),
             partitions: paths,
             audits: report.summaries(),
-            report: Some(crate::manifest::report_path(&run_id).to_string()),
+            report: Some(layout::report_path(&run_id).to_string()),
             message: None,
             audit_report: Some(report),
             timings: Timings::default(),
         })
-    }
-
-    /// `wap gc`: deletes staged files no retained version references and expired manifests,
-    /// once older than the retention (see [`crate::gc`]).
-    pub async fn gc(&self, options: &crate::gc::GcOptions) -> Result<crate::gc::GcReport> {
-        Ok(crate::gc::gc(&self.table, options).await?)
     }
 
     /// Publishes a new version whose content equals version `to`.
@@ -871,33 +706,10 @@ impl Job {
         let target = versions::read_manifest(&self.table, to).await?;
         // A retried rollback (its first attempt landed) has nothing left to do.
         let current = versions::read_manifest(&self.table, latest).await?;
-        if current.partitions == target.partitions && current.schema == target.schema {
-            return Ok(RunOutcome {
-                status: Status::Unchanged,
-                version: latest,
-                run_id: current.change.run_id.clone(),
-                logical_date: String::new(),
-                rows: target.rows(),
-                partitions: target.partitions.keys().cloned().collect(),
-                audits: target.audits.clone(),
-                report: None,
-                message: Some(format!(
-                    "version {latest} already holds the content of version {to}"
-                )),
-                audit_report: None,
-                timings: Timings::default(),
-            });
-        }
-        let run_id = {
-            let mut h = Sha256::new();
-            h.update(format!("wap-rollback/1 to={to} from={latest}"));
-            let d = h.finalize();
-            format!("rollback-{}", crate::manifest::hex(&d[..8]))
-        };
-        let outcome = RunOutcome {
+        let mut outcome = RunOutcome {
             status: Status::Published,
             version: latest,
-            run_id: run_id.clone(),
+            run_id: current.change.run_id.clone(),
             logical_date: String::new(),
             rows: target.rows(),
             partitions: target.partitions.keys().cloned().collect(),
@@ -907,162 +719,16 @@ impl Job {
             audit_report: None,
             timings: Timings::default(),
         };
+        if current.partitions == target.partitions && current.schema == target.schema {
+            outcome.status = Status::Unchanged;
+            outcome.message = Some(format!(
+                "version {latest} already holds the content of version {to}"
+            ));
+            return Ok(outcome);
+        }
+        let run_id = run_id(RunInputs::Rollback { to, from: latest });
+        outcome.run_id = run_id.clone();
         self.publish(Proposal::Restore { run_id, target }, latest, outcome)
             .await
-    }
-
-    /// Checks that the table's store supports the conditional writes publishing relies on.
-    pub async fn doctor(&self) -> crate::doctor::Diagnosis {
-        crate::doctor::diagnose(&self.table, &self.conf.table).await
-    }
-
-    /// Every version, newest first.
-    pub async fn log(&self) -> Result<Vec<Manifest>> {
-        let mut out = Vec::new();
-        for v in versions::list_versions(&self.table)
-            .await?
-            .into_iter()
-            .rev()
-        {
-            out.push(versions::read_manifest(&self.table, v).await?);
-        }
-        Ok(out)
-    }
-
-    /// Every run with a stored report, oldest first, with what became of it.
-    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
-        let storage = |source| {
-            Error::Versions(versions::VersionsError::Storage {
-                op: "read",
-                path: "_wap/runs/".into(),
-                source,
-            })
-        };
-        let reports = AuditReport::load_all_dated(&self.table)
-            .await
-            .map_err(storage)?;
-        let versions = self.log().await?;
-        let mut out = Vec::new();
-        for (at, report) in reports {
-            let run_id = report.run_id.clone();
-            let published = versions
-                .iter()
-                .rev()
-                .find(|m| {
-                    m.change.run_id == run_id && m.change.kind == crate::manifest::ChangeKind::Run
-                })
-                .map(|m| m.version);
-            let status = if run_id.starts_with(VERSION_AUDIT_PREFIX) {
-                RunStatus::VersionAudit
-            } else if !report.passed() {
-                RunStatus::AuditFailed
-            } else if published.is_some() {
-                RunStatus::Published
-            } else if report.partitions.is_empty() {
-                RunStatus::NothingToPublish
-            } else {
-                RunStatus::NotPublished
-            };
-            // Only a published run can have been re-run as unchanged.
-            let last_unchanged = match status {
-                RunStatus::Published => match self.table.get(&unchanged_path(&run_id)).await {
-                    Ok(got) => serde_json::from_slice(&got.bytes().await.map_err(storage)?).ok(),
-                    Err(object_store::Error::NotFound { .. }) => None,
-                    Err(e) => return Err(storage(e)),
-                },
-                _ => None,
-            };
-            out.push(RunRecord {
-                run_id,
-                logical_date: report.logical_date,
-                status,
-                version: published,
-                rows: report.rows,
-                partitions: report.partitions,
-                at: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                last_unchanged,
-            });
-        }
-        Ok(out)
-    }
-
-    /// One version (default: current) with every partition's file list (read from its
-    /// segments).
-    pub async fn show_files(&self, version: Option<u64>) -> Result<Manifest> {
-        let mut m = self.show(version).await?;
-        versions::resolve_files(&self.table, [&mut m]).await?;
-        Ok(m)
-    }
-
-    /// One version (default: current): the index, without file lists.
-    pub async fn show(&self, version: Option<u64>) -> Result<Manifest> {
-        match version {
-            Some(v) => Ok(versions::read_manifest(&self.table, v).await?),
-            None => versions::current(&self.table).await?.ok_or_else(|| {
-                table::TableError::Empty {
-                    table: self.conf.table.clone(),
-                }
-                .into()
-            }),
-        }
-    }
-
-    /// Plans a read-only query over a version (default: current), registered under the job's
-    /// name; `wap_audit_results` holds one row per rule per stored audit report.
-    pub async fn query(&self, version: Option<u64>, sql: &str) -> Result<DataFrame> {
-        let ctx = self.session(None)?;
-        let wants_results = sql.to_ascii_lowercase().contains("wap_audit_results");
-        if wants_results {
-            let reports = AuditReport::load_all(&self.table).await.map_err(|e| {
-                Error::Audit(audit::AuditError::Report {
-                    path: "_wap/runs/".into(),
-                    source: e,
-                })
-            })?;
-            let batch = audit::report::audit_results(&reports);
-            let mem = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
-                .map_err(|source| table::TableError::Register {
-                    name: "wap_audit_results".into(),
-                    source,
-                })?;
-            ctx.register_table("wap_audit_results", Arc::new(mem))
-                .map_err(|source| table::TableError::Register {
-                    name: "wap_audit_results".into(),
-                    source,
-                })?;
-        }
-        match self.show(version).await {
-            Ok(manifest) => table::register_version(
-                &ctx,
-                &self.conf.name,
-                Some(&manifest),
-                manifest.schema_ref(),
-            )?,
-            // The audit history is queryable before anything is published.
-            Err(Error::Table(table::TableError::Empty { .. }))
-                if wants_results && version.is_none() => {}
-            Err(e) => return Err(e),
-        }
-        Ok(table::plan_query(&ctx, sql).await?)
-    }
-
-    /// A stored audit report: of `run_id`, or the most recent one.
-    pub async fn report(&self, run_id: Option<&str>) -> Result<AuditReport> {
-        let found = match run_id {
-            Some(id) => AuditReport::load(&self.table, id).await,
-            None => AuditReport::last(&self.table).await,
-        };
-        let report = found.map_err(|e| {
-            Error::Audit(audit::AuditError::Report {
-                path: "_wap/runs/".into(),
-                source: e,
-            })
-        })?;
-        report.ok_or_else(|| {
-            Error::Usage(match run_id {
-                Some(id) => format!("--run {id}: no report for that run id"),
-                None => "no audit report yet: run `wap run` or `wap audit` first".into(),
-            })
-        })
     }
 }

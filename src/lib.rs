@@ -9,7 +9,8 @@
 //!                                           report, exit 3               _wap/current ─► vN
 //! ```
 //!
-//! [`job`] runs the phases in order; [`table`] reads what was published. The library does all
+//! [`job`] runs the phases in order; [`inspect`] serves the read-side commands; [`layout`] names
+//! every object of a table; [`table`] reads what was published. The library does all
 //! the work; the `wap` binary only parses arguments, renders results and maps errors to exit codes.
 
 pub mod audit;
@@ -17,9 +18,13 @@ pub mod conf;
 pub mod doctor;
 pub mod engine;
 pub mod gc;
+pub mod inspect;
 pub mod job;
+pub mod layout;
 pub mod manifest;
 pub mod publish;
+pub mod quarantine;
+pub mod run_id;
 pub mod store;
 pub mod table;
 pub mod versions;
@@ -34,6 +39,9 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Conf(#[from] conf::ConfError),
+    /// `wap check` found these problems (each a message naming its file and line).
+    #[error("{} problem(s) found:\n{}", problems.len(), problems.join("\n"))]
+    Check { problems: Vec<String> },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -73,7 +81,9 @@ impl Error {
     /// The process exit code this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Conf(_) | Error::Store(_) => exit_code::CONFIG,
+            Error::Usage(_) | Error::Conf(_) | Error::Check { .. } | Error::Store(_) => {
+                exit_code::CONFIG
+            }
             Error::Write(e) if e.is_config() => exit_code::CONFIG,
             Error::Audit(e) if e.is_config() => exit_code::CONFIG,
             Error::Publish(e) if e.is_conflict() => exit_code::CONFLICT,

@@ -12,9 +12,9 @@ use wap::manifest::Manifest;
 use wap::{Error, exit_code};
 
 /// mimalloc instead of the system allocator: DataFusion and manifest decoding make many small,
-/// short-lived allocations, and glibc's malloc also keeps freed memory in per-thread arenas (see
-/// README, Performance). Built without transparent huge pages (`no_thp`): a 2 MiB page touched
-/// for a few bytes counted whole in the peak RSS (75 MB of it at TPC-H SF1), for no speed.
+/// short-lived allocations, and glibc's malloc also keeps freed memory in per-thread arenas.
+/// Built without transparent huge pages (`no_thp`): a 2 MiB page touched for a few bytes counts
+/// whole in the peak RSS, for no speed.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -145,7 +145,7 @@ struct DateArgs {
 }
 
 fn parse_retention(s: &str) -> Result<i64, String> {
-    wap::audit::rule::MaxAge::parse(s)
+    wap::conf::rules::MaxAge::parse(s)
         .map(|d| d.seconds)
         .ok_or_else(|| format!("`{s}` is not a duration: expected <n>s, <n>m, <n>h, <n>d or <n>w"))
 }
@@ -213,7 +213,11 @@ fn main() -> ExitCode {
 }
 
 fn job(conf: &PathBuf) -> Result<Job, Error> {
-    let conf = JobConf::load(conf)?;
+    Job::open(JobConf::load(conf)?, options()?)
+}
+
+/// Job options, with the memory limit from `WAP_MEMORY_LIMIT`.
+fn options() -> Result<JobOptions, Error> {
     let mut options = JobOptions::default();
     if let Ok(limit) = std::env::var("WAP_MEMORY_LIMIT") {
         options.engine.memory_limit = wap::engine::parse_size(&limit).ok_or_else(|| {
@@ -222,7 +226,7 @@ fn job(conf: &PathBuf) -> Result<Job, Error> {
             ))
         })?;
     }
-    Job::open(conf, options)
+    Ok(options)
 }
 
 async fn execute(command: Command) -> Result<i32, Error> {
@@ -306,7 +310,7 @@ async fn execute(command: Command) -> Result<i32, Error> {
             Ok(exit_code::OK)
         }
         Command::Check { conf, date, json } => {
-            let report = job(&conf)?.check(date.as_deref()).await?;
+            let report = wap::job::check(&conf, date.as_deref(), options()?).await?;
             if json {
                 print_json(&report);
             } else {
@@ -469,7 +473,7 @@ struct LogEntry<'a> {
     restored_version: Option<u64>,
 }
 
-fn render_log(versions: &[Manifest], runs: &[wap::job::RunRecord], json: bool) {
+fn render_log(versions: &[Manifest], runs: &[wap::inspect::RunRecord], json: bool) {
     let entries: Vec<LogEntry> = versions
         .iter()
         .map(|m| LogEntry {
@@ -512,14 +516,14 @@ fn render_log(versions: &[Manifest], runs: &[wap::job::RunRecord], json: bool) {
     }
     for r in runs {
         let status = match r.status {
-            wap::job::RunStatus::Published => format!(
+            wap::inspect::RunStatus::Published => format!(
                 "published in version {}",
                 r.version.map_or("?".into(), |v| v.to_string())
             ),
-            wap::job::RunStatus::AuditFailed => "audit failed, not published".into(),
-            wap::job::RunStatus::NotPublished => "audit passed, not published".into(),
-            wap::job::RunStatus::NothingToPublish => "no rows, nothing to publish".into(),
-            wap::job::RunStatus::VersionAudit => "audit of a published version".into(),
+            wap::inspect::RunStatus::AuditFailed => "audit failed, not published".into(),
+            wap::inspect::RunStatus::NotPublished => "audit passed, not published".into(),
+            wap::inspect::RunStatus::NothingToPublish => "no rows, nothing to publish".into(),
+            wap::inspect::RunStatus::VersionAudit => "audit of a published version".into(),
         };
         println!(
             "  {}  run {} for {}  {} rows  {status}",
@@ -590,32 +594,27 @@ fn render_show(m: &Manifest, json: bool) {
 }
 
 async fn query_output(df: datafusion::prelude::DataFrame, format: Format) -> Result<(), Error> {
-    let err = |e: &dyn std::fmt::Display| {
-        Error::Table(wap::table::TableError::Execute {
-            message: e.to_string(),
-        })
-    };
+    use wap::table::TableError;
+    let exec = |source| Error::Table(TableError::Execute { source });
+    let render = |source| Error::Table(TableError::Render { source });
     match format {
         Format::Table => {
-            let batches = df.collect().await.map_err(|e| err(&e))?;
-            let table =
-                arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| err(&e))?;
+            let batches = df.collect().await.map_err(exec)?;
+            let table = arrow::util::pretty::pretty_format_batches(&batches).map_err(render)?;
             println!("{table}");
         }
         Format::Csv => {
-            let mut stream = df.execute_stream().await.map_err(|e| err(&e))?;
+            let mut stream = df.execute_stream().await.map_err(exec)?;
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(std::io::stdout().lock());
             while let Some(batch) = stream.next().await {
-                writer
-                    .write(&batch.map_err(|e| err(&e))?)
-                    .map_err(|e| err(&e))?;
+                writer.write(&batch.map_err(exec)?).map_err(render)?;
             }
         }
         Format::Json => {
-            let batches = df.collect().await.map_err(|e| err(&e))?;
-            let buf = wap::table::json_rows(&batches).map_err(|e| err(&e))?;
+            let batches = df.collect().await.map_err(exec)?;
+            let buf = wap::table::json_rows(&batches).map_err(render)?;
             println!("{}", String::from_utf8_lossy(&buf));
         }
     }

@@ -1,13 +1,6 @@
 //! The versioned table format: immutable manifests and the pointer to the current one.
 //!
-//! ```text
-//! <table>/_wap/current                              {"version": 7, "run_id": …}   (a hint)
-//! <table>/_wap/manifests/00000000000000000007.json  version 7, immutable, checksummed
-//! <table>/staging/<run_id>/<col>=<value>/part-00000.parquet   data, referenced in place
-//! <table>/staging/<run_id>/_wap-files-<sha256>.json the run's file lists (a segment)
-//! ```
-//!
-//! A manifest is the index of one version: every partition with its row, byte and file counts
+//! Where each object lives is [`crate::layout`]'s business. A manifest is the index of one version: every partition with its row, byte and file counts
 //! and the run that wrote it, the table schema, the watermarks and the audit summary of the run
 //! that produced it. Its `checksum` covers every other byte of its canonical JSON, so a truncated
 //! or edited manifest is refused, not read.
@@ -23,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::layout;
 use arrow::datatypes::{Schema, SchemaRef};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -59,35 +53,6 @@ pub enum ManifestError {
     Pointer { path: String, message: String },
     #[error("segment {path} is corrupt: {message}")]
     Segment { path: String, message: String },
-}
-
-/// Path of the pointer object, relative to the table root.
-pub fn pointer_path() -> Path {
-    Path::from("_wap/current")
-}
-
-/// Path of the manifest of `version`, relative to the table root. Zero-padded so listings sort.
-pub fn manifest_path(version: u64) -> Path {
-    Path::from(format!("_wap/manifests/{version:020}.json"))
-}
-
-/// Prefix under which all manifests live.
-pub fn manifests_prefix() -> Path {
-    Path::from("_wap/manifests")
-}
-
-/// The version a manifest path names, if it is one.
-pub fn version_of(path: &Path) -> Option<u64> {
-    let name = path.filename()?;
-    let digits = name.strip_suffix(".json")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
-}
-
-/// Path of a run's audit report.
-pub fn report_path(run_id: &str) -> Path {
-    Path::from(format!("_wap/runs/{run_id}/report.json"))
 }
 
 /// One data file of a partition.
@@ -184,11 +149,6 @@ impl Partition {
     }
 }
 
-/// Path of the segment with SHA-256 `digest`, in the staging folder `folder` of its run.
-pub fn segment_path(folder: &str, digest: &str) -> Path {
-    Path::from(format!("{folder}/_wap-files-{digest}.json"))
-}
-
 /// The file lists of the partitions one run wrote. Immutable and content-addressed: its name
 /// carries the SHA-256 of its bytes, which [`Segment::decode`] checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,7 +170,7 @@ impl Segment {
     /// Its path in the staging folder `folder`, and its bytes.
     pub fn encode(&self, folder: &str) -> (Path, Vec<u8>) {
         let bytes = serde_json::to_vec(self).expect("segment serializes");
-        (segment_path(folder, &sha256_hex(&bytes)), bytes)
+        (layout::segment_path(folder, &sha256_hex(&bytes)), bytes)
     }
 
     /// Parses a segment read from `path`, checking its bytes against the digest in its name.
@@ -219,10 +179,7 @@ impl Segment {
             path: path.to_string(),
             message,
         };
-        let named = path
-            .filename()
-            .and_then(|n| n.strip_prefix("_wap-files-"))
-            .and_then(|n| n.strip_suffix(".json"))
+        let named = layout::segment_digest(path)
             .ok_or_else(|| err("not a segment name (_wap-files-<sha256>.json)".into()))?;
         let computed = sha256_hex(bytes);
         if computed != named {
@@ -574,7 +531,7 @@ impl Pointer {
         Pointer {
             version,
             run_id: run_id.to_string(),
-            manifest: manifest_path(version).to_string(),
+            manifest: layout::manifest_path(version).to_string(),
         }
     }
 
@@ -586,12 +543,12 @@ impl Pointer {
     /// Parses the pointer object.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         let p: Pointer = serde_json::from_slice(bytes).map_err(|e| ManifestError::Pointer {
-            path: pointer_path().to_string(),
+            path: layout::pointer_path().to_string(),
             message: e.to_string(),
         })?;
-        if p.manifest != manifest_path(p.version).to_string() {
+        if p.manifest != layout::manifest_path(p.version).to_string() {
             return Err(ManifestError::Pointer {
-                path: pointer_path().to_string(),
+                path: layout::pointer_path().to_string(),
                 message: format!(
                     "version {} does not match manifest {}",
                     p.version, p.manifest
@@ -605,6 +562,7 @@ impl Pointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::manifest_path;
     use arrow::datatypes::{DataType, Field};
 
     pub(crate) fn sample(version: u64) -> Manifest {
@@ -749,17 +707,6 @@ mod tests {
         );
         let err = Manifest::decode(&p, &bytes, 4).unwrap_err();
         assert!(matches!(err, ManifestError::Version { .. }), "{err}");
-    }
-
-    #[test]
-    fn version_paths_sort_and_parse() {
-        assert_eq!(
-            manifest_path(7).as_ref(),
-            "_wap/manifests/00000000000000000007.json"
-        );
-        assert_eq!(version_of(&manifest_path(12345)), Some(12345));
-        assert_eq!(version_of(&Path::from("_wap/manifests/x.json")), None);
-        assert!(manifest_path(9).as_ref() < manifest_path(10).as_ref());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use arrow::datatypes::{DataType, Schema};
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tracing::{info, warn};
 
+use crate::layout;
 use crate::manifest::{self, AuditSummary, Change, ChangeKind, Manifest, Partition, Pointer};
 use crate::versions::{self, PointerRead, VersionsError};
 
@@ -333,7 +334,7 @@ impl Publisher {
                 });
             };
             let version = next.version;
-            let path = manifest::manifest_path(version);
+            let path = layout::manifest_path(version);
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()
@@ -408,7 +409,7 @@ impl Publisher {
     /// Moves the pointer to `version`. The version is committed already, so a failure here only
     /// leaves the pointer behind, which readers and the next writer walk past.
     async fn swap_pointer(&self, mut read: Option<PointerRead>, version: u64, run_id: &str) {
-        let path = manifest::pointer_path();
+        let path = layout::pointer_path();
         let body = Pointer::new(version, run_id).encode();
         if !self.options.compare_and_swap {
             return self.overwrite_pointer(body, version).await;
@@ -453,7 +454,7 @@ impl Publisher {
     /// Moves the pointer on a store without compare-and-swap (the local filesystem): an atomic
     /// overwrite. Racing writers may leave it behind the newest version; readers probe forward.
     async fn overwrite_pointer(&self, body: Vec<u8>, version: u64) {
-        let path = manifest::pointer_path();
+        let path = layout::pointer_path();
         let opts = PutOptions {
             mode: PutMode::Overwrite,
             ..Default::default()

@@ -29,10 +29,14 @@ pub enum TableError {
         "table {table} has no published version yet\nhelp: `wap run --conf FILE --date YYYY-MM-DD` publishes the first one"
     )]
     Empty { table: String },
-    #[error("query failed: {message}")]
-    Query { message: String },
-    #[error("query execution failed: {message}")]
-    Execute { message: String },
+    #[error("query failed: {}", .source.strip_backtrace())]
+    Query { source: DataFusionError },
+    #[error("query execution failed: {}", .source.strip_backtrace())]
+    Execute { source: DataFusionError },
+    #[error("unable to start the query engine: {}", .source.strip_backtrace())]
+    Engine { source: DataFusionError },
+    #[error("unable to print the query result: {source}")]
+    Render { source: arrow::error::ArrowError },
     #[error("query refused: {message}\nhelp: `wap query` runs a single read-only SELECT")]
     NotReadOnly { message: String },
     #[error("unable to register {name}: {source}")]
@@ -206,8 +210,8 @@ pub async fn plan_query(ctx: &SessionContext, sql: &str) -> Result<DataFrame, Ta
     check_single_query(sql)?;
     ctx.sql_with_options(sql, engine::read_only())
         .await
-        .map_err(|e| {
-            let message = e.strip_backtrace().to_string();
+        .map_err(|source| {
+            let message = source.strip_backtrace().to_string();
             if message.contains("not supported")
                 && (message.contains("DDL")
                     || message.contains("DML")
@@ -215,7 +219,7 @@ pub async fn plan_query(ctx: &SessionContext, sql: &str) -> Result<DataFrame, Ta
             {
                 TableError::NotReadOnly { message }
             } else {
-                TableError::Query { message }
+                TableError::Query { source }
             }
         })
 }
@@ -224,9 +228,7 @@ pub async fn plan_query(ctx: &SessionContext, sql: &str) -> Result<DataFrame, Ta
 pub fn check_single_query(sql: &str) -> Result<(), TableError> {
     use datafusion::sql::parser::{DFParser, Statement};
     use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-    let statements = DFParser::parse_sql(sql).map_err(|e| TableError::Query {
-        message: e.to_string(),
-    })?;
+    let statements = DFParser::parse_sql(sql).map_err(|source| TableError::Query { source })?;
     if statements.len() != 1 {
         return Err(TableError::NotReadOnly {
             message: format!("expected one statement, found {}", statements.len()),
@@ -246,9 +248,9 @@ fn first_words(s: &str) -> String {
 
 /// Runs a query to completion (for small results such as samples and counts).
 pub async fn collect(df: DataFrame) -> Result<Vec<RecordBatch>, TableError> {
-    df.collect().await.map_err(|e| TableError::Execute {
-        message: e.strip_backtrace().to_string(),
-    })
+    df.collect()
+        .await
+        .map_err(|source| TableError::Execute { source })
 }
 
 /// Rows as a JSON array of objects, NULLs kept as `null` (`[]` when there are none).

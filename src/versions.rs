@@ -13,7 +13,8 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
 
-use crate::manifest::{self, DataFile, Manifest, ManifestError, Partition, Pointer, Segment};
+use crate::layout;
+use crate::manifest::{DataFile, Manifest, ManifestError, Partition, Pointer, Segment};
 
 /// Segments read at once.
 const SEGMENT_CONCURRENCY: usize = 32;
@@ -77,7 +78,7 @@ pub struct PointerRead {
 pub async fn read_pointer(
     store: &Arc<dyn ObjectStore>,
 ) -> Result<Option<PointerRead>, VersionsError> {
-    let path = manifest::pointer_path();
+    let path = layout::pointer_path();
     let got = match store.get(&path).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -102,7 +103,7 @@ pub async fn read_manifest(
     store: &Arc<dyn ObjectStore>,
     version: u64,
 ) -> Result<Manifest, VersionsError> {
-    let path = manifest::manifest_path(version);
+    let path = layout::manifest_path(version);
     let got = match store.get(&path).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => {
@@ -123,7 +124,7 @@ pub async fn manifest_exists(
     store: &Arc<dyn ObjectStore>,
     version: u64,
 ) -> Result<bool, VersionsError> {
-    let path = manifest::manifest_path(version);
+    let path = layout::manifest_path(version);
     match store.head(&path).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -158,12 +159,12 @@ pub async fn list_versions(store: &Arc<dyn ObjectStore>) -> Result<Vec<u64>, Ver
 pub async fn list_manifests(
     store: &Arc<dyn ObjectStore>,
 ) -> Result<std::collections::BTreeMap<u64, u64>, VersionsError> {
-    let prefix = manifest::manifests_prefix();
+    let prefix = layout::manifests_folder();
     let mut listing = store.list(Some(&prefix));
     let mut out = std::collections::BTreeMap::new();
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| VersionsError::storage("list", &prefix, e))?;
-        if let Some(v) = manifest::version_of(&meta.location) {
+        if let Some(v) = layout::version_of(&meta.location) {
             out.insert(v, meta.size);
         }
     }

@@ -1,9 +1,9 @@
 //! `unique` over integer keys that span a small range: one bit per possible key.
 //!
 //! The footers give each key column's exact min and max, so the keys of a run all lie in a box
-//! of `span_1 * span_2 * ...` values. When that box is small against the row count (TPC-H
-//! `lineitem`'s `(l_orderkey, l_linenumber)` at SF1: order keys up to 6M times 7 line numbers,
-//! 42M bits for 6M rows), a key is a bit in a bitmap of the box: a bit found set is a
+//! of `span_1 * span_2 * ...` values. When that box is small against the row count (order keys
+//! times line numbers, say: a few bits per row), a key is a bit in a bitmap of the box: a bit
+//! found set is a
 //! duplicate, and a second bitmap counts each duplicated key once. Files are read
 //! concurrently, in any order, and need not be sorted; the work per row is one fetch-or
 //! instead of a comparison per level of a merge.
@@ -16,8 +16,8 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::merge::{integer_layout, key_columns, open};
-use super::proof::{Footer, group_stats, listed_files};
+use super::StagedFiles;
+use super::files::{Declined, Footer, ReadFault, group_stats, integer_layout, key_columns, open};
 
 /// Bits of the bitmaps per row of the table, at most: past that the box is sparse and the merge
 /// (whose memory does not grow with the key range) is used instead.
@@ -25,23 +25,30 @@ const BITS_PER_ROW: u128 = 64;
 /// The largest box, in bits (two bitmaps of 256 MiB).
 const MAX_BITS: u128 = 1 << 31;
 
-/// `(failing rows, duplicated keys)` of a `unique` rule over `columns` of `table`, when every
-/// column is an integer-like type (see [`integer_layout`]), every file has a footer in `footers`
-/// with exact statistics for them, and their box is small enough (see the module doc) for the
-/// pool to hold its two bitmaps. `None` otherwise, or when a file cannot be read or holds a
-/// value outside its footer's bounds: the caller then merges or runs the SQL. Rows with a
-/// NULL in the key are left out, as the SQL leaves them out.
+/// `(failing rows, duplicated keys)` of a `unique` rule over `columns` of the staged `files`,
+/// when every column is an integer-like type (see [`integer_layout`]), every file has a footer
+/// in `footers` with exact statistics for them, and their box is small enough (see the module
+/// doc) for the pool to hold its two bitmaps. Declines otherwise, or when a file holds a value
+/// outside its footer's bounds; fails when a file cannot be read. Rows with a NULL in the key
+/// are left out, as the SQL leaves them out.
 pub(super) async fn unique_by_bitmap(
     ctx: &SessionContext,
-    table: &str,
+    files: &StagedFiles,
     columns: &[String],
     footers: &[Footer],
-) -> Option<(u64, u64)> {
-    let (schema, store, files) = listed_files(ctx, table).await?;
+) -> Result<(u64, u64), Declined> {
+    let no = |why: String| Err(Declined::NotApplicable(why));
     for c in columns {
-        integer_layout(schema.field_with_name(c).ok()?.data_type())?;
+        let integer = files
+            .schema
+            .field_with_name(c)
+            .is_ok_and(|f| integer_layout(f.data_type()).is_some());
+        if !integer {
+            return no(format!("column `{c}` is not of an integer-like type"));
+        }
     }
-    let metas = files
+    let Some(metas) = files
+        .files
         .iter()
         .map(|file| {
             footers
@@ -49,60 +56,85 @@ pub(super) async fn unique_by_bitmap(
                 .find(|f| f.file.location == file.location)
                 .map(|f| f.meta.clone())
         })
-        .collect::<Option<Vec<_>>>()?;
+        .collect::<Option<Vec<_>>>()
+    else {
+        return no("a staged file's footer was not read".into());
+    };
     let rows: u128 = metas
         .iter()
         .map(|m| m.metadata().file_metadata().num_rows().max(0) as u128)
         .sum();
-    let bounds = columns
+    let Some(bounds) = columns
         .iter()
         .map(|c| bounds(c, footers))
-        .collect::<Option<Vec<_>>>()?;
+        .collect::<Option<Vec<_>>>()
+    else {
+        return no("the footers lack exact min/max statistics of a key column".into());
+    };
     // No key at all (every key column NULL in every row, or no rows): nothing repeats.
     let Some(bounds) = bounds.into_iter().collect::<Option<Vec<(i128, i128)>>>() else {
-        return Some((0, 0));
+        return Ok((0, 0));
     };
     let mut bits: u128 = 1;
     for &(min, max) in &bounds {
-        bits = bits.checked_mul((max - min + 1) as u128)?;
-        if bits > MAX_BITS {
-            return None;
-        }
+        bits = match bits.checked_mul((max - min + 1) as u128) {
+            Some(b) if b <= MAX_BITS => b,
+            _ => return no(format!("the keys' range is over {MAX_BITS} values")),
+        };
     }
     if bits > BITS_PER_ROW * rows.max(1) {
-        return None;
+        return no(format!(
+            "the keys' range ({bits} values) is sparse for {rows} rows (over {BITS_PER_ROW} per row)"
+        ));
     }
     let words = bits.div_ceil(64) as usize;
     let reservation =
         MemoryConsumer::new("wap audit unique bitmap").register(&ctx.runtime_env().memory_pool);
-    reservation
-        .try_grow(2 * words * std::mem::size_of::<u64>())
-        .ok()?;
+    let bytes = 2 * words * std::mem::size_of::<u64>();
+    if reservation.try_grow(bytes).is_err() {
+        return no(format!(
+            "the memory pool cannot hold two bitmaps of {bytes} bytes"
+        ));
+    }
     let maps = Arc::new(Bitmaps {
         seen: (0..words).map(|_| AtomicU64::new(0)).collect(),
         repeated: (0..words).map(|_| AtomicU64::new(0)).collect(),
         bounds,
     });
     let at_once = ctx.state().config().target_partitions().max(1);
-    let tasks = files.into_iter().zip(metas).map(|(file, meta)| {
-        let (store, columns, maps) = (Arc::clone(&store), columns.to_vec(), Arc::clone(&maps));
+    let tasks = files.files.iter().cloned().zip(metas).map(|(file, meta)| {
+        let (store, columns, maps) = (
+            Arc::clone(&files.store),
+            columns.to_vec(),
+            Arc::clone(&maps),
+        );
         async move {
             let mut stream = open(&store, &file, &columns, Some(meta)).await?;
+            let path = file.location.to_string();
             // Decoding is CPU work: each file on a task of its own, `at_once` at a time.
+            let stopped = ReadFault::Stopped { path: path.clone() };
             tokio::spawn(async move {
                 let mut counts = (0u64, 0u64);
                 let mut scratch = Scratch::default();
                 while let Some(batch) = stream.next().await {
-                    let (failing, groups) = maps.mark(&batch.ok()?, &columns, &mut scratch)?;
+                    let batch = batch.map_err(|source| ReadFault::Parquet {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let Some((failing, groups)) = maps.mark(&batch, &columns, &mut scratch) else {
+                        return Err(Declined::NotApplicable(format!(
+                            "{path} holds a key outside its footer's bounds"
+                        )));
+                    };
                     counts = (counts.0 + failing, counts.1 + groups);
                 }
-                Some(counts)
+                Ok(counts)
             })
             .await
-            .ok()?
+            .map_err(|_| Declined::Fault(stopped))?
         }
     });
-    let counts: Vec<Option<(u64, u64)>> = futures::stream::iter(tasks)
+    let counts: Vec<Result<(u64, u64), Declined>> = futures::stream::iter(tasks)
         .buffer_unordered(at_once)
         .collect()
         .await;
@@ -243,7 +275,7 @@ mod tests {
 
     /// Files of `(k1, k2, s Utf8)` rows, in the order given, registered as `staged`, and their
     /// footers. `stats`: whether files carry statistics.
-    async fn staged(files: &[Vec<Row>], stats: bool) -> (SessionContext, Vec<Footer>) {
+    async fn staged(files: &[Vec<Row>], stats: bool) -> (SessionContext, StagedFiles, Vec<Footer>) {
         staged_in(files, stats, &Default::default()).await
     }
 
@@ -252,7 +284,7 @@ mod tests {
         files: &[Vec<Row>],
         stats: bool,
         options: &crate::engine::EngineOptions,
-    ) -> (SessionContext, Vec<Footer>) {
+    ) -> (SessionContext, StagedFiles, Vec<Footer>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k1", DataType::Int64, true),
             Field::new("k2", DataType::Date32, true),
@@ -280,8 +312,22 @@ mod tests {
             EnabledStatistics::None
         });
         let (ctx, store, metas) = staged_files(&batches, props, options).await;
-        let footers = super::super::proof::footers(&store, &metas).await.unwrap();
-        (ctx, footers)
+        let footers = super::super::files::footers(&store, &metas).await.unwrap();
+        (ctx, StagedFiles::new(store, schema, metas), footers)
+    }
+
+    /// The bitmap's counts; `None` when it declined (a read fault fails the test).
+    async fn bitmap(
+        ctx: &SessionContext,
+        files: &StagedFiles,
+        columns: &[String],
+        footers: &[Footer],
+    ) -> Option<(u64, u64)> {
+        match unique_by_bitmap(ctx, files, columns, footers).await {
+            Ok(found) => Some(found),
+            Err(Declined::NotApplicable(_)) => None,
+            Err(Declined::Fault(f)) => panic!("{f}"),
+        }
     }
 
     fn cols(v: &[&str]) -> Vec<String> {
@@ -308,9 +354,9 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let (ctx, footers) = staged(&files, true).await;
+            let (ctx, sf, footers) = staged(&files, true).await;
             for c in [cols(&["k1"]), cols(&["k1", "k2"]), cols(&["k2", "k1"])] {
-                let dense = unique_by_bitmap(&ctx, "staged", &c, &footers).await;
+                let dense = bitmap(&ctx, &sf, &c, &footers).await;
                 assert_eq!(
                     dense,
                     Some(unique_by_sql(&ctx, &c).await),
@@ -332,25 +378,19 @@ mod tests {
                 .collect(),
             vec![(None, Some(1)), (Some(7), None)],
         ];
-        let (ctx, footers) = staged(&files, true).await;
+        let (ctx, sf, footers) = staged(&files, true).await;
         let c = cols(&["k1", "k2"]);
         // Key 7 in files 0, 0 and 1; -5 in files 1 and 2; rows with a NULL left out.
-        assert_eq!(
-            unique_by_bitmap(&ctx, "staged", &c, &footers).await,
-            Some((5, 2))
-        );
+        assert_eq!(bitmap(&ctx, &sf, &c, &footers).await, Some((5, 2)));
         assert_eq!(unique_by_sql(&ctx, &c).await, (5, 2));
     }
 
     #[tokio::test]
     async fn a_key_column_of_nulls_alone_repeats_nothing() {
         let files = vec![vec![(None, Some(1)), (None, Some(1))], vec![(None, None)]];
-        let (ctx, footers) = staged(&files, true).await;
+        let (ctx, sf, footers) = staged(&files, true).await;
         for c in [cols(&["k1"]), cols(&["k1", "k2"])] {
-            assert_eq!(
-                unique_by_bitmap(&ctx, "staged", &c, &footers).await,
-                Some((0, 0))
-            );
+            assert_eq!(bitmap(&ctx, &sf, &c, &footers).await, Some((0, 0)));
             assert_eq!(unique_by_sql(&ctx, &c).await, (0, 0));
         }
     }
@@ -360,33 +400,30 @@ mod tests {
         let dense = |k: i64| (Some(k), Some(1));
         let files: Vec<Vec<Row>> = vec![(0..500).map(dense).collect()];
         let c = cols(&["k1"]);
-        let (ctx, footers) = staged(&files, true).await;
+        let (ctx, sf, footers) = staged(&files, true).await;
         assert_eq!(
-            unique_by_bitmap(&ctx, "staged", &c, &footers).await,
+            bitmap(&ctx, &sf, &c, &footers).await,
             Some((0, 0)),
             "dense keys use the bitmap"
         );
         // A string column.
-        assert_eq!(
-            unique_by_bitmap(&ctx, "staged", &cols(&["s"]), &footers).await,
-            None
-        );
+        assert_eq!(bitmap(&ctx, &sf, &cols(&["s"]), &footers).await, None);
         // No footers, or footers of other files.
-        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &[]).await, None);
+        assert_eq!(bitmap(&ctx, &sf, &c, &[]).await, None);
         // Keys far apart: 500 rows over a range of 500 million.
         let sparse: Vec<Vec<Row>> = vec![(0..500).map(|k| dense(k * 1_000_000)).collect()];
-        let (ctx, footers) = staged(&sparse, true).await;
-        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+        let (ctx, sf, footers) = staged(&sparse, true).await;
+        assert_eq!(bitmap(&ctx, &sf, &c, &footers).await, None);
         // Bitmaps (two of 512 bits) that the pool cannot hold.
         let tight = crate::engine::EngineOptions {
             memory_limit: 100,
             batch_size: 1000,
         };
-        let (ctx, footers) = staged_in(&files, true, &tight).await;
-        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+        let (ctx, sf, footers) = staged_in(&files, true, &tight).await;
+        assert_eq!(bitmap(&ctx, &sf, &c, &footers).await, None);
         // Files without statistics.
-        let (ctx, footers) = staged(&files, false).await;
-        assert_eq!(unique_by_bitmap(&ctx, "staged", &c, &footers).await, None);
+        let (ctx, sf, footers) = staged(&files, false).await;
+        assert_eq!(bitmap(&ctx, &sf, &c, &footers).await, None);
     }
 
     #[test]

@@ -3,33 +3,27 @@
 //! The writer sorts every staged file by partition columns, then the key (ascending, NULLs
 //! first), and a file holds one partition, so each file is sorted by the key. Rows sharing a key
 //! are then adjacent in a merge of the files, and counting them needs one batch of key columns
-//! per file in memory, instead of a hash table holding every distinct key (60 million at TPC-H
-//! SF10). The result is the same as the SQL query's: rows with a NULL in any of the columns are
+//! per file in memory, instead of a hash table holding every distinct key. The result is the same as the SQL query's: rows with a NULL in any of the columns are
 //! left out; failing rows are the rows of groups of two or more, plus the number of such groups.
 //!
 //! The merge checks the order it relies on: if any file is not sorted as expected (a file not
-//! written by this build's writer), it gives up and the rule runs as SQL.
+//! written by this build's writer), it declines and the rule runs as SQL. A file that cannot
+//! be read fails the rule (see [`super::unique`]).
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::buffer::NullBuffer;
 use arrow::compute::SortOptions;
-use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::{ObjectMeta, ObjectStore};
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use tokio::sync::mpsc;
 
-use super::proof::Footer;
+use super::StagedFiles;
+use super::files::{BATCH_ROWS, Declined, Footer, ReadFault, integer_layout, key_columns, open};
 
-/// Rows per batch read from each file.
-const BATCH_ROWS: usize = 8192;
 /// Files from which the merge of packed keys is split in two (see [`merge_packed_split`]).
 const SPLIT_FILES: usize = 4;
 
@@ -46,20 +40,23 @@ pub(super) fn key_prefix(cols: &[String], key: &[String]) -> Option<Vec<String>>
 }
 
 /// `(failing rows, duplicated keys)` of a `unique` rule over `columns` (a key prefix, in key
-/// order) on `table`, by merging its files. `None` when the table is not a list of files, a file
-/// cannot be read, or the files are not sorted by these columns: the caller runs the SQL.
-/// `footers` already read (by the proofs) are used instead of reading them again.
+/// order) of the staged `files`, by merging them. Declines when the files are not sorted by
+/// these columns (the caller runs the SQL); fails when a file cannot be read. `footers` already
+/// read are used instead of reading them again.
 pub(super) async fn unique_by_merge(
-    ctx: &SessionContext,
-    table: &str,
+    files: &StagedFiles,
     columns: &[String],
     footers: &[Footer],
-) -> Option<(u64, u64)> {
-    let (schema, store, files) = super::proof::listed_files(ctx, table).await?;
+) -> Result<(u64, u64), Declined> {
     let types = columns
         .iter()
-        .map(|c| Some(schema.field_with_name(c).ok()?.data_type().clone()))
-        .collect::<Option<Vec<_>>>()?;
+        .map(|c| match files.schema.field_with_name(c) {
+            Ok(f) => Ok(f.data_type().clone()),
+            Err(_) => Err(Declined::NotApplicable(format!(
+                "column `{c}` is not in the staged schema"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Keys of fixed-width columns that fit in 16 bytes (an i64 and an i32: 9 + 5 bytes in the
     // row format) are compared as integers.
     let width: Option<usize> = types
@@ -79,61 +76,43 @@ pub(super) async fn unique_by_merge(
         })
         .collect();
     let packed = width.is_some_and(|w| w <= 16);
-    let converter = Arc::new(RowConverter::new(fields).ok()?);
+    let converter = Arc::new(RowConverter::new(fields).map_err(|e| {
+        Declined::NotApplicable(format!("the row format cannot hold these columns: {e}"))
+    })?);
     let mut cursors = Vec::new();
-    for file in &files {
+    for file in &files.files {
         let footer = footers
             .iter()
             .find(|f| f.file.location == file.location)
             .map(|f| f.meta.clone());
-        let stream = open(&store, file, columns, footer).await?;
-        let mut cursor = Cursor::new(read_ahead(
-            stream,
-            columns.to_vec(),
-            Arc::clone(&converter),
-            packed,
-        ));
+        let stream = open(&files.store, file, columns, footer).await?;
+        let path = file.location.to_string();
+        let mut cursor = Cursor::new(
+            read_ahead(
+                stream,
+                columns.to_vec(),
+                Arc::clone(&converter),
+                packed,
+                path.clone(),
+            ),
+            path,
+        );
         if cursor.fill().await? {
             cursors.push(cursor);
         }
     }
     // The merge is CPU work: off the caller's task, so the other audit queries keep going. Each
     // file is decoded on a task of its own (see `read_ahead`), the merge only compares.
-    if packed {
-        tokio::spawn(merge_packed_split(cursors)).await.ok()?
+    let merged = if packed {
+        tokio::spawn(merge_packed_split(cursors)).await
     } else {
-        tokio::spawn(merge(cursors)).await.ok()?
-    }
-}
-
-pub(super) async fn open(
-    store: &Arc<dyn ObjectStore>,
-    file: &ObjectMeta,
-    columns: &[String],
-    footer: Option<ArrowReaderMetadata>,
-) -> Option<BoxStream<'static, parquet::errors::Result<RecordBatch>>> {
-    // Deprecated in favour of a hand-written AsyncFileReader; it reads ranges as asked.
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-        Arc::clone(store),
-        file.location.clone(),
-    )
-    .with_file_size(file.size);
-    let builder = match footer {
-        Some(meta) => ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta),
-        None => ParquetRecordBatchStreamBuilder::new(reader).await.ok()?,
+        tokio::spawn(merge(cursors)).await
     };
-    let roots = columns
-        .iter()
-        .map(|c| builder.schema().index_of(c).ok())
-        .collect::<Option<Vec<usize>>>()?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let stream = builder
-        .with_projection(mask)
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .ok()?;
-    Some(stream.boxed())
+    merged.map_err(|_| {
+        Declined::Fault(ReadFault::Stopped {
+            path: "the merge of the staged files".into(),
+        })
+    })?
 }
 
 /// One batch of a file's keys, ready to compare. A merge gets one kind only: every file's keys
@@ -160,7 +139,7 @@ enum Loaded {
     /// The file ended, every batch sent.
     End,
     /// A batch could not be read or converted.
-    Failed,
+    Failed(ReadFault),
 }
 
 /// Decodes a file's key columns batch by batch on a task of its own, one batch ahead of the
@@ -171,19 +150,23 @@ fn read_ahead(
     columns: Vec<String>,
     converter: Arc<RowConverter>,
     packed: bool,
+    path: String,
 ) -> mpsc::Receiver<Loaded> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         while let Some(batch) = stream.next().await {
             let keys = batch
-                .ok()
-                .and_then(|b| load(&b, &columns, &converter, packed));
+                .map_err(|source| ReadFault::Parquet {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|b| load(&b, &columns, &converter, packed, &path));
             let message = match keys {
-                Some(keys) if keys.len() == 0 => continue,
-                Some(keys) => Loaded::Keys(keys),
-                None => Loaded::Failed,
+                Ok(keys) if keys.len() == 0 => continue,
+                Ok(keys) => Loaded::Keys(keys),
+                Err(fault) => Loaded::Failed(fault),
             };
-            let failed = matches!(message, Loaded::Failed);
+            let failed = matches!(message, Loaded::Failed(_));
             if tx.send(message).await.is_err() || failed {
                 return;
             }
@@ -193,39 +176,35 @@ fn read_ahead(
     rx
 }
 
-/// The key `columns` of `batch`, and which rows have no NULL in any of them (`None`: all);
-/// `None` when a column is missing.
-pub(super) fn key_columns(
-    batch: &RecordBatch,
-    columns: &[String],
-) -> Option<(Vec<ArrayRef>, Option<NullBuffer>)> {
-    let arrays = columns
-        .iter()
-        .map(|c| batch.column_by_name(c).cloned())
-        .collect::<Option<Vec<_>>>()?;
-    let mut valid: Option<NullBuffer> = None;
-    for a in &arrays {
-        valid = NullBuffer::union(valid.as_ref(), a.logical_nulls().as_ref());
-    }
-    Some((arrays, valid))
-}
-
-/// A batch's keys; `None` when a column is missing or cannot be converted.
+/// A batch's keys (of file `path`); fails when a column is missing or cannot be converted.
 fn load(
     batch: &RecordBatch,
     columns: &[String],
     converter: &RowConverter,
     packed: bool,
-) -> Option<Keys> {
-    let (arrays, valid) = key_columns(batch, columns)?;
+    path: &str,
+) -> Result<Keys, ReadFault> {
+    let (arrays, valid) = key_columns(batch, columns).ok_or_else(|| ReadFault::Column {
+        path: path.to_string(),
+        column: columns
+            .iter()
+            .find(|c| batch.column_by_name(c).is_none())
+            .cloned()
+            .unwrap_or_default(),
+    })?;
     if packed && let Some(keys) = pack_integers(&arrays, valid.as_ref()) {
-        return Some(Keys::Packed(keys));
+        return Ok(Keys::Packed(keys));
     }
-    let rows = converter.convert_columns(&arrays).ok()?;
+    let rows = converter
+        .convert_columns(&arrays)
+        .map_err(|source| ReadFault::Arrow {
+            path: path.to_string(),
+            source,
+        })?;
     if !packed {
-        return Some(Keys::Rows(Arc::new(rows), valid));
+        return Ok(Keys::Rows(Arc::new(rows), valid));
     }
-    Some(Keys::Packed(pack_rows(&rows, valid.as_ref())))
+    Ok(Keys::Packed(pack_rows(&rows, valid.as_ref())))
 }
 
 /// Rows in the row format (of up to 16 bytes), but those with a NULL, as big-endian integers:
@@ -308,50 +287,40 @@ impl Lane {
     }
 }
 
-/// The width in bytes of a type the row format encodes as an integer of that width, and
-/// whether it is signed.
-pub(super) fn integer_layout(t: &DataType) -> Option<(usize, bool)> {
-    use DataType as D;
-    Some(match t {
-        D::Int8 => (1, true),
-        D::Int16 => (2, true),
-        D::Int32 | D::Date32 | D::Time32(_) => (4, true),
-        D::Int64 | D::Date64 | D::Time64(_) | D::Timestamp(..) | D::Duration(_) => (8, true),
-        D::UInt8 => (1, false),
-        D::UInt16 => (2, false),
-        D::UInt32 => (4, false),
-        D::UInt64 => (8, false),
-        _ => return None,
-    })
-}
-
 /// One file's keys, a batch at a time.
 struct Cursor {
     batches: mpsc::Receiver<Loaded>,
     keys: Keys,
     pos: usize,
+    /// What it reads, for errors.
+    path: String,
 }
 
 impl Cursor {
     /// A cursor before its first batch.
-    fn new(batches: mpsc::Receiver<Loaded>) -> Self {
+    fn new(batches: mpsc::Receiver<Loaded>, path: String) -> Self {
         Cursor {
             batches,
             keys: Keys::Packed(Vec::new()),
             pos: 0,
+            path,
         }
     }
 
-    /// Takes the next batch; false at the end of the file, `None` when it could not be read.
-    async fn fill(&mut self) -> Option<bool> {
-        match self.batches.recv().await? {
+    /// Takes the next batch; false at the end of the file. Fails when it could not be read, or
+    /// its reader stopped without saying the file ended (a panic).
+    async fn fill(&mut self) -> Result<bool, ReadFault> {
+        let stopped = || ReadFault::Stopped {
+            path: self.path.clone(),
+        };
+        match self.batches.recv().await.ok_or_else(stopped)? {
             Loaded::Keys(keys) => {
                 self.keys = keys;
                 self.pos = 0;
-                Some(true)
+                Ok(true)
             }
-            Loaded::End => Some(false),
-            Loaded::Failed => None,
+            Loaded::End => Ok(false),
+            Loaded::Failed(fault) => Err(fault),
         }
     }
 
@@ -381,8 +350,8 @@ impl Cursor {
     }
 }
 
-/// Counts runs of equal keys in merge order: `(failing rows, groups)`. `None` when a key comes
-/// before the previous one (a file not sorted as the writer sorts).
+/// Counts runs of equal keys in merge order: `(failing rows, groups)`. Declines when a key
+/// comes before the previous one (a file not sorted as the writer sorts).
 #[derive(Default)]
 struct Runs {
     run: u64,
@@ -392,16 +361,20 @@ struct Runs {
 
 impl Runs {
     /// The next key compared with the previous one.
-    fn next(&mut self, order: std::cmp::Ordering) -> Option<()> {
+    fn next(&mut self, order: std::cmp::Ordering) -> Result<(), Declined> {
         match order {
-            std::cmp::Ordering::Less => return None,
+            std::cmp::Ordering::Less => {
+                return Err(Declined::NotApplicable(
+                    "a staged file is not sorted by these columns".into(),
+                ));
+            }
             std::cmp::Ordering::Equal => self.run += 1,
             std::cmp::Ordering::Greater => {
                 self.end_run();
                 self.run = 1;
             }
         }
-        Some(())
+        Ok(())
     }
 
     fn end_run(&mut self) {
@@ -479,8 +452,8 @@ impl PackedMerge {
     }
 
     /// The next keys in merge order, up to `BATCH_ROWS`, into `out` (emptied first); false
-    /// once no key is left, `None` when a cursor could not be read. Order is not checked here.
-    async fn fill(&mut self, out: &mut Vec<u128>) -> Option<bool> {
+    /// once no key is left; fails when a cursor could not be read. Order is not checked here.
+    async fn fill(&mut self, out: &mut Vec<u128>) -> Result<bool, ReadFault> {
         out.clear();
         while out.len() < BATCH_ROWS {
             let i = self.tree[0];
@@ -497,12 +470,12 @@ impl PackedMerge {
             }
             self.replay(i);
         }
-        Some(!out.is_empty())
+        Ok(!out.is_empty())
     }
 }
 
 /// The merge of keys packed in integers, counting runs of equal keys.
-async fn merge_packed(cursors: Vec<Cursor>) -> Option<(u64, u64)> {
+async fn merge_packed(cursors: Vec<Cursor>) -> Result<(u64, u64), Declined> {
     let mut merge = PackedMerge::new(cursors);
     let mut keys = Vec::with_capacity(BATCH_ROWS);
     let mut runs = Runs::default();
@@ -513,15 +486,15 @@ async fn merge_packed(cursors: Vec<Cursor>) -> Option<(u64, u64)> {
             last = Some(key);
         }
     }
-    Some(runs.finish())
+    Ok(runs.finish())
 }
 
 /// The merge of packed keys, as two merges of half the files each, on tasks of their own, and a
-/// merge of their two outputs: the trees are shallower and two cores share the work (at TPC-H
-/// SF1, 84 files, the single merge was most of the audit's time). Rows sharing a key are still
+/// merge of their two outputs: the trees are shallower and two cores share the work, where one
+/// merge of many files keeps one core busy comparing. Rows sharing a key are still
 /// adjacent in the final merge, and a file out of order still shows: a merge of streams, one of
 /// which descends somewhere, descends right there too, and the final merge checks.
-async fn merge_packed_split(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
+async fn merge_packed_split(mut cursors: Vec<Cursor>) -> Result<(u64, u64), Declined> {
     if cursors.len() < SPLIT_FILES {
         return merge_packed(cursors).await;
     }
@@ -529,8 +502,9 @@ async fn merge_packed_split(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
     let mut merged = Vec::new();
     for group in [cursors, second] {
         let (tx, rx) = mpsc::channel(2);
+        let path = format!("a merge of {} staged files", group.len());
         tokio::spawn(merge_into(group, tx));
-        let mut cursor = Cursor::new(rx);
+        let mut cursor = Cursor::new(rx, path);
         if cursor.fill().await? {
             merged.push(cursor);
         }
@@ -545,9 +519,9 @@ async fn merge_into(cursors: Vec<Cursor>, tx: mpsc::Sender<Loaded>) {
     loop {
         let mut keys = Vec::with_capacity(BATCH_ROWS);
         let message = match merge.fill(&mut keys).await {
-            Some(true) => Loaded::Keys(Keys::Packed(keys)),
-            Some(false) => Loaded::End,
-            None => Loaded::Failed,
+            Ok(true) => Loaded::Keys(Keys::Packed(keys)),
+            Ok(false) => Loaded::End,
+            Err(fault) => Loaded::Failed(fault),
         };
         let more = matches!(message, Loaded::Keys(_));
         if tx.send(message).await.is_err() || !more {
@@ -557,7 +531,7 @@ async fn merge_into(cursors: Vec<Cursor>, tx: mpsc::Sender<Loaded>) {
 }
 
 /// The merge of keys in the row format, NULL keys skipped.
-async fn merge(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
+async fn merge(mut cursors: Vec<Cursor>) -> Result<(u64, u64), Declined> {
     // A binary min-heap of cursor indices, ordered by each cursor's current row.
     let mut heap: Vec<usize> = (0..cursors.len()).collect();
     let less = |cursors: &[Cursor], a: usize, b: usize| {
@@ -592,7 +566,7 @@ async fn merge(mut cursors: Vec<Cursor>) -> Option<(u64, u64)> {
         }
         sift_down(&mut heap, 0, |a, b| less(&cursors, a, b));
     }
-    Some(runs.finish())
+    Ok(runs.finish())
 }
 
 fn sift_down(heap: &mut [usize], mut i: usize, less: impl Fn(usize, usize) -> bool) {
@@ -619,13 +593,14 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionContext;
 
     /// Files of (k1 Int64, k2 Utf8, v Int64) rows, each sorted by (k1, k2) with NULLs first
     /// unless `sorted` is false, registered as `staged`.
     async fn staged(
         files: Vec<Vec<(Option<i64>, Option<String>)>>,
         sorted: bool,
-    ) -> SessionContext {
+    ) -> (SessionContext, StagedFiles) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k1", DataType::Int64, true),
             Field::new("k2", DataType::Utf8, true),
@@ -653,7 +628,8 @@ mod tests {
             })
             .collect();
         let props = parquet::file::properties::WriterProperties::builder();
-        staged_files(&batches, props, &Default::default()).await.0
+        let (ctx, store, metas) = staged_files(&batches, props, &Default::default()).await;
+        (ctx, StagedFiles::new(store, schema, metas))
     }
 
     #[tokio::test]
@@ -677,9 +653,9 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let ctx = staged(files, true).await;
+            let (ctx, staged) = staged(files, true).await;
             for c in [cols(&["k1"]), cols(&["k1", "k2"])] {
-                let merged = unique_by_merge(&ctx, "staged", &c, &[]).await;
+                let merged = unique_by_merge(&staged, &c, &[]).await.ok();
                 let sql = unique_by_sql(&ctx, &c).await;
                 assert_eq!(merged, Some(sql), "seed {seed}, columns {c:?}");
             }
@@ -695,9 +671,9 @@ mod tests {
             vec![row(1), row(5), row(1000)],
             (150..300).map(row).chain([row(5)]).collect(),
         ];
-        let ctx = staged(files, true).await;
+        let (ctx, staged) = staged(files, true).await;
         let c = vec!["k1".to_string()];
-        assert_eq!(unique_by_merge(&ctx, "staged", &c, &[]).await, Some((6, 2)));
+        assert_eq!(unique_by_merge(&staged, &c, &[]).await.ok(), Some((6, 2)));
         assert_eq!(unique_by_sql(&ctx, &c).await, (6, 2));
     }
 
@@ -716,11 +692,11 @@ mod tests {
                     })
                     .collect(),
             };
-            let ctx = staged(files, false).await;
-            assert_eq!(
-                unique_by_merge(&ctx, "staged", &["k1".to_string()], &[]).await,
-                None,
-                "unsorted file at {at:?}"
+            let (_, staged) = staged(files, false).await;
+            let merged = unique_by_merge(&staged, &["k1".to_string()], &[]).await;
+            assert!(
+                matches!(merged, Err(Declined::NotApplicable(_))),
+                "unsorted file at {at:?}: {merged:?}"
             );
         }
     }
@@ -732,23 +708,28 @@ mod tests {
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
         let cursor = |stream: BoxStream<'static, parquet::errors::Result<RecordBatch>>| {
-            Cursor::new(read_ahead(
-                stream,
-                vec!["k".into()],
-                Arc::clone(&converter),
-                true,
-            ))
+            Cursor::new(
+                read_ahead(
+                    stream,
+                    vec!["k".into()],
+                    Arc::clone(&converter),
+                    true,
+                    "f".into(),
+                ),
+                "f".into(),
+            )
         };
         // A clean file: its batch, then the end.
         let mut clean = cursor(futures::stream::iter([Ok(batch.clone())]).boxed());
-        assert_eq!(clean.fill().await, Some(true));
+        assert_eq!(clean.fill().await.ok(), Some(true));
         assert_eq!(clean.keys.len(), 2);
-        assert_eq!(clean.fill().await, Some(false));
+        assert_eq!(clean.fill().await.ok(), Some(false));
         // A read error after a batch.
         let err = parquet::errors::ParquetError::General("disk on fire".into());
         let mut failing = cursor(futures::stream::iter([Ok(batch.clone()), Err(err)]).boxed());
-        assert_eq!(failing.fill().await, Some(true));
-        assert_eq!(failing.fill().await, None);
+        assert_eq!(failing.fill().await.ok(), Some(true));
+        let err = failing.fill().await.unwrap_err();
+        assert!(matches!(err, ReadFault::Parquet { .. }), "{err}");
         // A reader task that panics: its channel closes without `End`.
         let panicking = futures::stream::iter([Ok(batch)])
             .chain(futures::stream::poll_fn(
@@ -756,8 +737,9 @@ mod tests {
             ))
             .boxed();
         let mut panicked = cursor(panicking);
-        assert_eq!(panicked.fill().await, Some(true));
-        assert_eq!(panicked.fill().await, None);
+        assert_eq!(panicked.fill().await.ok(), Some(true));
+        let err = panicked.fill().await.unwrap_err();
+        assert!(matches!(err, ReadFault::Stopped { .. }), "{err}");
     }
 
     /// A batch of one Int64 key column `k`.
@@ -769,12 +751,16 @@ mod tests {
     /// A cursor of packed keys over `items` (batches of [`int64_keys`], or errors).
     fn packed_cursor(items: Vec<parquet::errors::Result<RecordBatch>>) -> Cursor {
         let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        Cursor::new(read_ahead(
-            futures::stream::iter(items).boxed(),
-            vec!["k".into()],
-            Arc::new(converter),
-            true,
-        ))
+        Cursor::new(
+            read_ahead(
+                futures::stream::iter(items).boxed(),
+                vec!["k".into()],
+                Arc::new(converter),
+                true,
+                "f".into(),
+            ),
+            "f".into(),
+        )
     }
 
     #[tokio::test]
@@ -791,18 +777,21 @@ mod tests {
                     items.push(Err(err));
                 }
                 let mut cursor = packed_cursor(items);
-                assert_eq!(cursor.fill().await, Some(true));
+                assert_eq!(cursor.fill().await.ok(), Some(true));
                 cursors.push(cursor);
             }
             cursors
         };
         // Keys 0 and 1 appear in files 0 and 5 (one in each half): 4 failing rows, 2 groups.
-        assert_eq!(merge_packed_split(cursors(None).await).await, Some((4, 2)));
+        assert_eq!(
+            merge_packed_split(cursors(None).await).await.ok(),
+            Some((4, 2))
+        );
         for failing in [0, 5] {
-            assert_eq!(
-                merge_packed_split(cursors(Some(failing)).await).await,
-                None,
-                "file {failing} failed"
+            let merged = merge_packed_split(cursors(Some(failing)).await).await;
+            assert!(
+                matches!(merged, Err(Declined::Fault(ReadFault::Parquet { .. }))),
+                "file {failing} failed: {merged:?}"
             );
         }
     }
@@ -810,8 +799,9 @@ mod tests {
     #[tokio::test]
     async fn the_packed_merge_yields_every_key_in_order_whatever_the_number_of_files() {
         let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let pack = |k: i64| match load(&int64_keys(&[k]), &["k".to_string()], &converter, true) {
-            Some(Keys::Packed(keys)) => keys[0],
+        let pack = |k: i64| match load(&int64_keys(&[k]), &["k".to_string()], &converter, true, "f")
+        {
+            Ok(Keys::Packed(keys)) => keys[0],
             _ => unreachable!("an Int64 key packs"),
         };
         let mut seed = 7u64;

@@ -1,28 +1,105 @@
-//! Phase 2, audit: YAML rules run as DataFusion SQL over the staged data (table `staged`), with
-//! the current published version as table `published`.
+//! Phase 2, audit: validated rules (from [`crate::conf::rules`]) evaluated over the staged data
+//! (table `staged`), with the current published version as table `published`.
+//!
+//! ```text
+//!  rules ──► plan (one evaluation per rule kind) ──► metadata proofs (staged footers)
+//!                                                 ├► one fused scan per scope (staged, result)
+//!                                                 ├► own queries (unique strategies, sql,
+//!                                                 │   relationships), concurrently
+//!                                                 └► comparisons with the published history
+//!        ──► every rule has a result (or the audit fails) ──► samples of failing rules
+//! ```
 //!
 //! Invariants:
 //! - Rules are compiled against the transform's schema before anything is written; a rule that
 //!   does not plan is a configuration error.
 //! - Rule SQL is read-only: one query per rule, no DDL, DML, COPY or statements.
-//! - All row-level rules share ONE aggregate scan of `staged`; `unique` and `sql` rules run as
-//!   their own queries, concurrently. A `unique` rule over `staged` on integer columns whose
-//!   footers bound them to a small range marks a bitmap of that range instead; one on the key
-//!   merges the sorted files (bounded memory). Samples are fetched only for failing rules.
-//! - This phase writes nothing but `_wap/runs/<run_id>/report.json`.
+//! - How a rule kind is evaluated is decided in one place ([`plan::evaluation`]); every rule
+//!   gets exactly one result, or the audit fails naming it.
+//! - The staged files and their footers are handed to the audit explicitly ([`StagedFiles`]),
+//!   whether they are a run's staged files or a published version's (`wap audit --version`).
+//! - This phase writes nothing but `_wap/runs/<run_id>/` (the report and samples).
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use object_store::{ObjectMeta, ObjectStore};
+
+use crate::manifest::{Manifest, Partition};
 
 mod dense;
+mod exec;
+mod files;
+mod history;
 mod merge;
+pub mod plan;
 mod proof;
 pub mod report;
-pub mod rule;
 pub mod run;
 pub mod sql;
+pub mod tables;
 #[cfg(test)]
 mod testing;
+pub mod unique;
 
+pub use crate::conf::rules::{Rule, RuleKind, RuleSet, Severity};
+pub use files::ReadFault;
 pub use report::{AuditReport, RuleResult};
-pub use rule::{Rule, RuleKind, RuleSet, Severity};
+
+/// Table name of the staged data in rule SQL.
+pub const STAGED: &str = "staged";
+/// Table name of the table as it would be after publishing, in rule SQL.
+pub const RESULT: &str = "result";
+/// Table name of the current published version in rule SQL.
+pub const PUBLISHED: &str = "published";
+
+/// The files behind table `staged`, with the store they are in: the audit reads their footers
+/// (metadata proofs, `unique` bounds) and key columns directly.
+#[derive(Debug, Clone)]
+pub struct StagedFiles {
+    pub store: Arc<dyn ObjectStore>,
+    pub schema: SchemaRef,
+    pub files: Vec<ObjectMeta>,
+}
+
+impl StagedFiles {
+    /// The files `files` of `store`, of schema `schema`.
+    pub fn new(store: Arc<dyn ObjectStore>, schema: SchemaRef, files: Vec<ObjectMeta>) -> Self {
+        StagedFiles {
+            store,
+            schema,
+            files,
+        }
+    }
+}
+
+/// What a run is judged against besides its own rows: the logical date, the partitions it
+/// staged (and their files), and the published version (for the comparisons with history).
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline<'a> {
+    pub logical_date: chrono::NaiveDate,
+    pub partition_by: &'a [String],
+    /// (Hive path, rows) of each staged partition.
+    pub staged: &'a [(String, u64)],
+    /// The files behind table `staged`, when it is a list of files the audit may read itself
+    /// (metadata proofs, `unique` strategies). `None`: everything goes through SQL.
+    pub files: Option<&'a StagedFiles>,
+    pub published: Option<&'a Manifest>,
+}
+
+impl Baseline<'_> {
+    /// The published partitions a staged partition is compared with: the one it replaces, or
+    /// the last `window` published partitions (by path) for a new one. Empty: nothing to compare.
+    fn reference(&self, path: &str, window: usize) -> Vec<&Partition> {
+        let Some(m) = self.published else {
+            return Vec::new();
+        };
+        if let Some(p) = m.partitions.get(path) {
+            return vec![p];
+        }
+        m.partitions.values().rev().take(window).collect()
+    }
+}
 
 /// Errors of phase 2.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +107,37 @@ pub use rule::{Rule, RuleKind, RuleSet, Severity};
 pub enum AuditError {
     #[error("audit rules do not compile:\n{}", problems.join("\n"))]
     Compile { problems: Vec<String> },
-    #[error("audit rule `{rule}` failed to run: {message}")]
-    Execute { rule: String, message: String },
+    #[error("audit: rule `{rule}` failed to run: {source}")]
+    Execute {
+        rule: String,
+        source: crate::table::TableError,
+    },
+    #[error("audit: the scan of table `{table}` failed: {source}")]
+    Scan {
+        table: String,
+        source: crate::table::TableError,
+    },
+    #[error("audit: rule `{rule}`: {source}")]
+    Read { rule: String, source: ReadFault },
+    #[error("audit: unable to read the footers of the staged files: {source}")]
+    Footers { source: ReadFault },
+    #[error(
+        "audit: rule `{rule}` ({kind}) got no result from its evaluation; this is a bug in wap"
+    )]
+    NoResult { rule: String, kind: &'static str },
+    #[error("audit: relationships rule `{rule}`: target {target}: {source}")]
+    Target {
+        rule: String,
+        target: String,
+        source: Box<crate::Error>,
+    },
     #[error("unable to write audit report {path}: {source}")]
-    Report {
+    WriteReport {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("unable to read audit report {path}: {source}")]
+    ReadReport {
         path: String,
         source: object_store::Error,
     },
@@ -44,6 +148,10 @@ pub enum AuditError {
 impl AuditError {
     /// True when the rules themselves are at fault (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, AuditError::Compile { .. })
+        match self {
+            AuditError::Compile { .. } => true,
+            AuditError::Target { source, .. } => source.exit_code() == crate::exit_code::CONFIG,
+            _ => false,
+        }
     }
 }

@@ -20,60 +20,48 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::{Buf, Bytes};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectMeta, ObjectStore};
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use object_store::ObjectStore;
 use parquet::basic::{Encoding, Type as Physical};
 use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::ColumnChunkMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 
-use super::rule::{Rule, RuleKind, Scope};
+use super::StagedFiles;
+use super::files::{Footer, group_stats};
 use super::sql;
+use crate::conf::rules::{Rule, RuleKind, Scope};
 
-/// How many footers or dictionary fetches are in flight at once.
+/// How many dictionary fetches are in flight at once.
 const CONCURRENCY: usize = 16;
 
-/// The names of the staged-scope rules in `rules` that the Parquet metadata of `table` proves
-/// to pass. Anything unproven is simply left to the scan.
-///
-/// Also returns the footers it read (empty if none), for the `unique` merge to reuse.
+/// The names of the staged-scope rules in `rules` that the Parquet metadata of the staged
+/// `files` (their `footers`, and dictionary pages where needed) proves to pass. Anything
+/// unproven is left to the scan.
 pub(super) async fn proven(
     ctx: &SessionContext,
-    table: &str,
+    files: &StagedFiles,
+    footers: &[Footer],
     rules: &[&Rule],
-) -> (HashSet<String>, Vec<Footer>) {
+) -> HashSet<String> {
     let mut proven = HashSet::new();
-    let candidates: Vec<&Rule> = rules
-        .iter()
-        .copied()
-        .filter(|r| r.scope == Scope::Staged && sql::failing_predicate(&r.kind).is_some())
-        .collect();
-    if candidates.is_empty() {
-        return (proven, Vec::new());
-    }
-    let Some((schema, store, files)) = listed_files(ctx, table).await else {
-        return (proven, Vec::new());
-    };
-    let Some(footers) = footers(&store, &files).await else {
-        return (proven, Vec::new());
-    };
+    let schema = &files.schema;
     // Each column's dictionary values are fetched once, however many rules use them.
     let mut dictionaries: HashMap<String, Option<ArrayRef>> = HashMap::new();
-    for rule in candidates {
+    for rule in rules.iter().filter(|r| r.scope == Scope::Staged) {
         let done = match &rule.kind {
-            RuleKind::NotNull(cols) => cols.iter().all(|c| no_nulls(c, &footers)),
+            RuleKind::NotNull(cols) => cols.iter().all(|c| no_nulls(c, footers)),
             RuleKind::Range { column, .. } => {
-                range_by_statistics(ctx, rule, column, &schema, &footers).await
+                range_by_statistics(ctx, rule, column, schema, footers).await
             }
             _ => false,
         };
         let done = done
-            || match single_column(ctx, rule, &schema) {
+            || match single_column(ctx, rule, schema) {
                 Some(column) => {
                     if !dictionaries.contains_key(&column) {
-                        let values = dictionary_values(&store, &column, &schema, &footers).await;
+                        let values =
+                            dictionary_values(&files.store, &column, schema, footers).await;
                         dictionaries.insert(column.clone(), values);
                     }
                     match &dictionaries[&column] {
@@ -89,95 +77,7 @@ pub(super) async fn proven(
             proven.insert(rule.name.clone());
         }
     }
-    (proven, footers)
-}
-
-/// The schema, store and files of `table` when it is a plain list of files (the staged run).
-pub(super) async fn listed_files(
-    ctx: &SessionContext,
-    table: &str,
-) -> Option<(
-    arrow::datatypes::SchemaRef,
-    Arc<dyn ObjectStore>,
-    Vec<ObjectMeta>,
-)> {
-    let provider = ctx.table_provider(table).await.ok()?;
-    let any: &dyn std::any::Any = provider.as_ref();
-    let files = any.downcast_ref::<crate::engine::FilesTable>()?;
-    let store = ctx.runtime_env().object_store(files.store_url()).ok()?;
-    Some((provider.schema(), store, files.files().to_vec()))
-}
-
-/// The footers of every file of `table` (empty when it is not a list of files or a footer
-/// cannot be read).
-pub(super) async fn table_footers(ctx: &SessionContext, table: &str) -> Vec<Footer> {
-    let Some((_, store, files)) = listed_files(ctx, table).await else {
-        return Vec::new();
-    };
-    footers(&store, &files).await.unwrap_or_default()
-}
-
-/// A staged file with its footer.
-pub(super) struct Footer {
-    pub(super) file: ObjectMeta,
-    pub(super) meta: ArrowReaderMetadata,
-}
-
-/// Every file's footer (one ranged read each, concurrently), or None if any cannot be read.
-pub(super) async fn footers(
-    store: &Arc<dyn ObjectStore>,
-    files: &[ObjectMeta],
-) -> Option<Vec<Footer>> {
-    futures::stream::iter(files.iter().cloned())
-        .map(|file| {
-            let store = Arc::clone(store);
-            async move {
-                // Deprecated in favour of a hand-written AsyncFileReader; it reads exactly the
-                // footer.
-                #[allow(deprecated)]
-                let mut reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-                    store,
-                    file.location.clone(),
-                )
-                .with_file_size(file.size);
-                let meta = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
-                Ok::<_, parquet::errors::ParquetError>(Footer { file, meta })
-            }
-        })
-        .buffered(CONCURRENCY)
-        .try_collect()
-        .await
-        .ok()
-}
-
-/// A column's statistics in each row group of one file, as Arrow arrays of the column's type:
-/// min and max (NULL where the group has none), whether both are exact, the null count, and
-/// the group's rows.
-pub(super) struct GroupStats {
-    pub(super) mins: ArrayRef,
-    pub(super) maxes: ArrayRef,
-    pub(super) exact: arrow::array::BooleanArray,
-    pub(super) nulls: arrow::array::UInt64Array,
-    pub(super) rows: Vec<i64>,
-}
-
-/// `column`'s [`GroupStats`] in `footer`'s file; `None` when they cannot be read.
-pub(super) fn group_stats(column: &str, footer: &Footer) -> Option<GroupStats> {
-    let m = &footer.meta;
-    let conv = StatisticsConverter::try_new(column, m.schema(), m.parquet_schema()).ok()?;
-    let groups = m.metadata().row_groups();
-    let exact = arrow::compute::and(
-        &conv.row_group_is_min_value_exact(groups).ok()?,
-        &conv.row_group_is_max_value_exact(groups).ok()?,
-    )
-    .ok()?;
-    Some(GroupStats {
-        mins: conv.row_group_mins(groups).ok()?,
-        maxes: conv.row_group_maxes(groups).ok()?,
-        exact,
-        nulls: conv.row_group_null_counts(groups).ok()?,
-        rows: groups.iter().map(|g| g.num_rows()).collect(),
-    })
+    proven
 }
 
 fn no_nulls(column: &str, footers: &[Footer]) -> bool {

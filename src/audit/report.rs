@@ -8,8 +8,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::AuditError;
-use super::rule::Severity;
-use crate::manifest::{self, AuditSummary};
+use crate::conf::rules::Severity;
+use crate::layout;
+use crate::manifest::AuditSummary;
 
 /// Format tag of report files.
 pub const FORMAT: &str = "wap-report/1";
@@ -18,7 +19,7 @@ async fn put(table: &Arc<dyn ObjectStore>, path: &Path, body: Vec<u8>) -> Result
     table
         .put(path, PutPayload::from(body))
         .await
-        .map_err(|source| AuditError::Report {
+        .map_err(|source| AuditError::WriteReport {
             path: path.to_string(),
             source,
         })?;
@@ -141,27 +142,12 @@ impl AuditReport {
         self.rules.iter().map(RuleResult::summary).collect()
     }
 
-    /// Path of a rule's failing samples (Parquet), beside the report.
-    pub fn samples_path(run_id: &str, rule: &str) -> Path {
-        let file: String = rule
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        Path::from(format!("_wap/runs/{run_id}/samples/{file}.parquet"))
-    }
-
     /// Writes the report under `_wap/runs/<run_id>/`, with each failing rule's samples as
     /// Parquet in `samples/`. Samples that cannot be encoded are skipped with a warning: they
     /// are also in the report itself.
     pub async fn save(&self, table: &Arc<dyn ObjectStore>) -> Result<(), AuditError> {
         for r in self.rules.iter().filter(|r| !r.sample_batches.is_empty()) {
-            let path = Self::samples_path(&self.run_id, &r.name);
+            let path = layout::samples_path(&self.run_id, &r.name);
             let mut buf = Vec::new();
             let encoded = (|| {
                 let schema = r.sample_batches[0].schema();
@@ -177,7 +163,7 @@ impl AuditReport {
             }
         }
         let body = serde_json::to_vec_pretty(self).expect("report serializes");
-        put(table, &manifest::report_path(&self.run_id), body).await
+        put(table, &layout::report_path(&self.run_id), body).await
     }
 
     /// Reads the report of `run_id`, if one was written (a damaged one counts as absent).
@@ -185,7 +171,7 @@ impl AuditReport {
         table: &Arc<dyn ObjectStore>,
         run_id: &str,
     ) -> Result<Option<Self>, object_store::Error> {
-        let path = manifest::report_path(run_id);
+        let path = layout::report_path(run_id);
         match table.get(&path).await {
             Ok(got) => {
                 let bytes = got.bytes().await?;
@@ -204,12 +190,12 @@ impl AuditReport {
     ) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
         use futures::TryStreamExt;
         let all: Vec<_> = table
-            .list(Some(&Path::from("_wap/runs")))
+            .list(Some(&layout::runs_folder()))
             .try_collect()
             .await?;
         Ok(all
             .into_iter()
-            .filter(|m| m.location.as_ref().ends_with("/report.json"))
+            .filter(|m| layout::is_report(&m.location))
             .collect())
     }
 

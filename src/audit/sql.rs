@@ -1,7 +1,19 @@
 //! Rules to SQL. Column names from YAML are quoted identifiers; `expression` and `sql` rules are
 //! the author's own SQL, checked to be a single read-only query before use.
 
-use super::rule::{Rule, RuleKind};
+use crate::conf::rules::{MaxAge, RuleKind};
+
+/// What the fused scan computes for a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanCheck<'r> {
+    /// Rows for which `predicate` is TRUE fail. `provable`: the staged files' metadata may
+    /// prove that no row does, and the scan then leaves the rule out.
+    Rows { predicate: String, provable: bool },
+    /// The table's row count is within bounds.
+    RowCount { min: Option<u64>, max: Option<u64> },
+    /// The newest value of `column` is recent enough.
+    Freshness { column: &'r str, max_age: MaxAge },
+}
 
 /// A double-quoted SQL identifier.
 pub fn ident(name: &str) -> String {
@@ -47,15 +59,6 @@ pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
     }
 }
 
-/// True for rules evaluated in the shared aggregate scan.
-pub fn in_aggregate(rule: &Rule) -> bool {
-    failing_predicate(&rule.kind).is_some()
-        || matches!(
-            rule.kind,
-            RuleKind::RowCount { .. } | RuleKind::Freshness { .. }
-        )
-}
-
 /// The oldest acceptable newest value of a freshness rule: the logical date's midnight minus
 /// `max_age`, as a timestamp literal.
 pub fn freshness_cutoff(logical_date: chrono::NaiveDate, max_age_seconds: i64) -> String {
@@ -64,19 +67,23 @@ pub fn freshness_cutoff(logical_date: chrono::NaiveDate, max_age_seconds: i64) -
     format!("TIMESTAMP '{}'", cutoff.format("%Y-%m-%d %H:%M:%S"))
 }
 
-/// One scan for all aggregate rules. Column 0 is the row count; for `rules[i]`, column
-/// `1 + 2i` is its failing-row count (0 for `row_count`, judged on column 0; 1 for a stale
-/// `freshness`) and column `2 + 2i` a value worth reporting as text (the newest value for
+/// One scan for all of a table's scan checks. Column 0 is the row count; for `checks[i]`,
+/// column `1 + 2i` is its failing-row count (0 for `row_count`, judged on column 0; 1 for a
+/// stale `freshness`) and column `2 + 2i` a value worth reporting as text (the newest value for
 /// `freshness`, NULL otherwise).
-pub fn aggregate_query(rules: &[&Rule], table: &str, logical_date: chrono::NaiveDate) -> String {
+pub fn aggregate_query(
+    checks: &[&ScanCheck<'_>],
+    table: &str,
+    logical_date: chrono::NaiveDate,
+) -> String {
     let mut cols = vec!["CAST(COUNT(*) AS BIGINT) AS \"__rows\"".to_string()];
-    for (i, r) in rules.iter().enumerate() {
-        let (failing, value) = match (&r.kind, failing_predicate(&r.kind)) {
-            (_, Some(p)) => (
-                format!("{}({p})", crate::engine::COUNT_TRUE),
+    for (i, check) in checks.iter().enumerate() {
+        let (failing, value) = match check {
+            ScanCheck::Rows { predicate, .. } => (
+                format!("{}({predicate})", crate::engine::COUNT_TRUE),
                 "CAST(NULL AS VARCHAR)".to_string(),
             ),
-            (RuleKind::Freshness { column, max_age }, None) => {
+            ScanCheck::Freshness { column, max_age } => {
                 let newest = format!("MAX(CAST({} AS TIMESTAMP))", ident(column));
                 let cutoff = freshness_cutoff(logical_date, max_age.seconds);
                 (
@@ -84,7 +91,7 @@ pub fn aggregate_query(rules: &[&Rule], table: &str, logical_date: chrono::Naive
                     format!("CAST({newest} AS VARCHAR)"),
                 )
             }
-            _ => (
+            ScanCheck::RowCount { .. } => (
                 "CAST(0 AS BIGINT)".to_string(),
                 "CAST(NULL AS VARCHAR)".to_string(),
             ),

@@ -2,7 +2,7 @@
 //!
 //! Transforms often derive a partition value from a date that way (`substr(CAST(d AS VARCHAR),
 //! 1, 7)` for a month). Arrow formats each date through `NaiveDate`'s `Debug` behind a
-//! `dyn Write`: about 5% of the CPU of the whole TPC-H benchmark job went there. Dates of the
+//! `dyn Write`, a cost paid for every row of such a transform. Dates of the
 //! years 0000 to 9999 (in practice every date of a column) are written here as `YYYY-MM-DD`
 //! straight into the string array; an array holding any other date (signed or five-digit years,
 //! or beyond chrono's range) is cast by Arrow as before, so that the text, and the error, stay

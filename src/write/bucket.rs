@@ -47,8 +47,8 @@ const BUCKET_BATCH_BYTES: usize = 64 << 20;
 const EMIT_ROWS: usize = super::WRITE_BATCH_ROWS;
 /// A bucket is sorted ahead (see [`Emitter::next_if_room`]) only if sorting it takes at most
 /// this fraction of the pool: sorting ahead adds to the peak memory, which for small buckets
-/// is little and for large ones (TPC-H SF10: about 200 MiB each of a 512 MiB pool) took the
-/// process to 970 MiB, for no gain in time.
+/// is little and for large ones (a good part of the pool each) takes the process past its
+/// memory target, for no gain in time.
 const AHEAD_SHARE: usize = 8;
 /// The hash column added for a bucket sorted by DataFusion's sort.
 const TIEBREAK: &str = "__wap_tiebreak";
@@ -632,8 +632,8 @@ impl Layout {
 struct BucketSorter {
     layout: Arc<Layout>,
     /// Each partition's bucket, by its values in the row format: looked up for every row whose
-    /// partition differs from the row before's, so hashed with foldhash, not SipHash (0.4% of
-    /// the CPU time of the TPC-H SF1 benchmark, whose rows are in no partition order).
+    /// partition differs from the row before's (in a source in no partition order, nearly
+    /// every row), so hashed with foldhash, not SipHash.
     index: datafusion::common::HashMap<Vec<u8>, usize>,
     buckets: Vec<Bucket>,
     reservation: MemoryReservation,
@@ -675,8 +675,7 @@ impl BucketSorter {
     /// the sorting tasks will need (two copies of a partition per output, the partition
     /// estimated from this input's largest bucket so far: partitions are spread over all
     /// inputs), but at least half of its share. Small partitions leave most of the pool to the
-    /// buckets, so that less is spilled; large ones (TPC-H SF10: 100 MB each) leave the room to
-    /// sort them, so that the sorting tasks need not spill held buckets to make room (memory
+    /// buckets, so that less is spilled; large ones leave the room to sort them, so that the sorting tasks need not spill held buckets to make room (memory
     /// freed and allocated again, which the allocator is slow to give back).
     fn budget(&self) -> usize {
         let Some(share) = self.share else {
@@ -957,7 +956,7 @@ impl Emitter {
 
     /// The next bucket, and whether it is sorted in memory: reading its spilled part back plus
     /// the sort columns and scratch count as a second copy of the bucket (with less, what is
-    /// outside the pool's view took the process over 1 GiB at TPC-H SF10). Room is made by
+    /// outside the pool's view grows past the process's memory target). Room is made by
     /// spilling the buckets still to come, largest first; when there is none, the bucket goes
     /// to DataFusion's spilling sort.
     fn next(&self, reservation: &mut MemoryReservation) -> DfResult<Option<(Bucket, bool)>> {

@@ -553,7 +553,7 @@ async fn result_scope_sees_the_table_as_it_would_be_after_publishing() {
     let r = out.audit_report.unwrap();
     let table_size = r.rules.iter().find(|r| r.name == "table_size").unwrap();
     assert_eq!((table_size.passed, table_size.checked_rows), (true, 2));
-    let err = wap::audit::rule::RuleFile::parse(
+    let err = wap::conf::rules::RuleFile::parse(
         std::path::Path::new("r.yaml"),
         "rules:\n  - {name: s, schema_change: forbid, scope: result}\n",
     )

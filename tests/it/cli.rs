@@ -304,12 +304,27 @@ fn check_compiles_everything_without_writing_and_lists_every_problem() {
     sql: DELETE FROM staged
   - name: bad_expression
     expression: amount >>> 3
+  - name: ranged
+    rnage: {column: amount, min: 0}
+  - name: typed
+    row_count: {min: many}
 ",
     )
     .unwrap();
     let out = ex.wap(&["check", "--conf", CONF]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    // Structural problems do not hide the others: every one, each at its line, in one run.
+    assert!(err.contains("5 problem(s) found"), "{err}");
+    assert!(
+        err.contains("audits/orders.yaml:10: rule `ranged`: unknown field `rnage`")
+            && err.contains("did you mean `range`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("audits/orders.yaml:13: rule `typed`: row_count.min: invalid type"),
+        "{err}"
+    );
     assert!(
         err.contains("audits/orders.yaml:2: rule `typo` (not_null)"),
         "{err}"

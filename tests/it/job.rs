@@ -1119,7 +1119,7 @@ async fn segments_of_the_current_version_are_read_only_when_a_rule_reads_it() {
 
 #[tokio::test]
 async fn the_run_log_tells_each_runs_fate() {
-    use wap::job::RunStatus;
+    use wap::inspect::RunStatus;
     let f = Fixture::new();
     std::fs::write(
         f.dir.path().join("audits/orders.yaml"),

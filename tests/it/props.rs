@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use wap::audit::rule::RuleFile;
 use wap::conf::JobConf;
+use wap::conf::rules::RuleFile;
 use wap::manifest::{Manifest, Pointer};
 
 const CONF: &str = include_str!("../../conf/orders.yaml");
@@ -117,7 +117,7 @@ proptest! {
         let good = manifest_bytes();
         let text = String::from_utf8(good.to_vec()).unwrap();
         let bad = mutate(&text, &edits);
-        let path = wap::manifest::manifest_path(1);
+        let path = wap::layout::manifest_path(1);
         match Manifest::decode(&path, bad.as_bytes(), 1) {
             // Only edits that leave the content as it was (whitespace) may pass the checksum.
             Ok(m) => prop_assert_eq!(m, Manifest::decode(&path, good, 1).unwrap()),
@@ -130,7 +130,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_as_a_manifest_or_pointer_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let path = wap::manifest::manifest_path(3);
+        let path = wap::layout::manifest_path(3);
         prop_assert!(Manifest::decode(&path, &bytes, 3).is_err());
         if let Err(e) = Pointer::decode(&bytes) {
             prop_assert!(e.to_string().contains("_wap/current"));

@@ -7,7 +7,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::audit::rule::{RuleFile, RuleSet};
+pub mod rules;
+
+use rules::{RuleFile, RuleSet};
 
 /// Errors in job or audit configuration files. All of them map to exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,9 @@ pub enum ConfError {
         line: usize,
         message: String,
     },
+    /// Several problems, each its own error, one per line.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfError>),
 }
 
 impl ConfError {
@@ -36,16 +41,99 @@ impl ConfError {
         }
     }
 
-    /// Wraps a serde_yaml error, keeping its line.
+    /// Wraps a serde_yaml error, keeping its line, and naming the key or value probably meant
+    /// when it is an unknown one.
     pub fn yaml(path: &Path, err: &serde_yaml::Error) -> Self {
         let line = err.location().map(|l| l.line()).unwrap_or(1);
-        // serde_yaml appends " at line L column C"; the prefix already says where.
-        let mut message = err.to_string();
-        if let Some(idx) = message.find(" at line ") {
-            message.truncate(idx);
-        }
-        ConfError::at(path, line, message)
+        ConfError::at(path, line, yaml_message(err))
     }
+
+    /// `problems` as one error: the problem itself when there is one.
+    pub fn many(mut problems: Vec<ConfError>) -> Self {
+        if problems.len() == 1 {
+            return problems.pop().expect("one problem");
+        }
+        ConfError::Many(
+            problems
+                .into_iter()
+                .flat_map(|p| match p {
+                    ConfError::Many(inner) => inner,
+                    one => vec![one],
+                })
+                .collect(),
+        )
+    }
+
+    /// Every single problem this error holds.
+    pub fn problems(&self) -> Vec<&ConfError> {
+        match self {
+            ConfError::Many(all) => all.iter().flat_map(|p| p.problems()).collect(),
+            one => vec![one],
+        }
+    }
+}
+
+/// A serde_yaml error in words, without its position (the caller says where), with the key or
+/// value probably meant when it names an unknown one.
+pub(crate) fn yaml_message(err: &serde_yaml::Error) -> String {
+    // serde_yaml appends " at line L column C"; the prefix already says where.
+    let mut message = err.to_string();
+    if let Some(idx) = message.find(" at line ") {
+        message.truncate(idx);
+    }
+    with_suggestion(message)
+}
+
+/// Appends "did you mean `x`?" to serde's "unknown field `y`, expected one of `a`, `b`" (and
+/// to unknown variants) when one expected word is close to the unknown one.
+fn with_suggestion(message: String) -> String {
+    let unknown = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|p| message.find(p).map(|at| &message[at + p.len()..]))
+        .and_then(|rest| rest.split_once('`'));
+    let Some((word, rest)) = unknown else {
+        return message;
+    };
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    match did_you_mean(word, &expected) {
+        Some(meant) => format!("{message}; did you mean `{meant}`?"),
+        None => message,
+    }
+}
+
+/// The candidate closest to `word` by edit distance, when close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, counting a swap of two neighbours as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Source file formats.
@@ -238,94 +326,161 @@ impl JobConf {
         self.transform.replace("{date}", date)
     }
 
-    /// Reads and validates a job file and every audit file it lists.
+    /// Reads and validates a job file and every audit file it lists; every problem found is
+    /// in the error.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
+        Self::check(path).into_result()
+    }
+
+    /// Reads and validates a job file and every audit file it lists, collecting every problem
+    /// instead of stopping at the first (`wap check`).
+    pub fn check(path: impl AsRef<Path>) -> Checked {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_text(path, text)
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::check_text(path, text),
+            Err(source) => Checked {
+                conf: None,
+                problems: vec![ConfError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }],
+            },
+        }
     }
 
     /// Validates a job file's text; `path` locates relative paths and names the file in errors.
     pub fn from_text(path: &Path, text: String) -> Result<Self, ConfError> {
-        let raw: RawJobConf = if text.trim().is_empty() {
-            return Err(ConfError::at(
+        Self::check_text(path, text).into_result()
+    }
+
+    /// [`JobConf::check`] of a job file's text.
+    pub fn check_text(path: &Path, text: String) -> Checked {
+        let fail = |problem| Checked {
+            conf: None,
+            problems: vec![problem],
+        };
+        if text.trim().is_empty() {
+            return fail(ConfError::at(
                 path,
                 1,
                 "empty job file: expected keys name, table, key, source",
             ));
-        } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfError::yaml(path, &e))?
+        }
+        let value: serde_yaml::Value = match serde_yaml::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return fail(ConfError::yaml(path, &e)),
         };
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let base = absolute(&base);
-        let line = |key: &str| line_of_key(&text, key);
-
-        if !is_identifier(&raw.name) {
-            return Err(ConfError::at(
+        let Some(map) = value.as_mapping() else {
+            return fail(ConfError::at(
                 path,
+                1,
+                "expected a mapping with keys name, table, key, source",
+            ));
+        };
+        // Unknown keys are reported each with its line, and left out so that the rest can
+        // still be validated.
+        let mut problems = Vec::new();
+        let mut known = map.clone();
+        for k in map.keys() {
+            let name = k.as_str().unwrap_or_default();
+            if !JOB_KEYS.contains(&name) {
+                problems.push(unknown_key(path, line_of_key(&text, name), name, JOB_KEYS));
+                known.remove(k);
+            }
+        }
+        let raw: Result<RawJobConf, ConfError> = if problems.is_empty() {
+            serde_yaml::from_str(&text).map_err(|e| ConfError::yaml(path, &e))
+        } else {
+            serde_yaml::from_value(serde_yaml::Value::Mapping(known)).map_err(|e| {
+                let message = yaml_message(&e);
+                let line = message
+                    .split('`')
+                    .nth(1)
+                    .map_or(1, |key| line_of_key(&text, key));
+                ConfError::at(path, line, message)
+            })
+        };
+        let base = absolute(
+            &path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        );
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(e);
+                // The rule files are still checked, with what the job file says of them.
+                let listed = |key: &str| map.get(key).cloned().unwrap_or_default();
+                let audits: Vec<String> =
+                    serde_yaml::from_value(listed("audits")).unwrap_or_default();
+                let vars = serde_yaml::from_value(listed("vars")).unwrap_or_default();
+                let vars = job_vars(path, &text, &vars, &mut problems);
+                rule_files(path, &text, &base, &audits, &vars, &mut problems);
+                return Checked {
+                    conf: None,
+                    problems,
+                };
+            }
+        };
+        let job_problems = problems.len();
+        let line = |key: &str| line_of_key(&text, key);
+        let mut problem =
+            |line: usize, message: String| problems.push(ConfError::at(path, line, message));
+        if !is_identifier(&raw.name) {
+            problem(
                 line("name"),
                 format!(
                     "name: `{}` is not a SQL identifier: expected letters, digits and `_`, not starting with a digit",
                     raw.name
                 ),
-            ));
-        }
-        if ["staged", "published", "source", "result"].contains(&raw.name.as_str()) {
-            return Err(ConfError::at(
-                path,
+            );
+        } else if ["staged", "published", "source", "result"].contains(&raw.name.as_str()) {
+            problem(
                 line("name"),
                 format!(
                     "name: `{}` is reserved for audit SQL; choose another",
                     raw.name
                 ),
-            ));
+            );
         }
         if raw.table.trim().is_empty() {
-            return Err(ConfError::at(
-                path,
-                line("table"),
-                "table: expected a URL or a path",
-            ));
+            problem(line("table"), "table: expected a URL or a path".into());
         }
         if raw.key.is_empty() {
-            return Err(ConfError::at(
-                path,
+            problem(
                 line("key"),
-                "key: expected at least one column (the natural key rows are sorted by)",
-            ));
+                "key: expected at least one column (the natural key rows are sorted by)".into(),
+            );
         }
         for (field, cols) in [("partition_by", &raw.partition_by), ("key", &raw.key)] {
             let mut seen = std::collections::BTreeSet::new();
-            for c in cols {
-                if c.is_empty() || !seen.insert(c) {
-                    return Err(ConfError::at(
-                        path,
-                        line(field),
-                        format!("{field}: column `{c}` is empty or listed twice"),
-                    ));
-                }
+            if let Some(c) = cols.iter().find(|c| c.is_empty() || !seen.insert(*c)) {
+                problem(
+                    line(field),
+                    format!("{field}: column `{c}` is empty or listed twice"),
+                );
             }
         }
         if let Some(c) = raw.key.iter().find(|c| raw.partition_by.contains(c)) {
-            return Err(ConfError::at(
-                path,
+            problem(
                 line("key"),
                 format!(
                     "key: `{c}` is also a partition column; the key identifies rows within a partition"
                 ),
-            ));
+            );
         }
         let csv = match raw.source.format {
-            SourceFormat::Csv => csv_options(&raw.source.options, path, &text)?,
+            SourceFormat::Csv => match csv_options(&raw.source.options, path, &text) {
+                Ok(csv) => csv,
+                Err(e) => {
+                    problems.push(e);
+                    CsvOptions::default()
+                }
+            },
             _ => {
                 if let Some(k) = raw.source.options.keys().next() {
-                    return Err(ConfError::at(
+                    problems.push(ConfError::at(
                         path,
                         line(k),
                         format!(
@@ -338,62 +493,27 @@ impl JobConf {
             }
         };
         if raw.source.path.trim().is_empty() {
-            return Err(ConfError::at(
+            problems.push(ConfError::at(
                 path,
                 line("path"),
                 "source.path: expected a location",
             ));
         }
+        let storage = storage_options(&raw.storage, path, &text).unwrap_or_else(|e| {
+            problems.push(e);
+            StorageOptions::default()
+        });
+        let vars = job_vars(path, &text, &raw.vars, &mut problems);
+        let job_valid = problems.len() == job_problems;
+        let rules = rule_files(path, &text, &base, &raw.audits, &vars, &mut problems);
         let transform = raw
             .transform
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| "SELECT * FROM source".to_string());
-
-        let mut vars = BTreeMap::new();
-        for (k, v) in &raw.vars {
-            let value = match v {
-                serde_yaml::Value::String(s) => s.clone(),
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                _ => {
-                    return Err(ConfError::at(
-                        path,
-                        line_of_key(&text, k),
-                        format!("vars.{k}: expected a string, number or boolean"),
-                    ));
-                }
-            };
-            if !is_identifier(k) {
-                return Err(ConfError::at(
-                    path,
-                    line_of_key(&text, k),
-                    format!("vars.{k}: names are identifiers (letters, digits, `_`)"),
-                ));
-            }
-            vars.insert(k.clone(), value);
-        }
-        let mut rule_files = Vec::new();
-        for audit in &raw.audits {
-            let audit_path = resolve_local(&base, audit);
-            let audit_text = std::fs::read_to_string(&audit_path).map_err(|e| {
-                ConfError::at(
-                    path,
-                    line_of_value(&text, audit).unwrap_or_else(|| line("audits")),
-                    format!(
-                        "audits: cannot read rule file {}: {e}",
-                        audit_path.display()
-                    ),
-                )
-            })?;
-            rule_files.push(RuleFile::parse_with_vars(&audit_path, &audit_text, &vars)?);
-        }
-        let rules = RuleSet::new(rule_files)?;
-        let storage = storage_options(&raw.storage, path, &text)?;
-
-        Ok(JobConf {
+        let conf = job_valid.then(|| JobConf {
             name: raw.name,
             path: path.to_path_buf(),
-            text,
+            text: text.clone(),
             table: resolve_location(&base, &raw.table),
             partition_by: raw.partition_by,
             key: raw.key,
@@ -406,8 +526,129 @@ impl JobConf {
             rules,
             storage,
             audit_samples: raw.audit_samples,
-        })
+        });
+        Checked { conf, problems }
     }
+}
+
+/// The top-level keys of a job file.
+const JOB_KEYS: &[&str] = &[
+    "name",
+    "table",
+    "partition_by",
+    "key",
+    "source",
+    "transform",
+    "audits",
+    "storage",
+    "vars",
+    "audit_samples",
+];
+
+/// An unknown key at `line`, with the known key probably meant.
+pub(crate) fn unknown_key(path: &Path, line: usize, key: &str, known: &[&str]) -> ConfError {
+    let meant = match did_you_mean(key, known) {
+        Some(m) => format!("; did you mean `{m}`?"),
+        None => String::new(),
+    };
+    ConfError::at(
+        path,
+        line,
+        format!(
+            "unknown key `{key}`{meant} (expected one of {})",
+            known.join(", ")
+        ),
+    )
+}
+
+/// A job file validated as far as it could be, and every problem found in it and its rule
+/// files.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration, with the rules that are valid; `None` when the job file itself is
+    /// too broken to give one.
+    pub conf: Option<JobConf>,
+    /// Every problem, in the order found.
+    pub problems: Vec<ConfError>,
+}
+
+impl Checked {
+    /// The configuration when nothing is wrong, else every problem as one error.
+    pub fn into_result(self) -> Result<JobConf, ConfError> {
+        match (self.conf, self.problems.is_empty()) {
+            (Some(conf), true) => Ok(conf),
+            (None, true) => unreachable!("a job file without a configuration has a problem"),
+            (_, false) => Err(ConfError::many(self.problems)),
+        }
+    }
+}
+
+/// The job's `vars:` as text, each bad one a problem.
+fn job_vars(
+    path: &Path,
+    text: &str,
+    raw: &BTreeMap<String, serde_yaml::Value>,
+    problems: &mut Vec<ConfError>,
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for (k, v) in raw {
+        let value = match v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                problems.push(ConfError::at(
+                    path,
+                    line_of_key(text, k),
+                    format!("vars.{k}: expected a string, number or boolean"),
+                ));
+                continue;
+            }
+        };
+        if !is_identifier(k) {
+            problems.push(ConfError::at(
+                path,
+                line_of_key(text, k),
+                format!("vars.{k}: names are identifiers (letters, digits, `_`)"),
+            ));
+            continue;
+        }
+        vars.insert(k.clone(), value);
+    }
+    vars
+}
+
+/// Every listed rule file, parsed with the job's `vars`: the valid rules, each problem pushed.
+fn rule_files(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    audits: &[String],
+    vars: &BTreeMap<String, String>,
+    problems: &mut Vec<ConfError>,
+) -> RuleSet {
+    let mut files = Vec::new();
+    for audit in audits {
+        let audit_path = resolve_local(base, audit);
+        match std::fs::read_to_string(&audit_path) {
+            Ok(audit_text) => {
+                let (file, found) = RuleFile::check(&audit_path, &audit_text, vars);
+                problems.extend(found);
+                files.push(file);
+            }
+            Err(e) => problems.push(ConfError::at(
+                path,
+                line_of_value(text, audit).unwrap_or_else(|| line_of_key(text, "audits")),
+                format!(
+                    "audits: cannot read rule file {}: {e}",
+                    audit_path.display()
+                ),
+            )),
+        }
+    }
+    let (rules, found) = RuleSet::check(files);
+    problems.extend(found);
+    rules
 }
 
 fn csv_options(
@@ -573,7 +814,80 @@ mod tests {
         let p = write(dir.path(), "job.yaml", &text);
         let err = JobConf::load(&p).unwrap_err().to_string();
         assert!(err.contains("job.yaml:5:"), "{err}");
-        assert!(err.contains("unknown field `keys`"), "{err}");
+        assert!(
+            err.contains("unknown key `keys`; did you mean `key`?"),
+            "{err}"
+        );
+        // Nested keys are serde's: the same suggestion.
+        let p = write(
+            dir.path(),
+            "nested.yaml",
+            &GOOD.replace("format: csv", "format: csv\n  pth: x"),
+        );
+        let err = JobConf::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("nested.yaml:7:")
+                && err.contains("unknown field `pth`")
+                && err.ends_with("did you mean `path`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn check_collects_the_problems_of_the_job_and_every_rule_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "audits/a.yaml",
+            "rules:\n  - name: a\n    not_nul: [order_id]\n  - name: ok\n    unique: [order_id]\n",
+        );
+        write(
+            dir.path(),
+            "audits/b.yaml",
+            "rules:\n  - name: b\n    range: {column: amount, min: [1]}\n",
+        );
+        let text = GOOD.replace("partition_by:", "partiton_by:")
+            + "audits: [../audits/a.yaml, ../audits/b.yaml, ../audits/missing.yaml]\n";
+        let p = write(dir.path(), "conf/job.yaml", &text);
+        let checked = JobConf::check(&p);
+        let messages: Vec<String> = checked.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(
+            messages[0]
+                .contains("job.yaml:3: unknown key `partiton_by`; did you mean `partition_by`?"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[1].contains("a.yaml:3: rule `a`: unknown field `not_nul`")
+                && messages[1].ends_with("did you mean `not_null`?"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[2].contains("b.yaml:2: rule `b`: range.min"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[3].contains("job.yaml:9: audits: cannot read rule file")
+                && messages[3].contains("missing.yaml"),
+            "{messages:#?}"
+        );
+        // The job itself is still usable, with the rules that are valid.
+        let conf = checked.conf.expect("an unknown key leaves the job valid");
+        let names: Vec<&str> = conf.rules.rules().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["ok"]);
+        assert!(conf.partition_by.is_empty());
+        // Loading strictly gives the same problems in one error.
+        assert_eq!(JobConf::load(&p).unwrap_err().problems().len(), 4);
+    }
+
+    #[test]
+    fn suggestions_are_for_near_misses_only() {
+        assert_eq!(did_you_mean("rnage", &["range", "unique"]), Some("range"));
+        assert_eq!(did_you_mean("uniqe", &["range", "unique"]), Some("unique"));
+        assert_eq!(did_you_mean("colour", &["range", "unique"]), None);
+        assert_eq!(did_you_mean("ky", &["key", "keys"]), Some("key"));
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

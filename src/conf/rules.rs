@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::conf::ConfError;
+use super::ConfError;
 
 /// What a failing rule does to the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -263,12 +263,6 @@ impl Rule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRuleFile {
-    rules: Vec<RawRule>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
     #[serde(default)]
@@ -394,35 +388,138 @@ impl RuleFile {
         raw_text: &str,
         vars: &BTreeMap<String, String>,
     ) -> Result<Self, ConfError> {
-        let text = &fill_vars(path, raw_text, vars)?;
+        let (file, problems) = Self::check(path, raw_text, vars);
+        if problems.is_empty() {
+            Ok(file)
+        } else {
+            Err(ConfError::many(problems))
+        }
+    }
+
+    /// Parses and validates one rule file, rule by rule: the valid rules, and every problem of
+    /// the others (one bad rule hides nothing of the rest).
+    pub fn check(
+        path: &Path,
+        raw_text: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> (Self, Vec<ConfError>) {
+        let mut problems = Vec::new();
+        let text = &fill_vars(path, raw_text, vars, &mut problems);
+        let mut file = RuleFile {
+            path: path.to_path_buf(),
+            text: raw_text.to_string(),
+            rules: Vec::new(),
+        };
         if text.trim().is_empty() {
-            return Err(ConfError::at(
+            problems.push(ConfError::at(
                 path,
                 1,
                 "empty rule file: expected `rules:` with a list of rules",
             ));
+            return (file, problems);
         }
-        let raw: RawRuleFile = serde_yaml::from_str(text).map_err(|e| ConfError::yaml(path, &e))?;
-        let starts = rule_lines(text);
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        for (i, r) in raw.rules.into_iter().enumerate() {
-            let line = starts.get(i).copied().unwrap_or(1);
-            rules.push(validate(path, line, r)?);
+        for (line, raw) in raw_rules(path, text, &mut problems) {
+            match validate(path, line, raw) {
+                Ok(rule) => file.rules.push(rule),
+                Err(e) => problems.push(e),
+            }
         }
-        Ok(RuleFile {
-            path: path.to_path_buf(),
-            text: raw_text.to_string(),
-            rules,
-        })
+        (file, problems)
     }
 }
 
-/// Replaces `{name}` by `vars[name]`; a placeholder with no value is an error at its line.
+/// The rules of a rule file as written, each with the line it starts at. Each rule is read on
+/// its own, so a problem in one (reported in `problems`) leaves the others readable.
+fn raw_rules(path: &Path, text: &str, problems: &mut Vec<ConfError>) -> Vec<(usize, RawRule)> {
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(ConfError::yaml(path, &e));
+            return Vec::new();
+        }
+    };
+    let Some(map) = value.as_mapping() else {
+        problems.push(ConfError::at(
+            path,
+            1,
+            "expected `rules:` with a list of rules",
+        ));
+        return Vec::new();
+    };
+    for k in map.keys() {
+        let key = k.as_str().unwrap_or_default();
+        if key != "rules" {
+            let line = super::line_of_key(text, key);
+            problems.push(super::unknown_key(path, line, key, &["rules"]));
+        }
+    }
+    let items = match map.get("rules") {
+        Some(serde_yaml::Value::Sequence(items)) => items,
+        Some(_) => {
+            let line = super::line_of_key(text, "rules");
+            problems.push(ConfError::at(path, line, "rules: expected a list of rules"));
+            return Vec::new();
+        }
+        None => {
+            problems.push(ConfError::at(path, 1, "missing field `rules`"));
+            return Vec::new();
+        }
+    };
+    let (starts, end) = rule_lines(text);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let name = item
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(|n| format!("rule `{}`: ", n.trim()))
+            .unwrap_or_default();
+        let Some(&start) = starts.get(i).filter(|_| starts.len() == items.len()) else {
+            // Rules not one per block item (a flow-style list): read from the parsed value,
+            // which has no positions.
+            let line = starts.get(i).copied().unwrap_or(1);
+            match serde_yaml::from_value::<RawRule>(item.clone()) {
+                Ok(raw) => out.push((line, raw)),
+                Err(e) => problems.push(ConfError::at(
+                    path,
+                    line,
+                    format!("{name}{}", super::yaml_message(&e)),
+                )),
+            }
+            continue;
+        };
+        let stop = starts.get(i + 1).copied().unwrap_or(end);
+        let chunk: String = lines[start - 1..stop - 1].concat();
+        match serde_yaml::from_str::<Vec<RawRule>>(&chunk) {
+            Ok(mut raw) if raw.len() == 1 => out.push((start, raw.remove(0))),
+            Ok(_) => problems.push(ConfError::at(
+                path,
+                start,
+                format!("{name}expected one rule"),
+            )),
+            Err(e) => {
+                let line = start - 1 + e.location().map_or(1, |l| l.line());
+                // The chunk is a list of one rule: serde's path starts with its index.
+                let message = super::yaml_message(&e);
+                let message = ["[0].", "[0]: "]
+                    .iter()
+                    .find_map(|p| message.strip_prefix(p))
+                    .unwrap_or(&message);
+                problems.push(ConfError::at(path, line, format!("{name}{message}")));
+            }
+        }
+    }
+    out
+}
+
+/// Replaces `{name}` by `vars[name]`; a placeholder with no value is a problem at its line (and
+/// stays as it is).
 fn fill_vars(
     path: &Path,
     text: &str,
     vars: &BTreeMap<String, String>,
-) -> Result<String, ConfError> {
+    problems: &mut Vec<ConfError>,
+) -> String {
     let mut out = String::with_capacity(text.len());
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let mut rest = line;
@@ -433,9 +530,8 @@ fn fill_vars(
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
             let name = &after[..name_len];
-            let is_placeholder = name_len > 0
-                && after[name_len..].starts_with('}')
-                && crate::conf::is_identifier(name);
+            let is_placeholder =
+                name_len > 0 && after[name_len..].starts_with('}') && super::is_identifier(name);
             if !is_placeholder {
                 out.push('{');
                 rest = after;
@@ -444,27 +540,32 @@ fn fill_vars(
             match vars.get(name) {
                 Some(v) => out.push_str(v),
                 None => {
-                    return Err(ConfError::at(
+                    problems.push(ConfError::at(
                         path,
                         i + 1,
                         format!(
                             "`{{{name}}}` has no value: define it under `vars:` in the job file"
                         ),
                     ));
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
                 }
             }
             rest = &after[name_len + 1..];
         }
         out.push_str(rest);
     }
-    Ok(out)
+    out
 }
 
-/// Lines where list items under `rules:` begin (one per rule, in order).
-fn rule_lines(text: &str) -> Vec<usize> {
+/// Lines where list items under `rules:` begin (one per rule, in order), and the line after
+/// the last one's block (the next top-level key, or past the end).
+fn rule_lines(text: &str) -> (Vec<usize>, usize) {
     let mut out = Vec::new();
     let mut indent: Option<usize> = None;
     let mut in_rules = false;
+    let mut end = text.split_inclusive('\n').count() + 1;
     for (i, l) in text.lines().enumerate() {
         let trimmed = l.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -472,6 +573,9 @@ fn rule_lines(text: &str) -> Vec<usize> {
         }
         let ind = l.len() - trimmed.len();
         if ind == 0 && !trimmed.starts_with('-') {
+            if in_rules && !out.is_empty() {
+                end = end.min(i + 1);
+            }
             in_rules = trimmed.starts_with("rules:");
             continue;
         }
@@ -486,7 +590,7 @@ fn rule_lines(text: &str) -> Vec<usize> {
             }
         }
     }
-    out
+    (out, end)
 }
 
 fn literal(v: &serde_yaml::Value) -> Option<String> {
@@ -639,7 +743,7 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
         let base = path.parent().unwrap_or(Path::new("."));
         kinds.push(RuleKind::Relationships {
             column: rel.column,
-            to: crate::conf::resolve_location(&crate::conf::absolute(base), &rel.to),
+            to: super::resolve_location(&super::absolute(base), &rel.to),
             field: rel.field,
         });
     }
@@ -773,21 +877,39 @@ pub struct RuleSet {
 impl RuleSet {
     /// Checks that rule names are unique across files.
     pub fn new(files: Vec<RuleFile>) -> Result<Self, ConfError> {
-        let mut seen: BTreeMap<&str, &Rule> = BTreeMap::new();
-        for rule in files.iter().flat_map(|f| &f.rules) {
-            if let Some(first) = seen.insert(&rule.name, rule) {
-                return Err(ConfError::at(
-                    &rule.file,
-                    rule.line,
-                    format!(
-                        "rule name `{}` is already used at {}; names must be unique within a job",
-                        rule.name,
-                        first.location()
-                    ),
-                ));
-            }
+        let (set, problems) = Self::check(files);
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(ConfError::many(problems))
         }
-        Ok(RuleSet { files })
+    }
+
+    /// The rules of `files` with names unique across them: a rule whose name is already used
+    /// is a problem, and left out.
+    pub fn check(mut files: Vec<RuleFile>) -> (Self, Vec<ConfError>) {
+        let mut problems = Vec::new();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for file in &mut files {
+            file.rules.retain(|rule| match seen.get(&rule.name) {
+                Some(first) => {
+                    problems.push(ConfError::at(
+                        &rule.file,
+                        rule.line,
+                        format!(
+                            "rule name `{}` is already used at {first}; names must be unique within a job",
+                            rule.name,
+                        ),
+                    ));
+                    false
+                }
+                None => {
+                    seen.insert(rule.name.clone(), rule.location());
+                    true
+                }
+            });
+        }
+        (RuleSet { files }, problems)
     }
 
     /// All rules, in file order.
@@ -1001,6 +1123,105 @@ mod tests {
             err.starts_with("r.yaml:3:") && err.contains("`{limit}` has no value"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_bad_rule_is_reported_and_the_good_ones_kept() {
+        let text = "rules:
+  - name: ranged
+    rnage: {column: a, min: 0}
+  - name: fine
+    not_null: [a]
+  - name: typed
+    not_null: 3
+  - name: doubled
+    not_null: [a]
+    unique: [a]
+  - name: placeholder
+    expression: a > {limit}
+  # a comment between rules
+  - {name: flow, unique: [b]}
+";
+        let (file, problems) = RuleFile::check(Path::new("r.yaml"), text, &BTreeMap::new());
+        let names: Vec<&str> = file.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["fine", "flow"]);
+        let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(
+            messages[0].starts_with("r.yaml:11: `{limit}` has no value"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[1].starts_with("r.yaml:3: rule `ranged`: unknown field `rnage`")
+                && messages[1].ends_with("did you mean `range`?"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[2].starts_with("r.yaml:7: rule `typed`: invalid type"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[3].starts_with("r.yaml:8: rule `doubled`: has 2 kinds"),
+            "{messages:#?}"
+        );
+        // The strict parse gives them all too, as one error.
+        let err = RuleFile::parse(Path::new("r.yaml"), text).unwrap_err();
+        assert_eq!(err.problems().len(), 4, "{err}");
+    }
+
+    #[test]
+    fn structural_problems_of_the_file() {
+        let bad = |t: &str| {
+            let (_, problems) = RuleFile::check(Path::new("r.yaml"), t, &BTreeMap::new());
+            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bad("rules: [\n"),
+            [bad("rules: [\n")[0].clone()],
+            "a syntax error is one problem"
+        );
+        assert!(bad("rules: [\n")[0].starts_with("r.yaml:"));
+        let top = bad("rule:\n  - name: a\n    not_null: [a]\n");
+        assert!(
+            top.iter()
+                .any(|m| m.starts_with("r.yaml:1: unknown key `rule`; did you mean `rules`?")),
+            "{top:?}"
+        );
+        assert!(bad("rules: 3\n")[0].contains("expected a list of rules"));
+        // Rules after a top-level key that follows them are still found by their lines.
+        let (file, problems) = RuleFile::check(
+            Path::new("r.yaml"),
+            "rules:\n  - name: a\n    not_null: [a]\nextra: 1\n",
+            &BTreeMap::new(),
+        );
+        assert_eq!(file.rules.len(), 1);
+        assert_eq!(file.rules[0].line, 2);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("r.yaml:4: unknown key `extra`")
+        );
+    }
+
+    #[test]
+    fn every_duplicate_name_is_reported() {
+        let a = RuleFile::parse(
+            Path::new("a.yaml"),
+            "rules:\n  - name: x\n    not_null: [c]\n  - name: y\n    not_null: [c]\n",
+        )
+        .unwrap();
+        let b = RuleFile::parse(
+            Path::new("b.yaml"),
+            "rules:\n  - name: y\n    not_null: [c]\n  - name: x\n    unique: [c]\n",
+        )
+        .unwrap();
+        let (set, problems) = RuleSet::check(vec![a, b]);
+        assert_eq!(set.rules().len(), 2);
+        let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].starts_with("b.yaml:2:") && messages[0].contains("a.yaml:4"));
+        assert!(messages[1].starts_with("b.yaml:4:") && messages[1].contains("a.yaml:2"));
     }
 
     #[test]
