@@ -33,8 +33,13 @@ pub const SEGMENT_FORMAT: &str = "wap-segment/1";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
-    #[error("manifest {path} is not valid JSON of format {FORMAT}: {message}")]
-    Parse { path: String, message: String },
+    #[error("manifest {path} is not valid JSON of format {FORMAT}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("manifest {path} does not read as format {FORMAT} though it says it is")]
+    Unreadable { path: String },
     #[error("manifest {path} has format `{found}`; this wap reads {FORMAT} and {FORMAT_V1}")]
     Format { path: String, found: String },
     #[error("manifest {path} is corrupt: checksum {found} does not match its content ({computed})")]
@@ -49,10 +54,20 @@ pub enum ManifestError {
         found: u64,
         expected: u64,
     },
+    #[error("pointer {path} is not valid JSON: {source}")]
+    PointerParse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("pointer {path} is corrupt: {message}")]
     Pointer { path: String, message: String },
     #[error("segment {path} is corrupt: {message}")]
     Segment { path: String, message: String },
+    #[error("segment {path} is not valid JSON: {source}")]
+    SegmentParse {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// One data file of a partition.
@@ -187,7 +202,11 @@ impl Segment {
                 "its bytes hash to {computed}, not to the digest in its name"
             )));
         }
-        let segment: Segment = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        let segment: Segment =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::SegmentParse {
+                path: path.to_string(),
+                source,
+            })?;
         if segment.format != SEGMENT_FORMAT {
             return Err(err(format!(
                 "format `{}`; this wap reads {SEGMENT_FORMAT}",
@@ -341,9 +360,9 @@ impl Manifest {
             return Ok(manifest);
         }
         let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse {
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
                 path: path_s.clone(),
-                message: e.to_string(),
+                source,
             })?;
         let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
         if format == FORMAT_V1 {
@@ -356,10 +375,12 @@ impl Manifest {
             });
         }
         // Format 2 that does not deserialize: say why.
-        let err = serde_json::from_value::<Manifest>(value).err();
-        Err(ManifestError::Parse {
-            path: path_s,
-            message: err.map_or_else(|| "unreadable".into(), |e| e.to_string()),
+        Err(match serde_json::from_value::<Manifest>(value) {
+            Err(source) => ManifestError::Parse {
+                path: path_s,
+                source,
+            },
+            Ok(_) => ManifestError::Unreadable { path: path_s },
         })
     }
 }
@@ -440,10 +461,11 @@ mod v1 {
         value: serde_json::Value,
         expected: u64,
     ) -> Result<Manifest, ManifestError> {
-        let m: Manifest1 = serde_json::from_value(value).map_err(|e| ManifestError::Parse {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        let m: Manifest1 =
+            serde_json::from_value(value).map_err(|source| ManifestError::Parse {
+                path: path.to_string(),
+                source,
+            })?;
         let mut copy = m.clone();
         copy.checksum.clear();
         let canonical = serde_json::to_vec_pretty(&copy).expect("manifest serializes");
@@ -542,10 +564,11 @@ impl Pointer {
 
     /// Parses the pointer object.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let p: Pointer = serde_json::from_slice(bytes).map_err(|e| ManifestError::Pointer {
-            path: layout::pointer_path().to_string(),
-            message: e.to_string(),
-        })?;
+        let p: Pointer =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::PointerParse {
+                path: layout::pointer_path().to_string(),
+                source,
+            })?;
         if p.manifest != layout::manifest_path(p.version).to_string() {
             return Err(ManifestError::Pointer {
                 path: layout::pointer_path().to_string(),

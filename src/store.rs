@@ -25,6 +25,11 @@ pub enum StoreError {
     Unsupported { location: String, reason: String },
     #[error("invalid location `{location}`: {reason}")]
     Invalid { location: String, reason: String },
+    #[error("invalid location `{location}`: {source}")]
+    Build {
+        location: String,
+        source: object_store::Error,
+    },
 }
 
 /// A location resolved to a store.
@@ -126,9 +131,9 @@ fn cloud(
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let root = format!("{scheme}://{bucket}");
     // object_store's build errors name missing settings, never credential values.
-    let failed = |e: object_store::Error| StoreError::Invalid {
+    let failed = |source: object_store::Error| StoreError::Build {
         location: location.to_string(),
-        reason: e.to_string(),
+        source,
     };
     let store: Arc<dyn ObjectStore> = match scheme {
         "s3" | "s3a" => {

@@ -150,3 +150,110 @@ pub async fn count_by(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use object_store::ObjectStoreExt;
+
+    use super::super::testing::{staged_files, unique_by_sql};
+    use super::*;
+
+    /// Two files of `(k Int64, s Utf8)`, each sorted by `k`, with `k` 7 twice across them.
+    async fn staged(keys: [&[i64]; 2]) -> (SessionContext, StagedFiles, Vec<Footer>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batches: Vec<RecordBatch> = keys
+            .iter()
+            .map(|k| {
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(k.to_vec())),
+                        Arc::new(StringArray::from_iter_values(
+                            k.iter().map(|v| format!("s{}", v % 3)),
+                        )),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let props = parquet::file::properties::WriterProperties::builder();
+        let (ctx, store, metas) = staged_files(&batches, props, &Default::default()).await;
+        let footers = super::super::files::footers(&store, &metas).await.unwrap();
+        (ctx, StagedFiles::new(store, schema, metas), footers)
+    }
+
+    fn cols(v: &[&str]) -> Vec<String> {
+        v.iter().map(|c| c.to_string()).collect()
+    }
+
+    /// The counts of `columns` and the strategy that gave them.
+    async fn counted(
+        ctx: &SessionContext,
+        scope: Scope,
+        columns: &[&str],
+        files: Option<&StagedFiles>,
+        footers: &[Footer],
+    ) -> ((u64, u64), Strategy) {
+        count(
+            ctx,
+            "r",
+            scope,
+            &cols(columns),
+            &cols(&["k"]),
+            files,
+            footers,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_strategy_answers_where_it_applies_and_all_count_alike() {
+        let (ctx, files, footers) = staged([&[1, 2, 7], &[7, 8, 9]]).await;
+        let sql = unique_by_sql(&ctx, &cols(&["k"])).await;
+        assert_eq!(sql, (2, 1));
+        // Integer keys in a small range: the bitmap.
+        let found = counted(&ctx, Scope::Staged, &["k"], Some(&files), &footers).await;
+        assert_eq!(found, (sql, Strategy::Bitmap));
+        // A string column that is no key prefix: SQL.
+        let found = counted(&ctx, Scope::Staged, &["s"], Some(&files), &footers).await;
+        assert_eq!(
+            found,
+            (unique_by_sql(&ctx, &cols(&["s"])).await, Strategy::Sql)
+        );
+        // Without the files handed over: SQL, the same counts.
+        let found = counted(&ctx, Scope::Staged, &["k"], None, &footers).await;
+        assert_eq!(found, (sql, Strategy::Sql));
+        // Sparse keys (the bitmap would be mostly empty), files sorted by the key: the merge.
+        let (ctx, files, footers) = staged([&[1, 7_000_000_000], &[7_000_000_000, 9 << 40]]).await;
+        let found = counted(&ctx, Scope::Staged, &["k"], Some(&files), &footers).await;
+        assert_eq!(
+            found,
+            (unique_by_sql(&ctx, &cols(&["k"])).await, Strategy::Merge)
+        );
+        assert_eq!(found.0, (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_read_fails_the_rule_instead_of_falling_back() {
+        let (ctx, files, footers) = staged([&[1, 2, 7], &[7, 8, 9]]).await;
+        files.store.delete(&files.files[1].location).await.unwrap();
+        for key in [cols(&["k"]), cols(&["k", "s"])] {
+            let err = count(&ctx, "r", Scope::Staged, &key, &key, Some(&files), &footers)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, AuditError::Read { rule, .. } if rule == "r"),
+                "{key:?}: {err}"
+            );
+            assert!(err.to_string().contains("part-1.parquet"), "{err}");
+        }
+    }
+}

@@ -405,6 +405,8 @@ impl RuleFile {
     ) -> (Self, Vec<ConfError>) {
         let mut problems = Vec::new();
         let text = &fill_vars(path, raw_text, vars, &mut problems);
+        // Lines with a placeholder left unfilled: their rules are not valid, only reported.
+        let unfilled: Vec<usize> = problems.iter().filter_map(problem_line).collect();
         let mut file = RuleFile {
             path: path.to_path_buf(),
             text: raw_text.to_string(),
@@ -418,7 +420,10 @@ impl RuleFile {
             ));
             return (file, problems);
         }
-        for (line, raw) in raw_rules(path, text, &mut problems) {
+        for (line, stop, raw) in raw_rules(path, text, &mut problems) {
+            if unfilled.iter().any(|l| (line..stop).contains(l)) {
+                continue;
+            }
             match validate(path, line, raw) {
                 Ok(rule) => file.rules.push(rule),
                 Err(e) => problems.push(e),
@@ -428,9 +433,22 @@ impl RuleFile {
     }
 }
 
-/// The rules of a rule file as written, each with the line it starts at. Each rule is read on
-/// its own, so a problem in one (reported in `problems`) leaves the others readable.
-fn raw_rules(path: &Path, text: &str, problems: &mut Vec<ConfError>) -> Vec<(usize, RawRule)> {
+/// The line of a problem at a line.
+fn problem_line(problem: &ConfError) -> Option<usize> {
+    match problem {
+        ConfError::Invalid { line, .. } => Some(*line),
+        _ => None,
+    }
+}
+
+/// The rules of a rule file as written, each with the line it starts at and the line after its
+/// last. Each rule is read on its own, so a problem in one (reported in `problems`) leaves the
+/// others readable.
+fn raw_rules(
+    path: &Path,
+    text: &str,
+    problems: &mut Vec<ConfError>,
+) -> Vec<(usize, usize, RawRule)> {
     let value: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -479,7 +497,7 @@ fn raw_rules(path: &Path, text: &str, problems: &mut Vec<ConfError>) -> Vec<(usi
             // which has no positions.
             let line = starts.get(i).copied().unwrap_or(1);
             match serde_yaml::from_value::<RawRule>(item.clone()) {
-                Ok(raw) => out.push((line, raw)),
+                Ok(raw) => out.push((line, line + 1, raw)),
                 Err(e) => problems.push(ConfError::at(
                     path,
                     line,
@@ -491,7 +509,7 @@ fn raw_rules(path: &Path, text: &str, problems: &mut Vec<ConfError>) -> Vec<(usi
         let stop = starts.get(i + 1).copied().unwrap_or(end);
         let chunk: String = lines[start - 1..stop - 1].concat();
         match serde_yaml::from_str::<Vec<RawRule>>(&chunk) {
-            Ok(mut raw) if raw.len() == 1 => out.push((start, raw.remove(0))),
+            Ok(mut raw) if raw.len() == 1 => out.push((start, stop, raw.remove(0))),
             Ok(_) => problems.push(ConfError::at(
                 path,
                 start,
@@ -501,7 +519,7 @@ fn raw_rules(path: &Path, text: &str, problems: &mut Vec<ConfError>) -> Vec<(usi
                 let line = start - 1 + e.location().map_or(1, |l| l.line());
                 // The chunk is a list of one rule: serde's path starts with its index.
                 let message = super::yaml_message(&e);
-                let message = ["[0].", "[0]: "]
+                let message = [".[0].", ".[0]: ", "[0].", "[0]: "]
                     .iter()
                     .find_map(|p| message.strip_prefix(p))
                     .unwrap_or(&message);
@@ -1148,7 +1166,7 @@ mod tests {
         let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(messages.len(), 4, "{messages:#?}");
         assert!(
-            messages[0].starts_with("r.yaml:11: `{limit}` has no value"),
+            messages[0].starts_with("r.yaml:12: `{limit}` has no value"),
             "{messages:#?}"
         );
         assert!(
@@ -1157,7 +1175,7 @@ mod tests {
             "{messages:#?}"
         );
         assert!(
-            messages[2].starts_with("r.yaml:7: rule `typed`: invalid type"),
+            messages[2].starts_with("r.yaml:7: rule `typed`: not_null: invalid type"),
             "{messages:#?}"
         );
         assert!(

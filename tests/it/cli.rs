@@ -317,7 +317,7 @@ fn check_compiles_everything_without_writing_and_lists_every_problem() {
     // Structural problems do not hide the others: every one, each at its line, in one run.
     assert!(err.contains("5 problem(s) found"), "{err}");
     assert!(
-        err.contains("audits/orders.yaml:10: rule `ranged`: unknown field `rnage`")
+        err.contains("audits/orders.yaml:11: rule `ranged`: unknown field `rnage`")
             && err.contains("did you mean `range`?"),
         "{err}"
     );
