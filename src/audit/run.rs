@@ -184,6 +184,35 @@ pub async fn run(
         }
     }
     let rows = rows_in[&Scope::Staged];
+    judge_without_scan(ctx, &planned, rows, base, &mut results).await?;
+    let own = own_queries(ctx, &planned, &rows_in, key, sample_limit, base, &footers);
+    for (r, sample) in try_join_all(own).await? {
+        results.add(r, sample);
+    }
+    fetch_samples(ctx, &mut results).await?;
+    rules
+        .iter()
+        .map(|r| {
+            results
+                .by_name
+                .remove(&r.name)
+                .ok_or_else(|| AuditError::NoResult {
+                    rule: r.name.clone(),
+                    kind: r.kind.name(),
+                })
+        })
+        .collect()
+}
+
+/// The rules judged without a scan or a query of their own: `schema` rules, and the
+/// comparisons with history, into `results` (each checked against the staged `rows`).
+async fn judge_without_scan(
+    ctx: &SessionContext,
+    planned: &[(&Rule, Evaluation<'_>)],
+    rows: u64,
+    base: &Baseline<'_>,
+    results: &mut Results,
+) -> Result<(), AuditError> {
     let staged_schema = ctx
         .table_provider(STAGED)
         .await
@@ -192,7 +221,7 @@ pub async fn run(
             source,
         })?
         .schema();
-    for (rule, e) in &planned {
+    for (rule, e) in planned {
         let started = std::time::Instant::now();
         let verdict = match e {
             Evaluation::Schema {
@@ -222,9 +251,23 @@ pub async fn run(
         results.add(r, None);
     }
 
-    let (footers, rows_in) = (&footers, &rows_in);
-    let own = planned.iter().filter_map(|(rule, e)| {
-        let rows = |scope: Scope| rows_in.get(&scope).copied().unwrap_or(rows);
+    Ok(())
+}
+
+/// The rules' own queries (the `unique` strategies, `sql`, `relationships`), ready to run
+/// concurrently; `rows_in` holds each scanned table's row count.
+fn own_queries<'a>(
+    ctx: &'a SessionContext,
+    planned: &'a [(&'a Rule, Evaluation<'a>)],
+    rows_in: &'a HashMap<Scope, u64>,
+    key: &'a [String],
+    sample_limit: usize,
+    base: &'a Baseline<'a>,
+    footers: &'a [files::Footer],
+) -> impl Iterator<Item = OwnEvaluation<'a>> + 'a {
+    let rows = rows_in[&Scope::Staged];
+    planned.iter().filter_map(move |(rule, e)| {
+        let rows = move |scope: Scope| rows_in.get(&scope).copied().unwrap_or(rows);
         match e {
             Evaluation::Unique { scope, columns } => Some(Box::pin(async move {
                 let started = std::time::Instant::now();
@@ -256,23 +299,7 @@ pub async fn run(
             }) as OwnEvaluation<'_>),
             Evaluation::Scan { .. } | Evaluation::Schema { .. } | Evaluation::History(_) => None,
         }
-    });
-    for (r, sample) in try_join_all(own).await? {
-        results.add(r, sample);
-    }
-    fetch_samples(ctx, &mut results).await?;
-    rules
-        .iter()
-        .map(|r| {
-            results
-                .by_name
-                .remove(&r.name)
-                .ok_or_else(|| AuditError::NoResult {
-                    rule: r.name.clone(),
-                    kind: r.kind.name(),
-                })
-        })
-        .collect()
+    })
 }
 
 /// The staged files' footers, read once when a metadata proof or a `unique` strategy may use

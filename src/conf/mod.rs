@@ -424,52 +424,8 @@ impl JobConf {
             }
         };
         let job_problems = problems.len();
+        problems.extend(key_problems(path, &text, &raw));
         let line = |key: &str| line_of_key(&text, key);
-        let mut problem =
-            |line: usize, message: String| problems.push(ConfError::at(path, line, message));
-        if !is_identifier(&raw.name) {
-            problem(
-                line("name"),
-                format!(
-                    "name: `{}` is not a SQL identifier: expected letters, digits and `_`, not starting with a digit",
-                    raw.name
-                ),
-            );
-        } else if ["staged", "published", "source", "result"].contains(&raw.name.as_str()) {
-            problem(
-                line("name"),
-                format!(
-                    "name: `{}` is reserved for audit SQL; choose another",
-                    raw.name
-                ),
-            );
-        }
-        if raw.table.trim().is_empty() {
-            problem(line("table"), "table: expected a URL or a path".into());
-        }
-        if raw.key.is_empty() {
-            problem(
-                line("key"),
-                "key: expected at least one column (the natural key rows are sorted by)".into(),
-            );
-        }
-        for (field, cols) in [("partition_by", &raw.partition_by), ("key", &raw.key)] {
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(c) = cols.iter().find(|c| c.is_empty() || !seen.insert(*c)) {
-                problem(
-                    line(field),
-                    format!("{field}: column `{c}` is empty or listed twice"),
-                );
-            }
-        }
-        if let Some(c) = raw.key.iter().find(|c| raw.partition_by.contains(c)) {
-            problem(
-                line("key"),
-                format!(
-                    "key: `{c}` is also a partition column; the key identifies rows within a partition"
-                ),
-            );
-        }
         let csv = match raw.source.format {
             SourceFormat::Csv => match csv_options(&raw.source.options, path, &text) {
                 Ok(csv) => csv,
@@ -529,6 +485,58 @@ impl JobConf {
         });
         Checked { conf, problems }
     }
+}
+
+/// What is wrong with the name, table and key columns of a job file as written.
+fn key_problems(path: &Path, text: &str, raw: &RawJobConf) -> Vec<ConfError> {
+    let line = |key: &str| line_of_key(text, key);
+    let mut problems = Vec::new();
+    let mut problem =
+        |line: usize, message: String| problems.push(ConfError::at(path, line, message));
+    if !is_identifier(&raw.name) {
+        problem(
+            line("name"),
+            format!(
+                "name: `{}` is not a SQL identifier: expected letters, digits and `_`, not starting with a digit",
+                raw.name
+            ),
+        );
+    } else if ["staged", "published", "source", "result"].contains(&raw.name.as_str()) {
+        problem(
+            line("name"),
+            format!(
+                "name: `{}` is reserved for audit SQL; choose another",
+                raw.name
+            ),
+        );
+    }
+    if raw.table.trim().is_empty() {
+        problem(line("table"), "table: expected a URL or a path".into());
+    }
+    if raw.key.is_empty() {
+        problem(
+            line("key"),
+            "key: expected at least one column (the natural key rows are sorted by)".into(),
+        );
+    }
+    for (field, cols) in [("partition_by", &raw.partition_by), ("key", &raw.key)] {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(c) = cols.iter().find(|c| c.is_empty() || !seen.insert(*c)) {
+            problem(
+                line(field),
+                format!("{field}: column `{c}` is empty or listed twice"),
+            );
+        }
+    }
+    if let Some(c) = raw.key.iter().find(|c| raw.partition_by.contains(c)) {
+        problem(
+            line("key"),
+            format!(
+                "key: `{c}` is also a partition column; the key identifies rows within a partition"
+            ),
+        );
+    }
+    problems
 }
 
 /// The top-level keys of a job file.

@@ -620,186 +620,15 @@ fn literal(v: &serde_yaml::Value) -> Option<String> {
     }
 }
 
-fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
+/// A rule as written, validated: its one kind and the options that kind takes.
+fn validate(path: &Path, line: usize, mut r: RawRule) -> Result<Rule, ConfError> {
     let name = r.name.trim().to_string();
     let err = |msg: String| ConfError::at(path, line, format!("rule `{name}`: {msg}"));
     if name.is_empty() {
         return Err(ConfError::at(path, line, "rule name is empty"));
     }
-    let mut kinds: Vec<RuleKind> = Vec::new();
-    let nonempty = |cols: Vec<String>, what: &str| -> Result<Vec<String>, ConfError> {
-        if cols.is_empty() || cols.iter().any(|c| c.trim().is_empty()) {
-            Err(err(format!("{what}: expected a list of column names")))
-        } else {
-            Ok(cols)
-        }
-    };
-    if let Some(c) = r.not_null {
-        kinds.push(RuleKind::NotNull(nonempty(c, "not_null")?));
-    }
-    if let Some(c) = r.unique {
-        kinds.push(RuleKind::Unique(nonempty(c, "unique")?));
-    }
-    if let Some(a) = r.accepted_values {
-        if a.values.is_empty() {
-            return Err(err(
-                "accepted_values.values: expected at least one value".into()
-            ));
-        }
-        let values = a
-            .values
-            .iter()
-            .map(|v| {
-                literal(v).ok_or_else(|| {
-                    err("accepted_values.values: expected strings, numbers or booleans".into())
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        kinds.push(RuleKind::AcceptedValues {
-            column: a.column,
-            values,
-        });
-    }
-    if let Some(rg) = r.range {
-        let bound =
-            |v: Option<serde_yaml::Value>, which: &str| -> Result<Option<String>, ConfError> {
-                match v {
-                    None | Some(serde_yaml::Value::Null) => Ok(None),
-                    Some(v) => literal(&v).map(Some).ok_or_else(|| {
-                        err(format!(
-                            "range.{which}: expected a number, a date or a string"
-                        ))
-                    }),
-                }
-            };
-        let min = bound(rg.min, "min")?;
-        let max = bound(rg.max, "max")?;
-        if min.is_none() && max.is_none() {
-            return Err(err("range: expected min, max or both".into()));
-        }
-        kinds.push(RuleKind::Range {
-            column: rg.column,
-            min,
-            max,
-        });
-    }
-    if let Some(rc) = r.row_count {
-        if rc.min.is_none() && rc.max.is_none() {
-            return Err(err("row_count: expected min, max or both".into()));
-        }
-        if let (Some(a), Some(b)) = (rc.min, rc.max)
-            && a > b
-        {
-            return Err(err(format!("row_count: min {a} is above max {b}")));
-        }
-        kinds.push(RuleKind::RowCount {
-            min: rc.min,
-            max: rc.max,
-        });
-    }
-    if let Some(e) = r.expression {
-        if e.trim().is_empty() {
-            return Err(err("expression: expected a boolean SQL expression".into()));
-        }
-        kinds.push(RuleKind::Expression(e.trim().to_string()));
-    }
-    if let Some(q) = r.sql {
-        if q.trim().is_empty() {
-            return Err(err("sql: expected a SELECT query".into()));
-        }
-        kinds.push(RuleKind::Sql(q.trim().trim_end_matches(';').to_string()));
-    }
-    if let Some(f) = r.freshness {
-        let max_age = MaxAge::parse(&f.max_age).ok_or_else(|| {
-            err(format!(
-                "freshness.max_age: `{}` is not a duration; expected e.g. 30m, 12h, 2d or 1w",
-                f.max_age
-            ))
-        })?;
-        kinds.push(RuleKind::Freshness {
-            column: f.column,
-            max_age,
-        });
-    }
-    if let Some(sc) = r.schema {
-        if sc.columns.is_empty() {
-            return Err(err(
-                "schema.columns: expected at least one `name: type`".into()
-            ));
-        }
-        let columns =
-            sc.columns
-                .iter()
-                .map(|(c, t)| match (c.as_str(), t.as_str()) {
-                    (Some(c), Some(t)) => Ok((c.to_string(), t.to_string())),
-                    _ => Err(err(
-                        "schema.columns: expected `name: type` pairs of strings".into(),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .map(|(c, t)| {
-                    LogicalType::parse(&t).map(|lt| (c.clone(), lt)).ok_or_else(|| {
-                    err(format!(
-                        "schema.columns.{c}: unknown type `{t}`; expected string, bigint, int, \
-                         double, decimal(p,s), date, timestamp or boolean"
-                    ))
-                })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-        kinds.push(RuleKind::Schema {
-            columns,
-            allow_extra: sc.allow_extra,
-        });
-    }
-    if let Some(rel) = r.relationships {
-        if rel.to.trim().is_empty() {
-            return Err(err(
-                "relationships.to: expected a table location or a job file".into(),
-            ));
-        }
-        let base = path.parent().unwrap_or(Path::new("."));
-        kinds.push(RuleKind::Relationships {
-            column: rel.column,
-            to: super::resolve_location(&super::absolute(base), &rel.to),
-            field: rel.field,
-        });
-    }
-    if let Some(mode) = r.schema_change {
-        let additive = match mode.as_str() {
-            "forbid" => false,
-            "additive" => true,
-            other => {
-                return Err(err(format!(
-                    "schema_change: `{other}`; expected forbid or additive"
-                )));
-            }
-        };
-        kinds.push(RuleKind::SchemaChange { additive });
-    }
-    if let Some(c) = r.row_count_change {
-        if c.max_pct < 0.0 || c.window == 0 {
-            return Err(err(
-                "row_count_change: expected max_pct >= 0 and window >= 1".into(),
-            ));
-        }
-        kinds.push(RuleKind::RowCountChange {
-            max_pct: c.max_pct,
-            window: c.window,
-        });
-    }
-    if let Some(c) = r.null_rate_change {
-        if !(0.0..=100.0).contains(&c.max_points) || c.window == 0 {
-            return Err(err(
-                "null_rate_change: expected max_points in 0..=100 and window >= 1".into(),
-            ));
-        }
-        kinds.push(RuleKind::NullRateChange {
-            column: c.column,
-            max_points: c.max_points,
-            window: c.window,
-        });
-    }
+    let mut kinds = row_kinds(&mut r, &err)?;
+    kinds.extend(table_kinds(path, &mut r, &err)?);
     let threshold = Threshold {
         max_failing_rows: r.max_failing_rows,
         max_failing_pct: r.max_failing_pct,
@@ -884,6 +713,199 @@ fn validate(path: &Path, line: usize, r: RawRule) -> Result<Rule, ConfError> {
                 .join(", ")
         ))),
     }
+}
+
+/// The kinds that judge rows or counts (`not_null` … `sql`) a rule as written has, taken out.
+fn row_kinds(
+    r: &mut RawRule,
+    err: &dyn Fn(String) -> ConfError,
+) -> Result<Vec<RuleKind>, ConfError> {
+    let mut kinds: Vec<RuleKind> = Vec::new();
+    let nonempty = |cols: Vec<String>, what: &str| -> Result<Vec<String>, ConfError> {
+        if cols.is_empty() || cols.iter().any(|c| c.trim().is_empty()) {
+            Err(err(format!("{what}: expected a list of column names")))
+        } else {
+            Ok(cols)
+        }
+    };
+    if let Some(c) = r.not_null.take() {
+        kinds.push(RuleKind::NotNull(nonempty(c, "not_null")?));
+    }
+    if let Some(c) = r.unique.take() {
+        kinds.push(RuleKind::Unique(nonempty(c, "unique")?));
+    }
+    if let Some(a) = r.accepted_values.take() {
+        if a.values.is_empty() {
+            return Err(err(
+                "accepted_values.values: expected at least one value".into()
+            ));
+        }
+        let values = a
+            .values
+            .iter()
+            .map(|v| {
+                literal(v).ok_or_else(|| {
+                    err("accepted_values.values: expected strings, numbers or booleans".into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        kinds.push(RuleKind::AcceptedValues {
+            column: a.column,
+            values,
+        });
+    }
+    if let Some(rg) = r.range.take() {
+        let bound =
+            |v: Option<serde_yaml::Value>, which: &str| -> Result<Option<String>, ConfError> {
+                match v {
+                    None | Some(serde_yaml::Value::Null) => Ok(None),
+                    Some(v) => literal(&v).map(Some).ok_or_else(|| {
+                        err(format!(
+                            "range.{which}: expected a number, a date or a string"
+                        ))
+                    }),
+                }
+            };
+        let min = bound(rg.min, "min")?;
+        let max = bound(rg.max, "max")?;
+        if min.is_none() && max.is_none() {
+            return Err(err("range: expected min, max or both".into()));
+        }
+        kinds.push(RuleKind::Range {
+            column: rg.column,
+            min,
+            max,
+        });
+    }
+    if let Some(rc) = r.row_count.take() {
+        if rc.min.is_none() && rc.max.is_none() {
+            return Err(err("row_count: expected min, max or both".into()));
+        }
+        if let (Some(a), Some(b)) = (rc.min, rc.max)
+            && a > b
+        {
+            return Err(err(format!("row_count: min {a} is above max {b}")));
+        }
+        kinds.push(RuleKind::RowCount {
+            min: rc.min,
+            max: rc.max,
+        });
+    }
+    if let Some(e) = r.expression.take() {
+        if e.trim().is_empty() {
+            return Err(err("expression: expected a boolean SQL expression".into()));
+        }
+        kinds.push(RuleKind::Expression(e.trim().to_string()));
+    }
+    if let Some(q) = r.sql.take() {
+        if q.trim().is_empty() {
+            return Err(err("sql: expected a SELECT query".into()));
+        }
+        kinds.push(RuleKind::Sql(q.trim().trim_end_matches(';').to_string()));
+    }
+    Ok(kinds)
+}
+
+/// The kinds that judge the table against time, schemas, other tables or history
+/// (`freshness` … `null_rate_change`) a rule as written has, taken out.
+fn table_kinds(
+    path: &Path,
+    r: &mut RawRule,
+    err: &dyn Fn(String) -> ConfError,
+) -> Result<Vec<RuleKind>, ConfError> {
+    let mut kinds: Vec<RuleKind> = Vec::new();
+    if let Some(f) = r.freshness.take() {
+        let max_age = MaxAge::parse(&f.max_age).ok_or_else(|| {
+            err(format!(
+                "freshness.max_age: `{}` is not a duration; expected e.g. 30m, 12h, 2d or 1w",
+                f.max_age
+            ))
+        })?;
+        kinds.push(RuleKind::Freshness {
+            column: f.column,
+            max_age,
+        });
+    }
+    if let Some(sc) = r.schema.take() {
+        if sc.columns.is_empty() {
+            return Err(err(
+                "schema.columns: expected at least one `name: type`".into()
+            ));
+        }
+        let columns =
+            sc.columns
+                .iter()
+                .map(|(c, t)| match (c.as_str(), t.as_str()) {
+                    (Some(c), Some(t)) => Ok((c.to_string(), t.to_string())),
+                    _ => Err(err(
+                        "schema.columns: expected `name: type` pairs of strings".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(c, t)| {
+                    LogicalType::parse(&t).map(|lt| (c.clone(), lt)).ok_or_else(|| {
+                    err(format!(
+                        "schema.columns.{c}: unknown type `{t}`; expected string, bigint, int, \
+                         double, decimal(p,s), date, timestamp or boolean"
+                    ))
+                })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        kinds.push(RuleKind::Schema {
+            columns,
+            allow_extra: sc.allow_extra,
+        });
+    }
+    if let Some(rel) = r.relationships.take() {
+        if rel.to.trim().is_empty() {
+            return Err(err(
+                "relationships.to: expected a table location or a job file".into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        kinds.push(RuleKind::Relationships {
+            column: rel.column,
+            to: super::resolve_location(&super::absolute(base), &rel.to),
+            field: rel.field,
+        });
+    }
+    if let Some(mode) = r.schema_change.take() {
+        let additive = match mode.as_str() {
+            "forbid" => false,
+            "additive" => true,
+            other => {
+                return Err(err(format!(
+                    "schema_change: `{other}`; expected forbid or additive"
+                )));
+            }
+        };
+        kinds.push(RuleKind::SchemaChange { additive });
+    }
+    if let Some(c) = r.row_count_change.take() {
+        if c.max_pct < 0.0 || c.window == 0 {
+            return Err(err(
+                "row_count_change: expected max_pct >= 0 and window >= 1".into(),
+            ));
+        }
+        kinds.push(RuleKind::RowCountChange {
+            max_pct: c.max_pct,
+            window: c.window,
+        });
+    }
+    if let Some(c) = r.null_rate_change.take() {
+        if !(0.0..=100.0).contains(&c.max_points) || c.window == 0 {
+            return Err(err(
+                "null_rate_change: expected max_points in 0..=100 and window >= 1".into(),
+            ));
+        }
+        kinds.push(RuleKind::NullRateChange {
+            column: c.column,
+            max_points: c.max_points,
+            window: c.window,
+        });
+    }
+    Ok(kinds)
 }
 
 /// Every rule of a job, with names unique across its files.
