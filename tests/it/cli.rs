@@ -443,4 +443,34 @@ fn reports_samples_history_and_auditing_a_published_version() {
         1,
         "auditing a version publishes nothing"
     );
+
+    // A `unique` rule on a published version gets the strategies a run gets, not only SQL.
+    std::fs::write(
+        ex.dir.path().join("audits/orders.yaml"),
+        "rules:\n  - name: one_row_per_order\n    unique: [order_id]\n",
+    )
+    .unwrap();
+    let debug = [("RUST_LOG", "wap::audit=debug")];
+    for args in [
+        &["audit", "--conf", CONF, "--date", "2024-01-01"][..],
+        &["audit", "--conf", CONF, "--version", "1"][..],
+    ] {
+        let out = ex.wap_env(args, &debug);
+        // Without the terminal colours the log carries (ESC [ ... m).
+        let mut err = String::new();
+        let mut escape = false;
+        for c in String::from_utf8_lossy(&out.stderr).chars() {
+            match (escape, c) {
+                (false, '\u{1b}') => escape = true,
+                (true, 'm') => escape = false,
+                (true, _) => {}
+                (false, c) => err.push(c),
+            }
+        }
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            err.contains("unique rule counted") && err.contains("strategy=Bitmap"),
+            "{args:?}: {err}"
+        );
+    }
 }
