@@ -55,6 +55,7 @@ pub enum ReadFault {
 }
 
 /// A staged file with its footer.
+#[derive(Debug)]
 pub(super) struct Footer {
     pub(super) file: ObjectMeta,
     pub(super) meta: ArrowReaderMetadata,

@@ -54,12 +54,14 @@ pub const RESULT: &str = "result";
 pub const PUBLISHED: &str = "published";
 
 /// The files behind table `staged`, with the store they are in: the audit reads their footers
-/// (metadata proofs, `unique` bounds) and key columns directly.
+/// (metadata proofs, `unique` bounds) and key columns directly. Clones share the footers once
+/// read, so the two passes of a quarantining run read each footer once.
 #[derive(Debug, Clone)]
 pub struct StagedFiles {
     pub store: Arc<dyn ObjectStore>,
     pub schema: SchemaRef,
     pub files: Vec<ObjectMeta>,
+    footers: Arc<tokio::sync::OnceCell<Vec<files::Footer>>>,
 }
 
 impl StagedFiles {
@@ -69,7 +71,17 @@ impl StagedFiles {
             store,
             schema,
             files,
+            footers: Default::default(),
         }
+    }
+
+    /// Every file's footer, read at the first call (one ranged read each, concurrently) and
+    /// kept; a failed read is not kept, so a later call tries again.
+    async fn footers(&self) -> Result<&[files::Footer], ReadFault> {
+        self.footers
+            .get_or_try_init(|| files::footers(&self.store, &self.files))
+            .await
+            .map(Vec::as_slice)
     }
 }
 
@@ -153,5 +165,41 @@ impl AuditError {
             AuditError::Target { source, .. } => source.exit_code() == crate::exit_code::CONFIG,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, RecordBatch};
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    fn batch_schema() -> SchemaRef {
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, true),
+        ]))
+    }
+
+    #[tokio::test]
+    async fn footers_are_read_once_and_shared_by_clones() {
+        let batch = RecordBatch::try_from_iter([(
+            "k",
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder();
+        let (_, store, metas) =
+            testing::staged_files(&[batch.clone(), batch], props, &Default::default()).await;
+        let files = StagedFiles::new(Arc::clone(&store), batch_schema(), metas.clone());
+        let again = files.clone();
+        assert_eq!(files.footers().await.unwrap().len(), 2);
+        // Gone from the store: only footers already read can still be had.
+        for m in &metas {
+            store.delete(&m.location).await.unwrap();
+        }
+        assert_eq!(again.footers().await.unwrap().len(), 2);
+        let fresh = StagedFiles::new(store, batch_schema(), metas);
+        assert!(fresh.footers().await.is_err());
     }
 }

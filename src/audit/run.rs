@@ -161,7 +161,7 @@ pub async fn run(
                 })
                 .map(|(r, _)| *r)
                 .collect();
-            proof::proven(ctx, files, &footers, &provable).await
+            proof::proven(ctx, files, footers, &provable).await
         }
         None => HashSet::new(),
     };
@@ -185,7 +185,7 @@ pub async fn run(
     }
     let rows = rows_in[&Scope::Staged];
     judge_without_scan(ctx, &planned, rows, base, &mut results).await?;
-    let own = own_queries(ctx, &planned, &rows_in, key, sample_limit, base, &footers);
+    let own = own_queries(ctx, &planned, &rows_in, key, sample_limit, base, footers);
     for (r, sample) in try_join_all(own).await? {
         results.add(r, sample);
     }
@@ -304,12 +304,12 @@ fn own_queries<'a>(
 
 /// The staged files' footers, read once when a metadata proof or a `unique` strategy may use
 /// them (empty otherwise).
-async fn read_footers(
+async fn read_footers<'a>(
     planned: &[(&Rule, Evaluation<'_>)],
-    files: Option<&StagedFiles>,
-) -> Result<Vec<files::Footer>, AuditError> {
+    files: Option<&'a StagedFiles>,
+) -> Result<&'a [files::Footer], AuditError> {
     let Some(files) = files else {
-        return Ok(Vec::new());
+        return Ok(&[]);
     };
     let wanted = planned.iter().any(|(_, e)| match e {
         Evaluation::Scan { check, .. } => {
@@ -319,9 +319,10 @@ async fn read_footers(
         Evaluation::Schema { .. } | Evaluation::Query { .. } | Evaluation::History(_) => false,
     });
     if !wanted {
-        return Ok(Vec::new());
+        return Ok(&[]);
     }
-    files::footers(&files.store, &files.files)
+    files
+        .footers()
         .await
         .map_err(|source| AuditError::Footers { source })
 }
