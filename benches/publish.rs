@@ -83,6 +83,7 @@ fn proposal(run: &str, parts: Vec<Partition>) -> Proposal {
         key: vec!["id".to_string()],
         partitions: parts,
         audits: Vec::new(),
+        merge: None,
     }
 }
 

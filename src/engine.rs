@@ -26,7 +26,9 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::{ObjectMeta, ObjectStore};
 
 mod date_text;
+mod key;
 pub use date_text::{DateCastRewrite, DateText};
+pub use key::{WAP_KEY, WapKey};
 
 /// URL under which the table store is registered.
 pub const TABLE_URL: &str = "wap://table/";
@@ -91,6 +93,7 @@ pub fn session(
         CountTrue::default(),
     ));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(RowHash::default()));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(WapKey::default()));
     datafusion::execution::FunctionRegistry::register_function_rewrite(
         &mut ctx,
         Arc::new(DateCastRewrite),

@@ -29,10 +29,14 @@ use crate::audit::{self, AuditError, AuditReport, RuleResult, StagedFiles};
 use crate::conf::JobConf;
 use crate::engine::{self, EngineOptions};
 use crate::manifest::{AuditSummary, Manifest, Partition};
-use crate::publish::{Proposal, PublishError, PublishOptions, PublishOutcome, Publisher};
+use crate::publish::{
+    MergeChange, Proposal, PublishError, PublishOptions, PublishOutcome, Publisher,
+};
 use crate::quarantine::{self, QuarantineTarget};
 use crate::run_id::{RunInputs, run_id};
 use crate::store::Location;
+use crate::watermark::{self, Window};
+use crate::write::merge::{self, MergeCounts, Merged};
 use crate::write::{self, StagedRun, WriteOptions};
 use crate::{Error, Result, layout, table, versions};
 
@@ -112,11 +116,26 @@ pub struct RunOutcome {
     /// Why a run did not publish (conflict details).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Merge runs: what the batch did to the table's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeCounts>,
+    /// Incremental runs: the watermark before and after the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkMove>,
     /// The audit report, for rendering.
     #[serde(skip)]
     pub audit_report: Option<AuditReport>,
     /// Wall time by phase.
     pub timings: Timings,
+}
+
+/// The watermark of an incremental run: the cursor column, the table's watermark before the
+/// run, and after it (what the published version holds; `before` when nothing published).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatermarkMove {
+    pub column: String,
+    pub before: String,
+    pub after: String,
 }
 
 /// Milliseconds spent in each phase of a run (0 for phases not reached).
@@ -209,6 +228,29 @@ pub struct Job {
     options: JobOptions,
 }
 
+/// One job run as it goes through the phases.
+struct Run<'a> {
+    date: &'a str,
+    mode: Mode,
+    source: write::SourceObjects,
+    run_id: String,
+    current: Option<Manifest>,
+    window: Option<Window>,
+}
+
+/// A `mode: merge` run after planning.
+struct MergeRun<'a> {
+    ctx: SessionContext,
+    transform: DataFrame,
+    merge: &'a crate::conf::MergeConf,
+    date: &'a str,
+    mode: Mode,
+    source: write::SourceObjects,
+    run_id: String,
+    current: Option<Manifest>,
+    window: Option<Window>,
+}
+
 /// What the plan step gives the later phases.
 struct Planned {
     ctx: SessionContext,
@@ -261,33 +303,51 @@ impl Job {
         parse_date(date)?;
         let conf = &self.conf;
         let source = write::list_source(conf, date).await?;
+        let current = versions::current(&self.table).await?;
+        let window = self.window(current.as_ref())?;
         let run_id = run_id(RunInputs::Job {
             conf,
             date,
             source: &source.objects,
+            watermark: window.as_ref().map(|w| w.from.as_str()),
         });
         let span = tracing::info_span!("run", job = %conf.name, run_id = %run_id, date);
         let mut timings = Timings::default();
-        let mut outcome = self
-            .run_phases(date, mode, source, run_id, &mut timings)
-            .instrument(span)
-            .await?;
+        let run = Run {
+            date,
+            mode,
+            source,
+            run_id,
+            current,
+            window,
+        };
+        let mut outcome = self.run_phases(run, &mut timings).instrument(span).await?;
         timings.total_ms = ms_since(started);
         outcome.timings = timings;
         Ok(outcome)
     }
 
-    async fn run_phases(
-        &self,
-        date: &str,
-        mode: Mode,
-        source: write::SourceObjects,
-        run_id: String,
-        timings: &mut Timings,
-    ) -> Result<RunOutcome> {
+    /// The window an incremental run reads (`None` for other jobs).
+    fn window(&self, current: Option<&Manifest>) -> Result<Option<Window>> {
+        let Some(inc) = &self.conf.incremental else {
+            return Ok(None);
+        };
+        watermark::window(inc, current.map(|m| &m.watermarks))
+            .map(Some)
+            .map_err(|e| Error::Usage(format!("{}: {e}", self.conf.path.display())))
+    }
+
+    async fn run_phases(&self, run: Run<'_>, timings: &mut Timings) -> Result<RunOutcome> {
+        let Run {
+            date,
+            mode,
+            source,
+            run_id,
+            current,
+            window,
+        } = run;
         let conf = &self.conf;
         let mut phase = std::time::Instant::now();
-        let current = versions::current(&self.table).await?;
         if mode == Mode::Publish
             && let Some(done) = self.already_published(&run_id, current.as_ref()).await?
         {
@@ -299,7 +359,23 @@ impl Job {
             ctx,
             transform,
             current,
-        } = self.prepare(date, &source, current).await?;
+        } = self
+            .prepare(date, &source, current, window.as_ref())
+            .await?;
+        if let Some(merge_conf) = &conf.merge {
+            let merge_run = MergeRun {
+                ctx,
+                transform,
+                merge: merge_conf,
+                date,
+                mode,
+                source,
+                run_id,
+                current,
+                window,
+            };
+            return self.run_merge(merge_run, timings, phase).await;
+        }
         timings.plan_ms = ms_since(phase);
         phase = std::time::Instant::now();
 
@@ -325,7 +401,7 @@ impl Job {
 
         // Phase 2.
         let (staged, report) = self
-            .audit_run(&ctx, current.as_ref(), staged, date, &source.location)
+            .audit_run(&ctx, current.as_ref(), staged, date, &source.location, None)
             .await?;
         timings.audit_ms = ms_since(phase);
         phase = std::time::Instant::now();
@@ -340,6 +416,8 @@ impl Job {
             audits: report.summaries(),
             report: Some(layout::report_path(&run_id).to_string()),
             message: None,
+            merge: None,
+            watermark: None,
             audit_report: Some(report.clone()),
             timings: Timings::default(),
         };
@@ -359,10 +437,259 @@ impl Job {
         }
 
         // Phase 3: the run's file lists go up as one segment, then the manifest names it.
-        let proposal = self.proposal(&staged, date, report.summaries()).await?;
+        let proposal = self
+            .proposal(&staged, date, report.summaries(), None)
+            .await?;
         let outcome = self.publish(proposal, current_version, outcome).await;
         timings.publish_ms = ms_since(phase);
         outcome
+    }
+
+    /// The rules a merge run checks on its batch (none for other jobs).
+    fn batch_rules(&self) -> Vec<audit::Rule> {
+        self.conf
+            .merge
+            .as_ref()
+            .map(|m| merge::batch_rules(&self.conf, m))
+            .unwrap_or_default()
+    }
+
+    /// An incremental job's cursor is a column of the transform's output whose type fits the
+    /// watermark.
+    fn check_cursor(&self, out: &arrow::datatypes::Schema, window: Option<&Window>) -> Result<()> {
+        let (Some(inc), Some(window)) = (&self.conf.incremental, window) else {
+            return Ok(());
+        };
+        let err = |message: String| {
+            Error::Write(write::WriteError::Columns {
+                conf: format!(
+                    "{}:{}",
+                    self.conf.path.display(),
+                    crate::conf::line_of_key(&self.conf.text, "cursor")
+                ),
+                message,
+            })
+        };
+        let Ok(field) = out.field_with_name(&inc.cursor) else {
+            return Err(err(format!(
+                "incremental.cursor: `{}` is not a column of the transform's output",
+                inc.cursor
+            )));
+        };
+        if !watermark::cursor_type_fits(field.data_type(), &window.before) {
+            return Err(err(format!(
+                "incremental.cursor: `{}` has type {}, which does not order as a {} watermark \
+                 (`initial` is one); use a timestamp, date or integer column matching `initial`",
+                inc.cursor,
+                field.data_type(),
+                window.before.kind()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Phases 1-3 of a `mode: merge` run.
+    async fn run_merge(
+        &self,
+        run: MergeRun<'_>,
+        timings: &mut Timings,
+        planned_at: std::time::Instant,
+    ) -> Result<RunOutcome> {
+        let MergeRun {
+            ctx,
+            transform,
+            merge: merge_conf,
+            date,
+            mode,
+            source,
+            run_id,
+            current,
+            window,
+        } = run;
+        let conf = &self.conf;
+        timings.plan_ms = ms_since(planned_at);
+        let mut phase = std::time::Instant::now();
+        let base = current.as_ref().map_or(0, |c| c.version);
+        let folder = merge::folder(&run_id, base);
+        let batch_schema = write::table_schema(transform.schema().inner());
+        let batch = merge::stage_batch(
+            &ctx,
+            transform,
+            conf,
+            &run_id,
+            &folder,
+            &self.table,
+            &self.options.write,
+            &source.location,
+        )
+        .instrument(tracing::info_span!("write", part = "batch"))
+        .await?;
+        let merged = merge::merge(merge::MergeInputs {
+            ctx: &ctx,
+            conf,
+            merge: merge_conf,
+            base: current.as_ref(),
+            batch: &batch,
+            batch_schema,
+            run_id: &run_id,
+            folder: &folder,
+            table: &self.table,
+            options: &self.options.write,
+            source_location: &source.location,
+            cursor: conf.incremental.as_ref().map(|i| i.cursor.as_str()),
+        })
+        .instrument(tracing::info_span!("write", part = "merge"))
+        .await?;
+        let counts = merged.counts;
+        info!(
+            batch = batch.rows,
+            inserted = counts.inserted,
+            updated = counts.updated,
+            deleted = counts.deleted,
+            unchanged = counts.unchanged,
+            stale = counts.stale,
+            partitions = merged.staged.partitions.len(),
+            removed = merged.removed.len(),
+            "merged"
+        );
+        timings.write_ms = ms_since(phase);
+        phase = std::time::Instant::now();
+
+        let (staged, report) = self
+            .audit_run(
+                &ctx,
+                current.as_ref(),
+                merged.staged.clone(),
+                date,
+                &source.location,
+                Some(&merged),
+            )
+            .await?;
+        timings.audit_ms = ms_since(phase);
+        phase = std::time::Instant::now();
+        let watermark_move = window
+            .as_ref()
+            .zip(conf.incremental.as_ref())
+            .map(|(w, inc)| {
+                let after = match merged.cursor_max {
+                    Some(m) if m > w.before => m,
+                    _ => w.before,
+                };
+                WatermarkMove {
+                    column: inc.cursor.clone(),
+                    before: w.before.render(),
+                    after: after.render(),
+                }
+            });
+        let mut outcome = RunOutcome {
+            status: Status::AuditPassed,
+            version: base,
+            run_id: run_id.clone(),
+            logical_date: date.to_string(),
+            rows: batch.rows,
+            partitions: report.partitions.clone(),
+            audits: report.summaries(),
+            report: Some(layout::report_path(&run_id).to_string()),
+            message: None,
+            merge: Some(counts),
+            watermark: watermark_move.clone(),
+            audit_report: Some(report.clone()),
+            timings: Timings::default(),
+        };
+        if !report.passed() {
+            outcome.status = Status::AuditFailed;
+            if let Some(w) = &mut outcome.watermark {
+                w.after = w.before.clone();
+            }
+            return Ok(outcome);
+        }
+        if mode == Mode::AuditOnly {
+            return Ok(outcome);
+        }
+        let watermarks = watermark_move
+            .iter()
+            .map(|w| (watermark::key(&w.column), w.after.clone()))
+            .collect();
+        let change = MergeChange {
+            removed: merged.removed.clone(),
+            read: merged.read.clone(),
+            any_partition: !conf.partition_by.iter().all(|p| conf.key.contains(p)),
+            watermarks,
+        };
+        let proposal = self
+            .proposal(&staged, date, report.summaries(), Some(change))
+            .await?;
+        let outcome = self.publish(proposal, base, outcome).await;
+        timings.publish_ms = ms_since(phase);
+        let mut outcome = outcome?;
+        if outcome.status == Status::Unchanged {
+            outcome.message =
+                Some("the batch changes no row and no watermark: nothing published".to_string());
+        }
+        if let (Some(w), Status::Unchanged | Status::Conflict) =
+            (&mut outcome.watermark, outcome.status)
+        {
+            w.after = w.before.clone();
+        }
+        Ok(outcome)
+    }
+
+    /// A re-run of a merge run that already published: its report names the base it merged
+    /// onto, and a version since then carries its run id. Reads manifests only.
+    async fn merge_already_published(
+        &self,
+        run_id: &str,
+        current: &Manifest,
+    ) -> Result<Option<RunOutcome>> {
+        let report = AuditReport::load(&self.table, run_id)
+            .await
+            .map_err(|source| AuditError::ReadReport {
+                path: layout::report_path(run_id).to_string(),
+                source,
+            })?;
+        let Some(report) = report.filter(|r| r.passed()) else {
+            return Ok(None);
+        };
+        let Some(base) = report.base else {
+            return Ok(None);
+        };
+        let mut found = None;
+        for v in (base + 1..=current.version).rev() {
+            let m = if v == current.version {
+                current.clone()
+            } else {
+                versions::read_manifest(&self.table, v).await?
+            };
+            if m.change.run_id == run_id {
+                found = Some(m);
+                break;
+            }
+        }
+        let Some(published) = found else {
+            return Ok(None);
+        };
+        info!(
+            version = published.version,
+            "merge run already published; nothing to do"
+        );
+        Ok(Some(RunOutcome {
+            status: Status::Unchanged,
+            version: current.version,
+            run_id: run_id.to_string(),
+            logical_date: report.logical_date.clone(),
+            rows: report.rows,
+            partitions: report.partitions.clone(),
+            audits: report.summaries(),
+            report: Some(layout::report_path(run_id).to_string()),
+            message: Some(format!(
+                "run already published as version {}",
+                published.version
+            )),
+            merge: None,
+            watermark: None,
+            audit_report: Some(report),
+            timings: Timings::default(),
+        }))
     }
 
     /// Phase 2 of a run: the quarantining rules first (and the quarantine step if they find
@@ -375,15 +702,19 @@ impl Job {
         staged: StagedRun,
         date: &str,
         source: &str,
+        merged: Option<&Merged>,
     ) -> Result<(StagedRun, AuditReport)> {
         let conf = &self.conf;
-        let rules = conf.rules.rules();
+        let batch_rules = self.batch_rules();
+        let mut rules = conf.rules.rules();
+        rules.extend(batch_rules.iter());
+        let removed: &[String] = merged.map_or(&[], |m| &m.removed);
         let (quarantining, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
             rules.iter().copied().partition(|r| r.quarantine);
         let mut staged = staged;
         let mut results = Vec::new();
         let mut quarantined = None;
-        let mut files = audit::tables::register_run(ctx, &self.table, &staged, current)?;
+        let mut files = audit::tables::register_run(ctx, &self.table, &staged, current, removed)?;
         if !quarantining.is_empty() {
             let found = self
                 .audit_staged(ctx, &quarantining, &staged, &files, date, current)
@@ -398,7 +729,7 @@ impl Job {
                 };
                 let (clean, held) = quarantine::split(ctx, &target, &quarantining, &staged).await?;
                 staged = clean;
-                files = audit::tables::register_run(ctx, &self.table, &staged, current)?;
+                files = audit::tables::register_run(ctx, &self.table, &staged, current, removed)?;
                 quarantined = Some(held);
             }
             results.extend(found);
@@ -419,6 +750,7 @@ impl Job {
             results,
         );
         report.quarantine = quarantined;
+        report.base = merged.map(|_| current.map_or(0, |c| c.version));
         report.save(&self.table).await?;
         Ok((staged, report))
     }
@@ -456,10 +788,15 @@ impl Job {
         staged: &StagedRun,
         date: &str,
         audits: Vec<AuditSummary>,
+        merge: Option<MergeChange>,
     ) -> Result<Proposal> {
         let conf = &self.conf;
         let run_id = &staged.run_id;
-        let segment = write::write_segment(&self.table, staged).await?;
+        let segment = if staged.partitions.is_empty() {
+            String::new()
+        } else {
+            write::write_segment(&self.table, staged).await?
+        };
         let partitions = staged
             .partitions
             .iter()
@@ -482,6 +819,7 @@ impl Job {
             key: conf.key.clone(),
             partitions,
             audits,
+            merge,
         })
     }
 
@@ -492,13 +830,28 @@ impl Job {
         date: &str,
         source: &write::SourceObjects,
         current: Option<Manifest>,
+        window: Option<&Window>,
     ) -> Result<Planned> {
         let ctx = self.session(Some(Arc::clone(&source.store)))?;
-        let transform = write::plan_transform(&ctx, &self.conf, date, source).await?;
-        let schema = write::table_schema(transform.schema().inner());
+        let watermark = window.map(|w| w.from.as_str());
+        let transform = write::plan_transform(&ctx, &self.conf, date, watermark, source).await?;
+        let out = transform.schema().inner();
+        let batch_rules = self.batch_rules();
+        let mut rules = self.conf.rules.rules();
+        rules.extend(batch_rules.iter());
+        let schema = match &self.conf.merge {
+            None => write::table_schema(out),
+            Some(m) => {
+                self.check_cursor(out, window)?;
+                let schema =
+                    merge::table_schema(&self.conf, m, out, current.as_ref().map(|c| &c.schema))?;
+                audit::tables::register_merge_for_compile(&ctx, &write::table_schema(out))?;
+                schema
+            }
+        };
         audit::tables::register_for_compile(&ctx, &schema, current.as_ref())?;
         audit::tables::register_targets(&ctx, &self.conf, &schema).await?;
-        audit::plan::compile(&ctx, &self.conf.rules.rules(), &self.conf.key).await?;
+        audit::plan::compile(&ctx, &rules, &self.conf.key).await?;
         Ok(Planned {
             ctx,
             transform,
@@ -521,7 +874,10 @@ impl Job {
             ),
         };
         let current = versions::current(&self.table).await?;
-        let planned = self.prepare(&date, &source, current).await?;
+        let window = self.window(current.as_ref())?;
+        let planned = self
+            .prepare(&date, &source, current, window.as_ref())
+            .await?;
         Ok(CheckReport {
             rules: self.conf.rules.rules().len(),
             rule_files: self.conf.rules.files().len(),
@@ -581,6 +937,9 @@ impl Job {
         let Some(current) = current else {
             return Ok(None);
         };
+        if self.conf.merge.is_some() {
+            return self.merge_already_published(run_id, current).await;
+        }
         let report = AuditReport::load(&self.table, run_id)
             .await
             .map_err(|source| AuditError::ReadReport {
@@ -622,6 +981,8 @@ impl Job {
             audits: report.summaries(),
             report: Some(layout::report_path(run_id).to_string()),
             message: None,
+            merge: None,
+            watermark: None,
             audit_report: Some(report),
             timings: Timings::default(),
         }))
@@ -690,6 +1051,8 @@ impl Job {
             audits: report.summaries(),
             report: Some(layout::report_path(&run_id).to_string()),
             message: None,
+            merge: None,
+            watermark: None,
             audit_report: Some(report),
             timings: Timings::default(),
         })
@@ -716,6 +1079,8 @@ impl Job {
             audits: target.audits.clone(),
             report: None,
             message: None,
+            merge: None,
+            watermark: None,
             audit_report: None,
             timings: Timings::default(),
         };

@@ -28,6 +28,7 @@ pub mod run_id;
 pub mod store;
 pub mod table;
 pub mod versions;
+pub mod watermark;
 pub mod write;
 
 /// Everything that can go wrong in `wap`, by phase.

@@ -427,6 +427,23 @@ fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
                     .unwrap_or("another publisher won")
             )),
         }
+        if let Some(m) = &outcome.merge {
+            for (what, n) in [
+                ("inserted", m.inserted),
+                ("updated", m.updated),
+                ("deleted", m.deleted),
+                ("unchanged", m.unchanged),
+                ("stale", m.stale),
+            ] {
+                out.push_str(&format!("  {what:<10} {n} row(s)\n"));
+            }
+        }
+        if let Some(w) = &outcome.watermark {
+            out.push_str(&format!(
+                "  watermark  {}: {} -> {}\n",
+                w.column, w.before, w.after
+            ));
+        }
         if let Some(report) = &outcome.audit_report {
             for r in &report.rules {
                 let mark = match (r.passed, r.blocks()) {
@@ -471,6 +488,9 @@ struct LogEntry<'a> {
     published_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     restored_version: Option<u64>,
+    /// Incremental watermarks of the version (`incremental.<cursor>`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    watermarks: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
 fn render_log(versions: &[Manifest], runs: &[wap::inspect::RunRecord], json: bool) {
@@ -486,6 +506,12 @@ fn render_log(versions: &[Manifest], runs: &[wap::inspect::RunRecord], json: boo
             rows: m.rows(),
             published_at: &m.change.published_at,
             restored_version: m.change.restored_version,
+            watermarks: m
+                .watermarks
+                .iter()
+                .filter(|(k, _)| k.starts_with(wap::watermark::PREFIX))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
         })
         .collect();
     if json {
@@ -501,8 +527,13 @@ fn render_log(versions: &[Manifest], runs: &[wap::inspect::RunRecord], json: boo
             Some(v) => format!("rollback to version {v}"),
             None => format!("run {} for {}", e.run_id, e.logical_date),
         };
+        let marks: String = e
+            .watermarks
+            .iter()
+            .map(|(k, v)| format!("  watermark {}={v}", &k[wap::watermark::PREFIX.len()..]))
+            .collect();
         println!(
-            "  version {:>4}  {}  {}  {} rows  changed: {}",
+            "  version {:>4}  {}  {}  {} rows  changed: {}{marks}",
             e.version,
             e.published_at,
             what,
@@ -560,7 +591,10 @@ fn render_show(m: &Manifest, json: bool) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("watermarks: {:?}", m.watermarks);
+    println!("watermarks:");
+    for (k, v) in &m.watermarks {
+        println!("  {k} = {v}");
+    }
     println!("{} rows in {} partition(s):", m.rows(), m.partitions.len());
     for p in m.partitions.values() {
         println!(

@@ -108,6 +108,14 @@ pub struct Partition {
     /// [`crate::versions::resolve_files`]. Written to the index only when `segment` is `None`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<DataFile>,
+    /// The smallest and largest key of the partition (its first file's first key, its last
+    /// file's last key: a partition is written as one sorted run), so that a merge finds the
+    /// partitions that may hold a key from the index alone. `None` for partitions written
+    /// before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_min: Option<Vec<Option<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_max: Option<Vec<Option<String>>>,
 }
 
 impl PartialEq for Partition {
@@ -122,6 +130,8 @@ impl PartialEq for Partition {
             && self.run_id == other.run_id
             && self.logical_date == other.logical_date
             && self.segment == other.segment
+            && self.key_min == other.key_min
+            && self.key_max == other.key_max
             && (self.segment.is_some() || self.files == other.files)
     }
 }
@@ -146,6 +156,8 @@ impl Partition {
             logical_date: logical_date.to_string(),
             segment: Some(segment.to_string()),
             files: files.to_vec(),
+            key_min: files.first().map(|f| f.key_min.clone()),
+            key_max: files.last().map(|f| f.key_max.clone()),
         }
     }
 
@@ -492,6 +504,8 @@ mod v1 {
                         logical_date: p.logical_date,
                         segment: None,
                         files: p.files,
+                        key_min: None,
+                        key_max: None,
                     };
                     (k, entry)
                 })

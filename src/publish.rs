@@ -20,7 +20,7 @@
 //! - Publishing content the base version already holds (same run id, same files) writes nothing.
 //! - This is the only module that writes under `_wap/manifests` or `_wap/current`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::layout;
 use crate::manifest::{self, AuditSummary, Change, ChangeKind, Manifest, Partition, Pointer};
 use crate::versions::{self, PointerRead, VersionsError};
+use crate::watermark::Mark;
 
 /// Errors of phase 3.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +109,26 @@ pub enum Proposal {
         key: Vec<String>,
         partitions: Vec<Partition>,
         audits: Vec<AuditSummary>,
+        /// Merge runs: what else the run changes and depends on.
+        merge: Option<MergeChange>,
     },
     /// Make the content of an older version current again.
     Restore { run_id: String, target: Manifest },
+}
+
+/// What a merge run adds to its proposal.
+#[derive(Debug, Clone, Default)]
+pub struct MergeChange {
+    /// Partitions the merge emptied: they leave the table.
+    pub removed: Vec<String>,
+    /// Partitions read to match keys; a version committed since the base that changed one of
+    /// them (or one written or removed) is a conflict.
+    pub read: Vec<String>,
+    /// When the key does not contain the partition columns, a key may sit in any partition:
+    /// every version committed since the base that changed partitions is a conflict.
+    pub any_partition: bool,
+    /// Job state to set (the greater of this and the base's value, for a watermark).
+    pub watermarks: BTreeMap<String, String>,
 }
 
 impl Proposal {
@@ -150,6 +168,29 @@ impl Default for PublishOptions {
             compare_and_swap: true,
         }
     }
+}
+
+/// The entries of `proposed` that change `base`: a watermark (`incremental.*`) only moves
+/// forward, so a value below the base's (a rebase onto a version with a later watermark) is
+/// left out; other state is set as proposed.
+fn moved_watermarks(
+    base: &BTreeMap<String, String>,
+    proposed: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    proposed
+        .iter()
+        .filter(|(k, v)| match base.get(*k) {
+            None => true,
+            Some(old) if k.starts_with(crate::watermark::PREFIX) => {
+                match (Mark::parse(old), Mark::parse(v)) {
+                    (Some(a), Some(b)) => b > a,
+                    _ => old != *v,
+                }
+            }
+            Some(old) => old != *v,
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Commits versions of one table.
@@ -215,20 +256,30 @@ impl Publisher {
                 key,
                 partitions,
                 audits,
+                merge,
             } => {
-                if partitions.is_empty() {
-                    return Ok(None);
-                }
-                let unchanged = base.is_some_and(|b| {
+                let empty = MergeChange::default();
+                let merge = merge.as_ref().unwrap_or(&empty);
+                let base_marks = base.map(|b| b.watermarks.clone()).unwrap_or_default();
+                let marks = moved_watermarks(&base_marks, &merge.watermarks);
+                let same_partitions = base.map_or(partitions.is_empty(), |b| {
                     partitions
                         .iter()
                         .all(|p| b.partitions.get(&p.path).is_some_and(|q| q == p))
+                        && merge.removed.iter().all(|r| !b.partitions.contains_key(r))
                 });
-                if unchanged {
+                if same_partitions && marks.is_empty() {
                     return Ok(None);
                 }
                 let mut all = base.map(|b| b.partitions.clone()).unwrap_or_default();
-                let ours: BTreeSet<&str> = partitions.iter().map(|p| p.path.as_str()).collect();
+                for r in &merge.removed {
+                    all.remove(r);
+                }
+                let ours: BTreeSet<&str> = partitions
+                    .iter()
+                    .map(|p| p.path.as_str())
+                    .chain(merge.removed.iter().map(String::as_str))
+                    .collect();
                 let kept = all.keys().any(|k| !ours.contains(k.as_str()));
                 if let (Some(b), true) = (base, kept) {
                     compatible(&b.schema, schema)
@@ -237,7 +288,8 @@ impl Publisher {
                 for p in partitions {
                     all.insert(p.path.clone(), p.clone());
                 }
-                let mut watermarks = base.map(|b| b.watermarks.clone()).unwrap_or_default();
+                let mut watermarks = base_marks;
+                watermarks.extend(marks);
                 let max = watermarks
                     .get("max_logical_date")
                     .filter(|m| m.as_str() > logical_date.as_str())
@@ -364,14 +416,24 @@ impl Publisher {
                                 other_run: other.change.run_id,
                             });
                         }
-                        Proposal::Replace { partitions, .. } => {
+                        Proposal::Replace {
+                            partitions, merge, ..
+                        } => {
                             let theirs: BTreeSet<&str> =
                                 other.change.partitions.iter().map(String::as_str).collect();
-                            let overlap: Vec<String> = partitions
+                            let mut overlap: BTreeSet<String> = partitions
                                 .iter()
-                                .filter(|p| theirs.contains(p.path.as_str()))
-                                .map(|p| p.path.clone())
+                                .map(|p| p.path.as_str())
+                                .chain(merge.iter().flat_map(|m| {
+                                    m.removed.iter().chain(&m.read).map(String::as_str)
+                                }))
+                                .filter(|p| theirs.contains(p))
+                                .map(str::to_string)
                                 .collect();
+                            if merge.as_ref().is_some_and(|m| m.any_partition) {
+                                overlap.extend(theirs.iter().map(|p| p.to_string()));
+                            }
+                            let overlap: Vec<String> = overlap.into_iter().collect();
                             if !overlap.is_empty() {
                                 return Err(PublishError::Conflict {
                                     version,

@@ -9,7 +9,8 @@
 //! | `wap run` / `wap audit`  | job name, job file text, each rule file's text (as written,   | 24 hex digits         |
 //! |                          | before `vars` are filled), logical date, and for each source  |                       |
 //! |                          | object in listing order: its path, size and ETag (its last    |                       |
-//! |                          | modification time in nanoseconds where the store has no ETag) |                       |
+//! |                          | modification time in nanoseconds where the store has no ETag),|                       |
+//! |                          | then for an incremental job the watermark it reads from       |                       |
 //! | `wap audit --version N`  | the version, each rule file's text                            | `audit-vN-` + 12 hex  |
 //! | `wap rollback --to N`    | the target version, the version it rolls back from            | `rollback-` + 16 hex  |
 //!
@@ -37,6 +38,9 @@ pub enum RunInputs<'a> {
         date: &'a str,
         /// The source objects, in listing order.
         source: &'a [ObjectMeta],
+        /// Incremental jobs: the watermark the run reads from (hashed only when there is one,
+        /// so the ids of other jobs stay as they were).
+        watermark: Option<&'a str>,
     },
     /// The rules run over a published version (`wap audit --version N`).
     VersionAudit {
@@ -50,7 +54,12 @@ pub enum RunInputs<'a> {
 /// The run id of `inputs`.
 pub fn run_id(inputs: RunInputs<'_>) -> String {
     match inputs {
-        RunInputs::Job { conf, date, source } => {
+        RunInputs::Job {
+            conf,
+            date,
+            source,
+            watermark,
+        } => {
             let mut h = Sha256::new();
             let mut field = |name: &str, value: &[u8]| {
                 h.update(name.as_bytes());
@@ -74,6 +83,9 @@ pub fn run_id(inputs: RunInputs<'_>) -> String {
                         .to_string()
                 });
                 field("etag", tag.as_bytes());
+            }
+            if let Some(w) = watermark {
+                field("watermark", w.as_bytes());
             }
             hex(&h.finalize()[..12])
         }
@@ -127,7 +139,12 @@ mod tests {
     }
 
     fn job_id(conf: &JobConf, date: &str, source: &[ObjectMeta]) -> String {
-        run_id(RunInputs::Job { conf, date, source })
+        run_id(RunInputs::Job {
+            conf,
+            date,
+            source,
+            watermark: None,
+        })
     }
 
     #[test]

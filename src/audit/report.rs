@@ -94,6 +94,10 @@ pub struct AuditReport {
     /// Rows held back by `on_fail: quarantine` rules, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<Quarantine>,
+    /// Merge runs: the version the batch was merged onto (a re-run looks for its own version
+    /// after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
 }
 
 /// Rows a run held back instead of publishing.
@@ -129,6 +133,7 @@ impl AuditReport {
             partitions,
             rules,
             quarantine: None,
+            base: None,
         }
     }
 

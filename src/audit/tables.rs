@@ -43,6 +43,24 @@ pub fn register_for_compile(
     table::register_version(ctx, RESULT, None, Arc::clone(schema))
 }
 
+/// Registers empty `batch` and `changes` tables for a merge run (the batch's schema, and that
+/// plus `_change`), so that rules reading them compile before anything is written. The merge
+/// registers the real ones.
+pub fn register_merge_for_compile(
+    ctx: &SessionContext,
+    batch: &SchemaRef,
+) -> Result<(), TableError> {
+    use crate::write::merge::{BATCH, CHANGE_COLUMN, CHANGES};
+    let mut fields: Vec<Field> = batch.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(CHANGE_COLUMN, DataType::Utf8, true));
+    let changes = Arc::new(Schema::new(fields));
+    for (name, schema) in [(BATCH, Arc::clone(batch)), (CHANGES, changes)] {
+        let empty = VersionTable::new(crate::engine::TABLE_URL, schema, Vec::new(), [])?;
+        replace(ctx, name, Arc::new(empty))?;
+    }
+    Ok(())
+}
+
 /// Registers a run's files as `staged`, and as `result` the current version minus the
 /// partitions the run replaces plus the run's files. Returns the staged files, for the audit.
 pub fn register_run(
@@ -50,9 +68,14 @@ pub fn register_run(
     store: &Arc<dyn ObjectStore>,
     staged: &StagedRun,
     current: Option<&Manifest>,
+    removed: &[String],
 ) -> Result<StagedFiles, TableError> {
-    let replaced: std::collections::BTreeSet<&str> =
-        staged.partitions.iter().map(|p| p.path.as_str()).collect();
+    let replaced: std::collections::BTreeSet<&str> = staged
+        .partitions
+        .iter()
+        .map(|p| p.path.as_str())
+        .chain(removed.iter().map(String::as_str))
+        .collect();
     let kept = current.into_iter().flat_map(|m| {
         m.partitions
             .values()

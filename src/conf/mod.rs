@@ -7,8 +7,10 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod load;
 pub mod rules;
 
+pub use load::{Dedupe, IncrementalConf, LoadMode, Lookback, MergeConf};
 use rules::{RuleFile, RuleSet};
 
 /// Errors in job or audit configuration files. All of them map to exit code 2.
@@ -168,6 +170,12 @@ pub struct RawJobConf {
     /// Sample failing rows kept per failing rule (default 10).
     #[serde(default)]
     pub audit_samples: Option<usize>,
+    #[serde(default)]
+    pub mode: LoadMode,
+    #[serde(default)]
+    pub merge: Option<load::RawMerge>,
+    #[serde(default)]
+    pub incremental: Option<load::RawIncremental>,
 }
 
 /// The `source:` section as written.
@@ -244,6 +252,10 @@ pub struct JobConf {
     pub storage: StorageOptions,
     /// Sample failing rows kept per failing rule.
     pub audit_samples: Option<usize>,
+    /// `mode: merge`: the batch is upserted by `key` (`None`: overwrite mode).
+    pub merge: Option<MergeConf>,
+    /// Incremental reads from a watermark (merge mode only).
+    pub incremental: Option<IncrementalConf>,
 }
 
 /// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
@@ -321,9 +333,14 @@ fn storage_options(
 }
 
 impl JobConf {
-    /// The transform SQL for one logical date.
-    pub fn transform_for(&self, date: &str) -> String {
-        self.transform.replace("{date}", date)
+    /// The transform SQL for one logical date (and, for an incremental job, the watermark the
+    /// run reads from, as the body of a SQL literal).
+    pub fn transform_for(&self, date: &str, watermark: Option<&str>) -> String {
+        let sql = self.transform.replace("{date}", date);
+        match watermark {
+            Some(w) => sql.replace("{watermark}", w),
+            None => sql,
+        }
     }
 
     /// Reads and validates a job file and every audit file it lists; every problem found is
@@ -466,6 +483,17 @@ impl JobConf {
             .transform
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| "SELECT * FROM source".to_string());
+        let before = problems.len();
+        let (merge, incremental) = load::validate(
+            path,
+            &text,
+            raw.mode,
+            raw.merge,
+            raw.incremental,
+            &transform,
+            &mut problems,
+        );
+        let job_valid = job_valid && problems.len() == before;
         let conf = job_valid.then(|| JobConf {
             name: raw.name,
             path: path.to_path_buf(),
@@ -482,6 +510,8 @@ impl JobConf {
             rules,
             storage,
             audit_samples: raw.audit_samples,
+            merge,
+            incremental,
         });
         Checked { conf, problems }
     }
@@ -528,11 +558,16 @@ fn key_problems(path: &Path, text: &str, raw: &RawJobConf) -> Vec<ConfError> {
             );
         }
     }
-    if let Some(c) = raw.key.iter().find(|c| raw.partition_by.contains(c)) {
+    if let Some(c) = raw
+        .key
+        .iter()
+        .find(|c| raw.mode == LoadMode::Overwrite && raw.partition_by.contains(c))
+    {
         problem(
             line("key"),
             format!(
-                "key: `{c}` is also a partition column; the key identifies rows within a partition"
+                "key: `{c}` is also a partition column; the key identifies rows within a partition \
+                 (a `mode: merge` table may have partition columns in its key)"
             ),
         );
     }
@@ -551,6 +586,9 @@ const JOB_KEYS: &[&str] = &[
     "storage",
     "vars",
     "audit_samples",
+    "mode",
+    "merge",
+    "incremental",
 ];
 
 /// An unknown key at `line`, with the known key probably meant.

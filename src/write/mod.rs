@@ -50,6 +50,7 @@ use tokio::io::AsyncWriteExt;
 
 mod bucket;
 mod builder;
+pub mod merge;
 
 use crate::conf::{JobConf, SourceFormat};
 use crate::engine::{self, FilesTable};
@@ -339,6 +340,7 @@ pub async fn plan_transform(
     ctx: &SessionContext,
     conf: &JobConf,
     date: &str,
+    watermark: Option<&str>,
     source: &SourceObjects,
 ) -> Result<DataFrame, WriteError> {
     let format = source_format(conf);
@@ -395,7 +397,7 @@ pub async fn plan_transform(
             source: e,
         })?;
     let conf_name = conf.path.display().to_string();
-    let sql = conf.transform_for(date);
+    let sql = conf.transform_for(date, watermark);
     let plan = ctx
         .state()
         .create_logical_plan(&sql)

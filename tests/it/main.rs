@@ -7,6 +7,7 @@ mod faults;
 mod fixture;
 mod gc;
 mod job;
+mod merge;
 mod props;
 mod publish;
 mod s3;

@@ -36,6 +36,8 @@ pub(crate) fn partition(path: &str, run_id: &str, files: usize) -> Partition {
             .collect(),
         run_id: run_id.to_string(),
         logical_date: "2024-01-01".into(),
+        key_min: None,
+        key_max: None,
     }
 }
 
@@ -52,6 +54,7 @@ pub(crate) fn proposal(run_id: &str, partitions: Vec<Partition>) -> Proposal {
         key: vec!["id".into()],
         partitions,
         audits: vec![],
+        merge: None,
     }
 }
 
