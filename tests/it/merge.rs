@@ -19,6 +19,11 @@ pub const HEADER: &str = "customer_id,country,email,tier,status,updated_at,op";
 
 /// The job file: `extra` goes into `merge:`; `top` after it at the top level.
 pub fn job_text(extra: &str, top: &str) -> String {
+    job_text_where(extra, top, "")
+}
+
+/// [`job_text`] with a `WHERE` clause (`filter`) in the transform.
+pub fn job_text_where(extra: &str, top: &str, filter: &str) -> String {
     format!(
         "name: customers\n\
          table: ../lake/customers\n\
@@ -27,18 +32,29 @@ pub fn job_text(extra: &str, top: &str) -> String {
          key: [customer_id]\n\
          source:\n  format: csv\n  path: ../data/{{date}}/\n\
          transform: |\n  SELECT customer_id, country, email, tier, status, \
-         CAST(updated_at AS TIMESTAMP) AS updated_at, op FROM source\n\
+         CAST(updated_at AS TIMESTAMP) AS updated_at, op FROM source {filter}\n\
          merge:\n  control_columns: [op]\n  delete_when: \"op = 'D'\"\n{extra}{top}"
     )
 }
 
 impl MergeFixture {
     pub fn new(extra: &str, top: &str) -> Self {
+        Self::from_text(&job_text(extra, top))
+    }
+
+    pub fn from_text(text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        for sub in ["conf", "audits"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
         let conf = dir.path().join("conf/customers.yaml");
-        std::fs::write(&conf, job_text(extra, top)).unwrap();
+        std::fs::write(&conf, text).unwrap();
         MergeFixture { dir, conf }
+    }
+
+    /// Writes a rule file under `audits/`.
+    pub fn rules(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join("audits").join(name), text).unwrap();
     }
 
     /// Writes the batch of `date`: one CSV line per row (without the header).
@@ -190,4 +206,333 @@ fn listing(root: &std::path::Path) -> Vec<(String, u64)> {
     }
     out.sort();
     out
+}
+
+#[tokio::test]
+async fn sequence_by_makes_older_and_equal_changes_stale() {
+    let f = MergeFixture::new("  sequence_by: updated_at\n", "");
+    f.batch(
+        "2024-01-01",
+        &["1,DE,a@x,gold,pending,2024-01-01T10:00:00,I"],
+    );
+    assert_eq!(counts(&f.run("2024-01-01").await), [1, 0, 0, 0, 0]);
+    // pending -> processing -> done, each later.
+    f.batch(
+        "2024-01-02",
+        &["1,DE,a@x,gold,processing,2024-01-02T10:00:00,U"],
+    );
+    assert_eq!(counts(&f.run("2024-01-02").await), [0, 1, 0, 0, 0]);
+    f.batch("2024-01-03", &["1,DE,a@x,gold,done,2024-01-03T10:00:00,U"]);
+    assert_eq!(counts(&f.run("2024-01-03").await), [0, 1, 0, 0, 0]);
+    let job = f.job();
+    let v3 = job.show(None).await.unwrap().version;
+    // Replayed older statuses, an equal one, and an older delete: all stale, nothing moves back.
+    f.batch(
+        "2024-01-04",
+        &["1,DE,a@x,gold,processing,2024-01-02T10:00:00,U"],
+    );
+    let replay = f.run("2024-01-04").await;
+    assert_eq!(counts(&replay), [0, 0, 0, 0, 1]);
+    assert_eq!(replay.status, Status::Unchanged);
+    f.batch(
+        "2024-01-05",
+        &["1,DE,a@x,gold,pending,2024-01-03T10:00:00,U"],
+    );
+    assert_eq!(counts(&f.run("2024-01-05").await), [0, 0, 0, 0, 1]);
+    f.batch("2024-01-06", &["1,DE,a@x,gold,done,2024-01-01T00:00:00,D"]);
+    assert_eq!(counts(&f.run("2024-01-06").await), [0, 0, 0, 0, 1]);
+    assert_eq!(job.show(None).await.unwrap().version, v3);
+    assert_eq!(
+        table(&job, None).await,
+        ["1|DE|a@x|gold|done|2024-01-03T10:00:00"]
+    );
+    // A later delete applies.
+    f.batch("2024-01-07", &["1,DE,a@x,gold,done,2024-01-07T00:00:00,D"]);
+    assert_eq!(counts(&f.run("2024-01-07").await), [0, 0, 1, 0, 0]);
+    assert!(table(&job, None).await.is_empty());
+}
+
+#[tokio::test]
+async fn duplicate_keys_fail_under_dedupe_error_and_settle_under_latest() {
+    let f = MergeFixture::new("", "");
+    f.batch(
+        "2024-01-01",
+        &[
+            "1,DE,a@x,gold,pending,2024-01-01T10:00:00,I",
+            "1,DE,a@y,gold,pending,2024-01-01T11:00:00,I",
+            "2,DE,b@x,gold,pending,2024-01-01T11:00:00,I",
+        ],
+    );
+    let failed = f.run("2024-01-01").await;
+    assert_eq!(failed.status, Status::AuditFailed);
+    assert_eq!(failed.status.exit_code(), 3);
+    let report = failed.audit_report.as_ref().unwrap();
+    let rule = report
+        .rules
+        .iter()
+        .find(|r| r.name == "merge_key_unique")
+        .unwrap();
+    assert!(!rule.passed);
+    assert_eq!(rule.failing_rows, 2, "both rows of the repeated key");
+    assert!(rule.sample_table.contains("a@y"), "{}", rule.sample_table);
+    assert!(f.job().show(None).await.is_err(), "nothing published");
+
+    let f = MergeFixture::new("  sequence_by: updated_at\n  dedupe: latest\n", "");
+    f.batch(
+        "2024-01-01",
+        &[
+            "1,DE,a@x,gold,pending,2024-01-01T10:00:00,I",
+            "1,DE,a@y,gold,pending,2024-01-01T11:00:00,I",
+            "1,DE,a@y,gold,pending,2024-01-01T11:00:00,I",
+            "2,DE,b@x,gold,pending,,I",
+            "2,DE,b@y,gold,pending,2024-01-01T09:00:00,I",
+        ],
+    );
+    let latest = f.run("2024-01-01").await;
+    assert_eq!(latest.status, Status::Published, "{:?}", latest.audits);
+    assert_eq!(counts(&latest), [2, 0, 0, 0, 0]);
+    assert_eq!(
+        table(&f.job(), None).await,
+        [
+            "1|DE|a@y|gold|pending|2024-01-01T11:00:00",
+            "2|DE|b@y|gold|pending|2024-01-01T09:00:00"
+        ],
+        "the greatest sequence wins (NULL lowest), identical rows collapse"
+    );
+    // Two different rows with the same greatest value: the run fails.
+    f.batch(
+        "2024-01-02",
+        &[
+            "1,DE,a@1,gold,pending,2024-01-02T10:00:00,U",
+            "1,DE,a@2,gold,pending,2024-01-02T10:00:00,U",
+        ],
+    );
+    let tie = f.run("2024-01-02").await;
+    assert_eq!(tie.status, Status::AuditFailed);
+    assert!(
+        tie.audits
+            .iter()
+            .any(|a| a.name == "merge_latest_unique" && !a.passed)
+    );
+}
+
+#[tokio::test]
+async fn a_null_key_fails_the_run() {
+    let f = MergeFixture::new("", "");
+    f.batch(
+        "2024-01-01",
+        &[
+            ",DE,a@x,gold,pending,2024-01-01T10:00:00,I",
+            "2,DE,b@x,gold,pending,2024-01-01T10:00:00,I",
+        ],
+    );
+    let out = f.run("2024-01-01").await;
+    assert_eq!(out.status, Status::AuditFailed);
+    let rule = out
+        .audits
+        .iter()
+        .find(|a| a.name == "merge_key_not_null")
+        .unwrap();
+    assert_eq!(rule.failing_rows, 1);
+    assert!(f.job().show(None).await.is_err());
+}
+
+#[tokio::test]
+async fn a_key_that_moves_partition_ends_with_one_row() {
+    let f = MergeFixture::new("", "");
+    f.batch("2024-01-01", DAY1);
+    f.run("2024-01-01").await;
+    let job = f.job();
+    let v1 = job.show(None).await.unwrap();
+    // Customer 2 moves from DE to FR; customer 4 (US) is not in the batch.
+    f.batch(
+        "2024-01-02",
+        &["2,FR,b@x,silver,pending,2024-01-02T10:00:00,U"],
+    );
+    let moved = f.run("2024-01-02").await;
+    assert_eq!(counts(&moved), [0, 1, 0, 0, 0]);
+    let v2 = job.show(None).await.unwrap();
+    let mut changed = v2.change.partitions.clone();
+    changed.sort();
+    assert_eq!(changed, ["country=DE", "country=FR"]);
+    assert_eq!(v2.partitions["country=US"], v1.partitions["country=US"]);
+    assert_eq!(
+        table(&job, None).await,
+        [
+            "1|DE|a@x|gold|pending|2024-01-01T10:00:00",
+            "2|FR|b@x|silver|pending|2024-01-02T10:00:00",
+            "3|FR|c@x|gold|pending|2024-01-01T10:00:00",
+            "4|US|d@x|bronze|pending|2024-01-01T10:00:00",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn update_columns_change_only_those_columns() {
+    let f = MergeFixture::new("  update_columns: [email, updated_at]\n", "");
+    f.batch("2024-01-01", DAY1);
+    f.run("2024-01-01").await;
+    f.batch(
+        "2024-01-02",
+        &[
+            "1,DE,new@x,platinum,done,2024-01-02T10:00:00,U",
+            // Only columns outside update_columns differ: unchanged.
+            "2,DE,b@x,platinum,done,2024-01-01T10:00:00,U",
+        ],
+    );
+    let out = f.run("2024-01-02").await;
+    assert_eq!(counts(&out), [0, 1, 0, 1, 0]);
+    assert_eq!(
+        table(&f.job(), None).await[..2],
+        [
+            "1|DE|new@x|gold|pending|2024-01-02T10:00:00",
+            "2|DE|b@x|silver|pending|2024-01-01T10:00:00",
+        ]
+    );
+}
+
+const INCREMENTAL: &str =
+    "incremental:\n  cursor: updated_at\n  lookback: 1h\n  initial: \"2024-01-01T00:00:00\"\n";
+
+fn incremental_fixture(audits: &str) -> MergeFixture {
+    let text = job_text_where(
+        "  sequence_by: updated_at\n",
+        &format!("{INCREMENTAL}{audits}"),
+        "WHERE CAST(updated_at AS TIMESTAMP) >= TIMESTAMP '{watermark}'",
+    );
+    MergeFixture::from_text(&text)
+}
+
+#[tokio::test]
+async fn the_watermark_moves_with_the_data_and_lookback_rereads_without_doubling() {
+    let f = incremental_fixture("");
+    let day = "2024-01-01";
+    f.batch(
+        day,
+        &[
+            "1,DE,a@x,gold,pending,2023-12-31T10:00:00,I",
+            "2,DE,b@x,gold,pending,2024-01-01T10:00:00,I",
+        ],
+    );
+    let first = f.run(day).await;
+    assert_eq!(
+        counts(&first),
+        [1, 0, 0, 0, 0],
+        "the row before `initial` is not read"
+    );
+    let w = first.watermark.clone().unwrap();
+    assert_eq!(
+        (w.before.as_str(), w.after.as_str()),
+        ("2024-01-01T00:00:00", "2024-01-01T10:00:00")
+    );
+    let job = f.job();
+    let v1 = job.show(None).await.unwrap();
+    assert_eq!(
+        v1.watermarks["incremental.updated_at"],
+        "2024-01-01T10:00:00"
+    );
+
+    // The same extract, grown: the row at the watermark is read again (lookback), not doubled.
+    f.batch(
+        day,
+        &[
+            "1,DE,a@x,gold,pending,2023-12-31T10:00:00,I",
+            "2,DE,b@x,gold,pending,2024-01-01T10:00:00,I",
+            "3,DE,c@x,gold,pending,2024-01-01T12:00:00,I",
+        ],
+    );
+    let second = f.run(day).await;
+    assert_eq!(second.status, Status::Published);
+    assert_eq!(
+        counts(&second),
+        [1, 0, 0, 0, 1],
+        "row 2 again is stale (equal sequence)"
+    );
+    assert_eq!(
+        second.watermark.as_ref().unwrap().after,
+        "2024-01-01T12:00:00"
+    );
+    assert_eq!(table(&job, None).await.len(), 2);
+
+    // Nothing new: unchanged, no version, same watermark.
+    let again = f.run(day).await;
+    assert_eq!(again.status, Status::Unchanged, "{:?}", again.message);
+    assert_eq!(job.show(None).await.unwrap().version, 2);
+
+    // Rows that change nothing but move the cursor: a version that moves only the watermark.
+    f.batch(
+        day,
+        &[
+            "3,DE,c@x,gold,pending,2024-01-01T12:00:00,I",
+            "9,DE,z@x,gold,pending,2024-01-01T13:00:00,D",
+        ],
+    );
+    let only_mark = f.run(day).await;
+    assert_eq!(
+        only_mark.status,
+        Status::Published,
+        "{:?}",
+        only_mark.message
+    );
+    let v3 = job.show(None).await.unwrap();
+    assert_eq!(
+        v3.watermarks["incremental.updated_at"],
+        "2024-01-01T13:00:00"
+    );
+    assert_eq!(v3.partitions, job.show(Some(2)).await.unwrap().partitions);
+
+    // An empty batch (every row before the window) does not move it.
+    f.batch(day, &["2,DE,b@x,gold,pending,2024-01-01T10:00:00,I"]);
+    let empty = f.run(day).await;
+    assert_eq!(empty.status, Status::Unchanged);
+    assert_eq!(job.show(None).await.unwrap().version, 3);
+
+    // Rollback restores the watermark with the data.
+    let back = job.rollback(1).await.unwrap();
+    assert_eq!(back.status, Status::Published);
+    assert_eq!(
+        job.show(None).await.unwrap().watermarks["incremental.updated_at"],
+        "2024-01-01T10:00:00"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_audit_leaves_data_and_watermark_as_they_were() {
+    let f = incremental_fixture("audits: [../audits/customers.yaml]\n");
+    f.rules(
+        "customers.yaml",
+        "rules:\n  - name: email_present\n    not_null: [email]\n",
+    );
+    let day = "2024-01-01";
+    f.batch(day, &["1,DE,a@x,gold,pending,2024-01-01T10:00:00,I"]);
+    assert_eq!(f.run(day).await.status, Status::Published);
+    f.batch(
+        day,
+        &[
+            "1,DE,a@x,gold,pending,2024-01-01T10:00:00,I",
+            "2,DE,,gold,pending,2024-01-01T11:00:00,I",
+        ],
+    );
+    let failed = f.run(day).await;
+    assert_eq!(failed.status, Status::AuditFailed);
+    let w = failed.watermark.unwrap();
+    assert_eq!(w.after, w.before);
+    let job = f.job();
+    let current = job.show(None).await.unwrap();
+    assert_eq!(current.version, 1);
+    assert_eq!(
+        current.watermarks["incremental.updated_at"],
+        "2024-01-01T10:00:00"
+    );
+    // Fixed at the source, the next run reads the same window again.
+    f.batch(
+        day,
+        &[
+            "1,DE,a@x,gold,pending,2024-01-01T10:00:00,I",
+            "2,DE,b@x,gold,pending,2024-01-01T11:00:00,I",
+        ],
+    );
+    let fixed = f.run(day).await;
+    assert_eq!(counts(&fixed), [1, 0, 0, 0, 1]);
+    assert_eq!(fixed.watermark.unwrap().after, "2024-01-01T11:00:00");
 }
