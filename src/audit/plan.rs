@@ -94,6 +94,9 @@ pub fn evaluation(rule: &Rule) -> Evaluation<'_> {
             columns,
         },
         RuleKind::Sql(q) => Evaluation::Query { query: q.clone() },
+        RuleKind::Changes(bounds) => Evaluation::Query {
+            query: sql::changes_query(bounds),
+        },
         RuleKind::Relationships { column, field, .. } => Evaluation::Query {
             query: sql::relationship_query(&rule.name, column, field, rule.scope.table()),
         },

@@ -78,7 +78,8 @@ fn describe(kind: &RuleKind) -> String {
         | RuleKind::Schema { .. }
         | RuleKind::SchemaChange { .. }
         | RuleKind::RowCountChange { .. }
-        | RuleKind::NullRateChange { .. } => String::new(),
+        | RuleKind::NullRateChange { .. }
+        | RuleKind::Changes(_) => String::new(),
     }
 }
 

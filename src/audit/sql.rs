@@ -55,7 +55,8 @@ pub fn failing_predicate(kind: &RuleKind) -> Option<String> {
         | RuleKind::Relationships { .. }
         | RuleKind::SchemaChange { .. }
         | RuleKind::RowCountChange { .. }
-        | RuleKind::NullRateChange { .. } => None,
+        | RuleKind::NullRateChange { .. }
+        | RuleKind::Changes(_) => None,
     }
 }
 
@@ -222,4 +223,44 @@ mod tests {
         );
         assert!(failing_predicate(&RuleKind::Unique(vec!["a".into()])).is_none());
     }
+}
+
+/// The query of a `changes` rule: one row per bound the merge's changes break, with the count
+/// and the bound in words.
+pub fn changes_query(bounds: &[crate::conf::rules::ChangeBound]) -> String {
+    use crate::write::merge::{CHANGE_COLUMN, CHANGES};
+    let mut parts = Vec::new();
+    for b in bounds {
+        let n = format!(
+            "(SELECT count(*) FROM {CHANGES} WHERE {CHANGE_COLUMN} = '{}')",
+            b.change
+        );
+        let published = "(SELECT count(*) FROM published)";
+        let mut check = |broken: String, bound: String| {
+            parts.push(format!(
+                "SELECT '{}' AS change, {n} AS rows, {published} AS published_rows, '{bound}' AS bound \
+                 WHERE {broken}",
+                b.change
+            ))
+        };
+        if let Some(min) = b.min {
+            check(format!("{n} < {min}"), format!("at least {min}"));
+        }
+        if let Some(max) = b.max {
+            check(format!("{n} > {max}"), format!("at most {max}"));
+        }
+        if let Some(p) = b.min_pct {
+            check(
+                format!("{n} * 100.0 < {p} * {published}"),
+                format!("at least {p}% of the published rows"),
+            );
+        }
+        if let Some(p) = b.max_pct {
+            check(
+                format!("{n} * 100.0 > {p} * {published}"),
+                format!("at most {p}% of the published rows"),
+            );
+        }
+    }
+    parts.join(" UNION ALL ")
 }

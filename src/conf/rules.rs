@@ -69,7 +69,30 @@ pub enum RuleKind {
         max_points: f64,
         window: usize,
     },
+    /// Merge runs: bounds on what the batch does (rows inserted, updated, deleted, unchanged,
+    /// stale), as counts or as percentages of the published rows.
+    Changes(Vec<ChangeBound>),
 }
+
+/// One bound of a `changes` rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBound {
+    /// `insert`, `update`, `delete`, `unchanged` or `stale`.
+    #[serde(skip)]
+    pub change: String,
+    #[serde(default)]
+    pub min: Option<u64>,
+    #[serde(default)]
+    pub max: Option<u64>,
+    #[serde(default)]
+    pub min_pct: Option<f64>,
+    #[serde(default)]
+    pub max_pct: Option<f64>,
+}
+
+/// The kinds of change a `changes` rule bounds (the values of `_change`).
+pub const CHANGE_KINDS: &[&str] = &["insert", "update", "delete", "unchanged", "stale"];
 
 /// A duration such as `30m`, `12h`, `2d`, `1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +258,7 @@ impl RuleKind {
             RuleKind::Relationships { .. } => "relationships",
             RuleKind::RowCountChange { .. } => "row_count_change",
             RuleKind::NullRateChange { .. } => "null_rate_change",
+            RuleKind::Changes(_) => "changes",
         }
     }
 }
@@ -283,6 +307,7 @@ struct RawRule {
     relationships: Option<RawRelationships>,
     row_count_change: Option<RawRowCountChange>,
     null_rate_change: Option<RawNullRateChange>,
+    changes: Option<BTreeMap<String, ChangeBound>>,
     max_failing_rows: Option<u64>,
     max_failing_pct: Option<f64>,
     #[serde(default)]
@@ -372,8 +397,8 @@ pub struct RuleFile {
 }
 
 const KINDS: &str = "not_null, unique, accepted_values, range, row_count, expression, sql, \
-                     freshness, relationships, schema, schema_change, row_count_change or \
-                     null_rate_change";
+                     freshness, relationships, schema, schema_change, row_count_change, \
+                     null_rate_change or changes";
 
 impl RuleFile {
     /// Parses and validates one rule file with no variables.
@@ -904,6 +929,37 @@ fn table_kinds(
             max_points: c.max_points,
             window: c.window,
         });
+    }
+    if let Some(bounds) = r.changes.take() {
+        let mut out = Vec::new();
+        for (change, mut b) in bounds {
+            if !CHANGE_KINDS.contains(&change.as_str()) {
+                return Err(err(format!(
+                    "changes: `{change}` is not a kind of change; expected {}",
+                    CHANGE_KINDS.join(", ")
+                )));
+            }
+            let pcts = [b.min_pct, b.max_pct];
+            if pcts.iter().flatten().any(|p| !(0.0..=100.0).contains(p))
+                || [b.min, b.max, b.min_pct.map(|_| 0), b.max_pct.map(|_| 0)]
+                    .iter()
+                    .all(Option::is_none)
+            {
+                return Err(err(format!(
+                    "changes.{change}: expected min, max (rows) or min_pct, max_pct (0..=100, of \
+                     the published rows)"
+                )));
+            }
+            b.change = change;
+            out.push(b);
+        }
+        if out.is_empty() {
+            return Err(err(format!(
+                "changes: expected bounds for at least one of {}",
+                CHANGE_KINDS.join(", ")
+            )));
+        }
+        kinds.push(RuleKind::Changes(out));
     }
     Ok(kinds)
 }

@@ -132,9 +132,23 @@ pub fn table_schema(
     batch: &Schema,
     base: Option<&Schema>,
 ) -> Result<SchemaRef, WriteError> {
-    let err = |message: String| WriteError::Columns {
-        conf: conf.path.display().to_string(),
-        message,
+    // Each problem names the line of the option at fault.
+    let err = |message: String| {
+        let option = message.split([':', '.']).nth(1).unwrap_or("merge");
+        let option = option.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        let key = if message.starts_with("merge") {
+            option
+        } else {
+            "transform"
+        };
+        WriteError::Columns {
+            conf: format!(
+                "{}:{}",
+                conf.path.display(),
+                crate::conf::line_of_key(&conf.text, key)
+            ),
+            message,
+        }
     };
     for c in &merge.control_columns {
         if batch.field_with_name(c).is_err() {

@@ -536,3 +536,259 @@ async fn a_failed_audit_leaves_data_and_watermark_as_they_were() {
     assert_eq!(counts(&fixed), [1, 0, 0, 0, 1]);
     assert_eq!(fixed.watermark.unwrap().after, "2024-01-01T11:00:00");
 }
+
+#[tokio::test]
+async fn a_changes_rule_bounds_what_the_batch_does() {
+    let top = "audits: [../audits/customers.yaml]\n";
+    let f = MergeFixture::new("", top);
+    f.rules(
+        "customers.yaml",
+        "rules:\n  - name: few_deletes\n    changes: {delete: {max_pct: 30}, insert: {max: 10}}\n",
+    );
+    f.batch("2024-01-01", DAY1);
+    assert_eq!(f.run("2024-01-01").await.status, Status::Published);
+    // Two of four published rows deleted: 50% > 30%.
+    f.batch(
+        "2024-01-02",
+        &[
+            "1,DE,a@x,gold,pending,2024-01-01T10:00:00,D",
+            "2,DE,b@x,gold,pending,2024-01-01T10:00:00,D",
+        ],
+    );
+    let out = f.run("2024-01-02").await;
+    assert_eq!(out.status, Status::AuditFailed);
+    let rule = out
+        .audit_report
+        .as_ref()
+        .unwrap()
+        .rules
+        .iter()
+        .find(|r| r.name == "few_deletes")
+        .unwrap()
+        .clone();
+    assert!(!rule.passed);
+    assert!(
+        rule.sample_table.contains("delete") && rule.sample_table.contains("at most 30%"),
+        "{}",
+        rule.sample_table
+    );
+    assert_eq!(table(&f.job(), None).await.len(), 4, "nothing published");
+    // One delete of four is within the bound.
+    f.batch(
+        "2024-01-03",
+        &["1,DE,a@x,gold,pending,2024-01-01T10:00:00,D"],
+    );
+    assert_eq!(f.run("2024-01-03").await.status, Status::Published);
+}
+
+#[tokio::test]
+async fn check_names_every_merge_and_incremental_problem_with_its_line() {
+    // Problems of the job file alone.
+    let text =
+        job_text("  dedupe: latest\n  sequnce_by: updated_at\n", "").replace("mode: merge\n", "");
+    let text =
+        format!("{text}incremental:\n  cursor: updated_at\n  lookback: soon\n  initial: 0\n");
+    let f = MergeFixture::from_text(&text);
+    let checked = JobConf::check(&f.conf);
+    let all: Vec<String> = checked.problems.iter().map(|p| p.to_string()).collect();
+    let joined = all.join("\n");
+    assert!(
+        joined.contains("sequnce_by") && joined.contains("sequence_by"),
+        "{joined}"
+    );
+    let f = MergeFixture::from_text(
+        &job_text(
+            "  dedupe: latest\n",
+            "incremental:\n  cursor: updated_at\n  lookback: soon\n  initial: 0\n",
+        )
+        .replace("mode: merge\n", ""),
+    );
+    let joined: String = JobConf::check(&f.conf)
+        .problems
+        .iter()
+        .map(|p| p.to_string() + "\n")
+        .collect();
+    for wanted in [
+        "merge: only read by `mode: merge`",
+        "incremental: needs `mode: merge`",
+        "incremental.lookback",
+    ] {
+        assert!(joined.contains(wanted), "missing `{wanted}` in:\n{joined}");
+    }
+    assert!(joined.contains("customers.yaml:"), "{joined}");
+
+    // Problems found against the transform's schema: exit 2, with the option's line.
+    let f = MergeFixture::new(
+        "  dedupe: latest\n  sequence_by: email\n",
+        "incremental:\n  cursor: updated_at\n  initial: 7\n",
+    );
+    f.batch("2024-01-01", DAY1);
+    let err = wap::job::check(&f.conf, Some("2024-01-01"), JobOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("incremental.cursor") || text.contains("sequence_by"),
+        "{text}"
+    );
+    let f = MergeFixture::new("  sequence_by: nope\n", "");
+    f.batch("2024-01-01", DAY1);
+    let err = wap::job::check(&f.conf, Some("2024-01-01"), JobOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let line = job_text("  sequence_by: nope\n", "")
+        .lines()
+        .position(|l| l.contains("sequence_by"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.to_string()
+            .contains(&format!("customers.yaml:{line}: merge.sequence_by: `nope`")),
+        "{err}"
+    );
+}
+
+/// The README's Python `wap_key`, extracted from the README itself.
+fn readme_python_wap_key() -> String {
+    let readme = std::fs::read_to_string(format!("{}/README.md", crate::fixture::REPO)).unwrap();
+    let start = readme
+        .find("```python\nimport hashlib")
+        .expect("README has the Python wap_key");
+    let body = &readme[start + "```python\n".len()..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn wap_key_equals_the_readme_python_function() {
+    // Generated rows with separators, NULLs, empty strings, unicode and numbers.
+    let pieces = ["a", "-", "b-c", "", "|", "ü", "a\u{0}b", "1", "x y"];
+    let mut rows: Vec<(Option<String>, Option<String>, Option<i64>)> = Vec::new();
+    let mut seed: u64 = 7;
+    for _ in 0..300 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pick = |s: u64| -> Option<String> {
+            match s % 11 {
+                0 => None,
+                n => Some(
+                    (0..(n % 3 + 1))
+                        .map(|i| pieces[((s >> (8 + i * 4)) % pieces.len() as u64) as usize])
+                        .collect(),
+                ),
+            }
+        };
+        let n = if seed % 5 == 0 {
+            None
+        } else {
+            Some((seed >> 20) as i64 % 2000 - 1000)
+        };
+        rows.push((pick(seed >> 3), pick(seed >> 17), n));
+    }
+    let lit = |v: &Option<String>| match v {
+        None => "CAST(NULL AS VARCHAR)".to_string(),
+        Some(s) => format!("'{}'", s.replace('\'', "''")),
+    };
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(a, b, n)| {
+            let n = n.map_or("CAST(NULL AS BIGINT)".into(), |n| {
+                format!("CAST({n} AS BIGINT)")
+            });
+            format!("({}, {}, {n})", lit(a), lit(b))
+        })
+        .collect();
+    let ctx = wap::engine::session(
+        &wap::engine::EngineOptions::default(),
+        std::sync::Arc::new(object_store::memory::InMemory::new()),
+        None,
+    )
+    .unwrap();
+    let sql = format!(
+        "SELECT wap_key(a, b, n) AS k, row_number() OVER () AS i FROM (VALUES {}) AS t(a, b, n)",
+        values.join(", ")
+    );
+    let mut ours = Vec::new();
+    let df = ctx
+        .sql(&format!("SELECT k FROM ({sql}) ORDER BY i"))
+        .await
+        .unwrap();
+    for b in df.collect().await.unwrap() {
+        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let c = c
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        ours.extend((0..c.len()).map(|i| c.value(i).to_string()));
+    }
+    let input: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(a, b, n)| serde_json::json!([a, b, n]))
+        .collect();
+    let script = format!(
+        "{}\nimport json, sys\nfor row in json.load(sys.stdin):\n    print(wap_key(*row))\n",
+        readme_python_wap_key()
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let theirs: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ours.len(), rows.len());
+    assert_eq!(ours, theirs);
+    let distinct: std::collections::BTreeSet<_> = ours.iter().collect();
+    let distinct_rows: std::collections::BTreeSet<_> = rows.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        distinct_rows.len(),
+        "distinct values, distinct keys"
+    );
+}
+
+#[tokio::test]
+async fn transforms_hash_with_sha256_md5_digest_and_wap_key() {
+    let text = job_text("", "").replace(
+        "SELECT customer_id,",
+        "SELECT customer_id, wap_key(customer_id, country) AS customer_sk, \
+         encode(sha256(email), 'hex') AS email_sha, md5(email) AS email_md5, \
+         encode(digest(email, 'sha512'), 'hex') AS email_sha512,",
+    );
+    let f = MergeFixture::from_text(&text);
+    f.batch("2024-01-01", DAY1);
+    let out = f.run("2024-01-01").await;
+    assert_eq!(out.status, Status::Published, "{:?}", out.message);
+    let job = f.job();
+    let df = job
+        .query(
+            None,
+            "SELECT customer_sk, email_sha, email_md5 FROM customers WHERE customer_id = 1",
+        )
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+        .unwrap()
+        .to_string();
+    // sha256("a@x") and md5("a@x"), computed independently (Python's hashlib).
+    assert!(
+        text.contains("bd39e6feafd837011c64e8a29c3fdffe59f41e1a071b936bbd66b7c31fb390d4"),
+        "{text}"
+    );
+    assert!(text.contains("4895b1d4ed83c6da448e89f72e1103a0"), "{text}");
+}
