@@ -198,33 +198,6 @@ pub fn sql_sample_query(query: &str, limit: usize) -> String {
     format!("SELECT * FROM ({query}) AS failing LIMIT {limit}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn predicates() {
-        assert_eq!(
-            failing_predicate(&RuleKind::NotNull(vec!["a".into(), "b\"c".into()])).unwrap(),
-            "(\"a\" IS NULL OR \"b\"\"c\" IS NULL)"
-        );
-        assert_eq!(
-            failing_predicate(&RuleKind::Range {
-                column: "x".into(),
-                min: Some("0".into()),
-                max: None
-            })
-            .unwrap(),
-            "(\"x\" IS NOT NULL AND (\"x\" < 0))"
-        );
-        assert_eq!(
-            failing_predicate(&RuleKind::Expression("a > 0".into())).unwrap(),
-            "((a > 0) IS NOT TRUE)"
-        );
-        assert!(failing_predicate(&RuleKind::Unique(vec!["a".into()])).is_none());
-    }
-}
-
 /// The query of a `changes` rule: one row per bound the merge's changes break, with the count
 /// and the bound in words.
 pub fn changes_query(bounds: &[crate::conf::rules::ChangeBound]) -> String {
@@ -263,4 +236,31 @@ pub fn changes_query(bounds: &[crate::conf::rules::ChangeBound]) -> String {
         }
     }
     parts.join(" UNION ALL ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates() {
+        assert_eq!(
+            failing_predicate(&RuleKind::NotNull(vec!["a".into(), "b\"c".into()])).unwrap(),
+            "(\"a\" IS NULL OR \"b\"\"c\" IS NULL)"
+        );
+        assert_eq!(
+            failing_predicate(&RuleKind::Range {
+                column: "x".into(),
+                min: Some("0".into()),
+                max: None
+            })
+            .unwrap(),
+            "(\"x\" IS NOT NULL AND (\"x\" < 0))"
+        );
+        assert_eq!(
+            failing_predicate(&RuleKind::Expression("a > 0".into())).unwrap(),
+            "((a > 0) IS NOT TRUE)"
+        );
+        assert!(failing_predicate(&RuleKind::Unique(vec!["a".into()])).is_none());
+    }
 }

@@ -234,6 +234,7 @@ fn unpartitioned(conf: &JobConf) -> JobConf {
 }
 
 /// Stages the transform's output as the batch, sorted by key.
+#[allow(clippy::too_many_arguments)]
 pub async fn stage_batch(
     ctx: &SessionContext,
     transform: DataFrame,

@@ -680,7 +680,7 @@ async fn wap_key_equals_the_readme_python_function() {
                 ),
             }
         };
-        let n = if seed % 5 == 0 {
+        let n = if seed.is_multiple_of(5) {
             None
         } else {
             Some((seed >> 20) as i64 % 2000 - 1000)
