@@ -842,6 +842,17 @@ impl Job {
         let schema = match &self.conf.merge {
             None => write::table_schema(out),
             Some(m) => {
+                if let Some(r) = self.conf.rules.rules().iter().find(|r| r.quarantine) {
+                    // Quarantine splits staged rows; in a merge those are published rows too.
+                    return Err(Error::Write(write::WriteError::Columns {
+                        conf: r.location(),
+                        message: format!(
+                            "rule `{}`: `on_fail: quarantine` is not supported in `mode: merge` \
+                             yet; use severity error or warn",
+                            r.name
+                        ),
+                    }));
+                }
                 self.check_cursor(out, window)?;
                 let schema =
                     merge::table_schema(&self.conf, m, out, current.as_ref().map(|c| &c.schema))?;

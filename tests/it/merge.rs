@@ -792,3 +792,19 @@ async fn transforms_hash_with_sha256_md5_digest_and_wap_key() {
     );
     assert!(text.contains("4895b1d4ed83c6da448e89f72e1103a0"), "{text}");
 }
+
+#[tokio::test]
+async fn quarantine_rules_are_refused_in_merge_mode() {
+    let f = MergeFixture::new("", "audits: [../audits/customers.yaml]\n");
+    f.rules(
+        "customers.yaml",
+        "rules:\n  - name: email_present\n    not_null: [email]\n    on_fail: quarantine\n",
+    );
+    f.batch("2024-01-01", DAY1);
+    let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains("not supported in `mode: merge`"),
+        "{err}"
+    );
+}
