@@ -67,8 +67,6 @@ impl MergeCounts {
 /// A merge run's staged output.
 #[derive(Debug, Clone)]
 pub struct Merged {
-    /// The transform's output, sorted by key (table `batch`).
-    pub batch: StagedRun,
     /// One row per deduplicated batch row with its `_change` (table `changes`).
     pub changes: StagedRun,
     /// The rewritten partitions, as they will be published (table `staged`).
@@ -359,9 +357,7 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
     } = inputs;
     let err = df_err(run_id, source_location);
     let schema = table_schema(conf, merge, &batch_schema, base.map(|b| &b.schema))?;
-    let batch_table = crate::table::files_table(Arc::clone(&batch_schema), batch.objects())
-        .map_err(|e| err(DataFusionError::External(Box::new(e))))?;
-    register(ctx, BATCH, Arc::new(batch_table)).map_err(&err)?;
+    register_staged(ctx, BATCH, &batch_schema, batch).map_err(&err)?;
     register(
         ctx,
         DEDUPED,
@@ -380,14 +376,7 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
             .collect(),
     };
     let old_schema = base.map_or(Arc::clone(&schema), |b| b.schema_ref());
-    let old = VersionTable::new(
-        engine::TABLE_URL,
-        Arc::clone(&old_schema),
-        Vec::new(),
-        candidates.iter().copied(),
-    )
-    .map_err(|e| err(DataFusionError::External(Box::new(e))))?;
-    register(ctx, OLD, Arc::new(old)).map_err(&err)?;
+    register_partitions(ctx, OLD, &old_schema, candidates.iter().copied()).map_err(&err)?;
 
     // Changes.
     let updates = update_columns(&batch_schema, conf, merge);
@@ -404,9 +393,7 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
         source_location,
     )
     .await?;
-    let changes_table = crate::table::files_table(Arc::clone(&changes.schema), changes.objects())
-        .map_err(|e| err(DataFusionError::External(Box::new(e))))?;
-    register(ctx, CHANGES, Arc::new(changes_table)).map_err(&err)?;
+    register_staged(ctx, CHANGES, &changes.schema, &changes).map_err(&err)?;
     let counts = count_changes(ctx).await.map_err(&err)?;
     let cursor_max = match cursor {
         Some(c) => cursor_max(ctx, c).await.map_err(&err)?,
@@ -426,14 +413,7 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
         .flat_map(|b| b.partitions.values())
         .filter(|p| affected.contains(&p.path))
         .collect();
-    let keep = VersionTable::new(
-        engine::TABLE_URL,
-        Arc::clone(&old_schema),
-        Vec::new(),
-        kept.iter().copied(),
-    )
-    .map_err(|e| err(DataFusionError::External(Box::new(e))))?;
-    register(ctx, KEEP, Arc::new(keep)).map_err(&err)?;
+    register_partitions(ctx, KEEP, &old_schema, kept.iter().copied()).map_err(&err)?;
     let staged = if affected.is_empty() {
         StagedRun {
             run_id: run_id.to_string(),
@@ -473,7 +453,6 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
         .filter(|p| !written.contains(p.as_str()))
         .collect();
     Ok(Merged {
-        batch: batch.clone(),
         changes,
         staged,
         removed,
@@ -490,6 +469,35 @@ fn register(
 ) -> Result<(), DataFusionError> {
     ctx.deregister_table(name)?;
     ctx.register_table(name, provider).map(|_| ())
+}
+
+/// Registers the published `partitions` (of a table of `schema`) as table `name`.
+fn register_partitions<'a>(
+    ctx: &SessionContext,
+    name: &str,
+    schema: &SchemaRef,
+    partitions: impl IntoIterator<Item = &'a Partition>,
+) -> Result<(), DataFusionError> {
+    let table = VersionTable::new(
+        engine::TABLE_URL,
+        Arc::clone(schema),
+        Vec::new(),
+        partitions,
+    )
+    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    register(ctx, name, Arc::new(table))
+}
+
+/// Registers the files of a staged run as table `name`.
+fn register_staged(
+    ctx: &SessionContext,
+    name: &str,
+    schema: &SchemaRef,
+    staged: &StagedRun,
+) -> Result<(), DataFusionError> {
+    let table = crate::table::files_table(Arc::clone(schema), staged.objects())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    register(ctx, name, Arc::new(table))
 }
 
 /// The batch with duplicates settled (`dedupe: latest`) and `__wap_delete` computed.
