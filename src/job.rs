@@ -234,19 +234,7 @@ struct Run<'a> {
     mode: Mode,
     source: write::SourceObjects,
     run_id: String,
-    current: Option<Manifest>,
-    window: Option<Window>,
-}
-
-/// A `mode: merge` run after planning.
-struct MergeRun<'a> {
-    ctx: SessionContext,
-    transform: DataFrame,
-    merge: &'a crate::conf::MergeConf,
-    date: &'a str,
-    mode: Mode,
-    source: write::SourceObjects,
-    run_id: String,
+    /// The current version, until planning takes it.
     current: Option<Manifest>,
     window: Option<Window>,
 }
@@ -337,45 +325,43 @@ impl Job {
             .map_err(|e| Error::Usage(format!("{}: {e}", self.conf.path.display())))
     }
 
-    async fn run_phases(&self, run: Run<'_>, timings: &mut Timings) -> Result<RunOutcome> {
-        let Run {
-            date,
-            mode,
-            source,
-            run_id,
-            current,
-            window,
-        } = run;
+    async fn run_phases(&self, mut run: Run<'_>, timings: &mut Timings) -> Result<RunOutcome> {
         let conf = &self.conf;
         let mut phase = std::time::Instant::now();
-        if mode == Mode::Publish
-            && let Some(done) = self.already_published(&run_id, current.as_ref()).await?
+        if run.mode == Mode::Publish
+            && let Some(done) = self
+                .already_published(&run.run_id, run.current.as_ref())
+                .await?
         {
             return Ok(done);
         }
 
         // Plan everything before writing anything.
+        let planned = self
+            .prepare(
+                run.date,
+                &run.source,
+                run.current.take(),
+                run.window.as_ref(),
+            )
+            .await?;
+        if let Some(merge_conf) = &conf.merge {
+            return self
+                .run_merge(run, planned, merge_conf, timings, phase)
+                .await;
+        }
         let Planned {
             ctx,
             transform,
             current,
-        } = self
-            .prepare(date, &source, current, window.as_ref())
-            .await?;
-        if let Some(merge_conf) = &conf.merge {
-            let merge_run = MergeRun {
-                ctx,
-                transform,
-                merge: merge_conf,
-                date,
-                mode,
-                source,
-                run_id,
-                current,
-                window,
-            };
-            return self.run_merge(merge_run, timings, phase).await;
-        }
+        } = planned;
+        let Run {
+            date,
+            mode,
+            source,
+            run_id,
+            ..
+        } = run;
         timings.plan_ms = ms_since(phase);
         phase = std::time::Instant::now();
 
@@ -491,21 +477,25 @@ impl Job {
     /// Phases 1-3 of a `mode: merge` run.
     async fn run_merge(
         &self,
-        run: MergeRun<'_>,
+        run: Run<'_>,
+        planned: Planned,
+        merge_conf: &crate::conf::MergeConf,
         timings: &mut Timings,
         planned_at: std::time::Instant,
     ) -> Result<RunOutcome> {
-        let MergeRun {
-            ctx,
-            transform,
-            merge: merge_conf,
+        let Run {
             date,
             mode,
             source,
             run_id,
-            current,
             window,
+            ..
         } = run;
+        let Planned {
+            ctx,
+            transform,
+            current,
+        } = planned;
         let conf = &self.conf;
         timings.plan_ms = ms_since(planned_at);
         let mut phase = std::time::Instant::now();
