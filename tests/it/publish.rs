@@ -362,3 +362,116 @@ async fn publishing_to_a_store_without_put_if_absent_is_refused() {
     assert_eq!(wap::Error::from(err).exit_code(), 2);
     assert!(versions::list_versions(&store).await.unwrap().is_empty());
 }
+
+fn merge_proposal(
+    run: &str,
+    partitions: Vec<Partition>,
+    read: &[&str],
+    any_partition: bool,
+    watermark: &str,
+) -> Proposal {
+    let Proposal::Replace {
+        run_id,
+        logical_date,
+        table,
+        schema,
+        partition_by,
+        key,
+        partitions,
+        audits,
+        ..
+    } = proposal(run, partitions)
+    else {
+        unreachable!("proposal() is a Replace")
+    };
+    Proposal::Replace {
+        run_id,
+        logical_date,
+        table,
+        schema,
+        partition_by,
+        key,
+        partitions,
+        audits,
+        merge: Some(wap::publish::MergeChange {
+            removed: Vec::new(),
+            read: read.iter().map(|s| s.to_string()).collect(),
+            any_partition,
+            watermarks: [("incremental.ts".to_string(), watermark.to_string())].into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_merge_conflicts_on_what_it_read_and_rebases_when_disjoint() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let p = publisher(&store);
+    p.publish_now(&proposal("base", vec![partition("d=1", "base", 1)]))
+        .await
+        .unwrap();
+    // Another writer replaces d=1 (version 2) while a merge based on version 1 runs.
+    p.publish(
+        &merge_proposal(
+            "other",
+            vec![partition("d=1", "other", 1)],
+            &["d=1"],
+            false,
+            "2024-01-01T12:00:00",
+        ),
+        Some(1),
+    )
+    .await
+    .unwrap();
+    // The merge wrote only d=2 but read d=1 to match keys: a conflict naming d=1.
+    let lost = p
+        .publish(
+            &merge_proposal(
+                "m",
+                vec![partition("d=2", "m", 1)],
+                &["d=1"],
+                false,
+                "2024-01-01T10:00:00",
+            ),
+            Some(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(lost, PublishError::Conflict { version: 2, .. }),
+        "{lost}"
+    );
+    assert!(lost.to_string().contains("d=1"), "{lost}");
+    // A key that may sit in any partition: every intervening change conflicts.
+    let any = p
+        .publish(
+            &merge_proposal(
+                "m2",
+                vec![partition("d=3", "m2", 1)],
+                &[],
+                true,
+                "2024-01-01T10:00:00",
+            ),
+            Some(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(any.is_conflict(), "{any}");
+    // Disjoint: rebased, and the watermark stays the greater of the two.
+    let won = p
+        .publish(
+            &merge_proposal(
+                "m3",
+                vec![partition("d=4", "m3", 1)],
+                &["d=4"],
+                false,
+                "2024-01-01T10:00:00",
+            ),
+            Some(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(won, PublishOutcome::Published { version: 3 });
+    let current = versions::current(&store).await.unwrap().unwrap();
+    assert_eq!(current.watermarks["incremental.ts"], "2024-01-01T12:00:00");
+    assert!(current.partitions.contains_key("d=1") && current.partitions.contains_key("d=4"));
+}
