@@ -239,6 +239,17 @@ struct Run<'a> {
     window: Option<Window>,
 }
 
+/// What a merge run's quarantine step did to its batch, for the audit report.
+#[derive(Default)]
+struct BatchQuarantine {
+    /// The quarantining rules' results over the batch.
+    results: Vec<RuleResult>,
+    /// The held rows, when there were any.
+    held: Option<audit::report::Quarantine>,
+    /// The largest cursor of the whole batch, held rows included (incremental jobs).
+    cursor_max: Option<crate::watermark::Mark>,
+}
+
 /// What the plan step gives the later phases.
 struct Planned {
     ctx: SessionContext,
@@ -514,7 +525,18 @@ impl Job {
         )
         .instrument(tracing::info_span!("write", part = "batch"))
         .await?;
-        let merged = merge::merge(merge::MergeInputs {
+        let (batch, quarantine) = self
+            .quarantine_batch(
+                &ctx,
+                current.as_ref(),
+                batch,
+                date,
+                &source.location,
+                &folder,
+            )
+            .instrument(tracing::info_span!("audit", quarantine = true))
+            .await?;
+        let mut merged = merge::merge(merge::MergeInputs {
             ctx: &ctx,
             conf,
             merge: merge_conf,
@@ -530,6 +552,8 @@ impl Job {
         })
         .instrument(tracing::info_span!("write", part = "merge"))
         .await?;
+        // Quarantined rows were read too: the watermark moves past them.
+        merged.cursor_max = merged.cursor_max.max(quarantine.cursor_max);
         let counts = merged.counts;
         info!(
             batch = batch.rows,
@@ -552,7 +576,7 @@ impl Job {
                 merged.staged.clone(),
                 date,
                 &source.location,
-                Some(&merged),
+                Some((&merged, quarantine)),
             )
             .await?;
         timings.audit_ms = ms_since(phase);
@@ -682,6 +706,56 @@ impl Job {
         }))
     }
 
+    /// The quarantine step of a merge run, before the merge: the quarantining rules run over
+    /// the batch (registered as `staged`), and when they find rows the batch is split into the
+    /// held rows and the clean batch that merges. Returns the batch to merge.
+    async fn quarantine_batch(
+        &self,
+        ctx: &SessionContext,
+        current: Option<&Manifest>,
+        batch: StagedRun,
+        date: &str,
+        source: &str,
+        folder: &str,
+    ) -> Result<(StagedRun, BatchQuarantine)> {
+        let rules = self.conf.rules.rules();
+        let quarantining: Vec<&audit::Rule> =
+            rules.iter().copied().filter(|r| r.quarantine).collect();
+        let mut done = BatchQuarantine::default();
+        if quarantining.is_empty() {
+            return Ok((batch, done));
+        }
+        let files = audit::tables::register_run(ctx, &self.table, &batch, current, &[])?;
+        done.results = self
+            .audit_staged(ctx, &quarantining, &batch, &files, date, current)
+            .await?;
+        if done.results.iter().all(|r| r.failing_rows == 0) {
+            return Ok((batch, done));
+        }
+        if let Some(inc) = &self.conf.incremental {
+            done.cursor_max = merge::cursor_max(ctx, audit::STAGED, &inc.cursor)
+                .await
+                .map_err(|e| {
+                    Error::Write(write::WriteError::Execute {
+                        run_id: batch.run_id.clone(),
+                        location: source.to_string(),
+                        source: e,
+                    })
+                })?;
+        }
+        let unpartitioned = merge::unpartitioned(&self.conf);
+        let target = QuarantineTarget {
+            conf: &unpartitioned,
+            clean_folder: format!("{folder}/_batch-clean"),
+            table: &self.table,
+            options: &self.options.write,
+            source,
+        };
+        let (clean, held) = quarantine::split(ctx, &target, &quarantining, &batch).await?;
+        done.held = Some(held);
+        Ok((clean, done))
+    }
+
     /// Phase 2 of a run: the quarantining rules first (and the quarantine step if they find
     /// rows), then every other rule over what is left; the report is saved pass or fail.
     /// Returns the run to publish (the clean one after a quarantine) and its report.
@@ -692,12 +766,13 @@ impl Job {
         staged: StagedRun,
         date: &str,
         source: &str,
-        merged: Option<&Merged>,
+        merged: Option<(&Merged, BatchQuarantine)>,
     ) -> Result<(StagedRun, AuditReport)> {
         let conf = &self.conf;
         let batch_rules = self.batch_rules();
         let mut rules = conf.rules.rules();
         rules.extend(batch_rules.iter());
+        let (merged, batch_quarantine) = merged.unzip();
         let removed: &[String] = merged.map_or(&[], |m| &m.removed);
         let (quarantining, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
             rules.iter().copied().partition(|r| r.quarantine);
@@ -705,7 +780,11 @@ impl Job {
         let mut results = Vec::new();
         let mut quarantined = None;
         let mut files = audit::tables::register_run(ctx, &self.table, &staged, current, removed)?;
-        if !quarantining.is_empty() {
+        if let Some(done) = batch_quarantine {
+            // A merge quarantined its batch before merging: those rules are not run again.
+            results.extend(done.results);
+            quarantined = done.held;
+        } else if !quarantining.is_empty() {
             let found = self
                 .audit_staged(ctx, &quarantining, &staged, &files, date, current)
                 .instrument(tracing::info_span!("audit", quarantine = true))
@@ -713,6 +792,7 @@ impl Job {
             if found.iter().any(|r| r.failing_rows > 0) {
                 let target = QuarantineTarget {
                     conf,
+                    clean_folder: layout::clean_folder(&staged.run_id),
                     table: &self.table,
                     options: &self.options.write,
                     source,
@@ -832,21 +912,19 @@ impl Job {
         let schema = match &self.conf.merge {
             None => write::table_schema(out),
             Some(m) => {
-                if let Some(r) = self.conf.rules.rules().iter().find(|r| r.quarantine) {
-                    // Quarantine splits staged rows; in a merge those are published rows too.
-                    return Err(Error::Write(write::WriteError::Columns {
-                        conf: r.location(),
-                        message: format!(
-                            "rule `{}`: `on_fail: quarantine` is not supported in `mode: merge` \
-                             yet; use severity error or warn",
-                            r.name
-                        ),
-                    }));
-                }
                 self.check_cursor(out, window)?;
                 let schema =
                     merge::table_schema(&self.conf, m, out, current.as_ref().map(|c| &c.schema))?;
-                audit::tables::register_merge_for_compile(&ctx, &write::table_schema(out))?;
+                let batch = write::table_schema(out);
+                audit::tables::register_merge_for_compile(&ctx, &batch)?;
+                // Quarantining rules run over the batch, before the merge.
+                let (held, others): (Vec<&audit::Rule>, Vec<&audit::Rule>) =
+                    rules.iter().copied().partition(|r| r.quarantine);
+                if !held.is_empty() {
+                    audit::tables::register_for_compile(&ctx, &batch, current.as_ref())?;
+                    audit::plan::compile(&ctx, &held, &self.conf.key).await?;
+                }
+                rules = others;
                 schema
             }
         };

@@ -11,6 +11,9 @@
 //! Both outputs are deterministic (the same writer as phase 1), so a re-run rewrites the same
 //! bytes. A partition whose every row is quarantined stays in the clean run, empty, so that
 //! publishing replaces its old content with nothing.
+//!
+//! In merge mode the split is of the batch, before the merge: the quarantined batch rows never
+//! reach the table, and the clean batch (`<merge folder>/_batch-clean`) is what merges.
 
 use std::sync::Arc;
 
@@ -26,7 +29,10 @@ use crate::{Error, Result, layout, table};
 
 /// Where a quarantine writes, and with what.
 pub struct QuarantineTarget<'a> {
+    /// The job as the rows are written (in merge mode, unpartitioned like the batch).
     pub conf: &'a JobConf,
+    /// The folder of the clean rows.
+    pub clean_folder: String,
     pub table: &'a Arc<dyn ObjectStore>,
     pub options: &'a WriteOptions,
     /// The source location, for error messages.
@@ -68,7 +74,7 @@ pub async fn split(
     let bad = plan(format!("SELECT * FROM staged WHERE {failing}")).await?;
     let held = write(bad, held_folder.clone()).await?;
     let good = plan(format!("SELECT * FROM staged WHERE NOT ({failing})")).await?;
-    let mut clean = write(good, layout::clean_folder(run_id)).await?;
+    let mut clean = write(good, target.clean_folder.clone()).await?;
     for p in &staged.partitions {
         if !clean.partitions.iter().any(|c| c.path == p.path) {
             clean.partitions.push(StagedPartition {

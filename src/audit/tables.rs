@@ -38,9 +38,15 @@ pub fn register_for_compile(
     schema: &SchemaRef,
     current: Option<&Manifest>,
 ) -> Result<(), TableError> {
-    table::register_version(ctx, PUBLISHED, current, Arc::clone(schema))?;
-    table::register_version(ctx, STAGED, None, Arc::clone(schema))?;
-    table::register_version(ctx, RESULT, None, Arc::clone(schema))
+    for (name, version) in [(PUBLISHED, current), (STAGED, None), (RESULT, None)] {
+        ctx.deregister_table(name)
+            .map_err(|source| TableError::Register {
+                name: name.to_string(),
+                source,
+            })?;
+        table::register_version(ctx, name, version, Arc::clone(schema))?;
+    }
+    Ok(())
 }
 
 /// Registers empty `batch` and `changes` tables for a merge run (the batch's schema, and that

@@ -224,7 +224,7 @@ pub fn orders(t: &DataType) -> bool {
 }
 
 /// The job as the batch and changes are written: unpartitioned, sorted by key.
-fn unpartitioned(conf: &JobConf) -> JobConf {
+pub fn unpartitioned(conf: &JobConf) -> JobConf {
     JobConf {
         partition_by: Vec::new(),
         ..conf.clone()
@@ -396,7 +396,7 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
     register_staged(ctx, CHANGES, &changes.schema, &changes).map_err(&err)?;
     let counts = count_changes(ctx).await.map_err(&err)?;
     let cursor_max = match cursor {
-        Some(c) => cursor_max(ctx, c).await.map_err(&err)?,
+        Some(c) => cursor_max(ctx, BATCH, c).await.map_err(&err)?,
         None => None,
     };
 
@@ -730,9 +730,14 @@ async fn count_changes(ctx: &SessionContext) -> Result<MergeCounts, DataFusionEr
     Ok(counts)
 }
 
-async fn cursor_max(ctx: &SessionContext, cursor: &str) -> Result<Option<Mark>, DataFusionError> {
+/// The largest `cursor` of the registered table `table`, `None` when it has no non-NULL one.
+pub async fn cursor_max(
+    ctx: &SessionContext,
+    table: &str,
+    cursor: &str,
+) -> Result<Option<Mark>, DataFusionError> {
     let batches = ctx
-        .sql(&format!("SELECT max({}) FROM {BATCH}", quote(cursor)))
+        .sql(&format!("SELECT max({}) FROM {table}", quote(cursor)))
         .await?
         .collect()
         .await?;

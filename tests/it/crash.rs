@@ -1,5 +1,7 @@
-//! Real processes: `wap run` killed with SIGKILL at random moments, then re-run; publishers as
-//! separate processes on different and on the same partitions, with a reader querying in a loop.
+//! Real processes: `wap run` killed with SIGKILL at random moments, then re-run (overwrite runs,
+//! and incremental merge runs whose watermark must stay the one of the version the table reads
+//! as); publishers as separate processes on different and on the same partitions, with a reader
+//! querying in a loop; concurrent merges on the same and on disjoint partitions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
@@ -10,10 +12,10 @@ use crate::cli::Example;
 const CONF: &str = "conf/orders.yaml";
 
 /// A small deterministic generator (no seed from the clock: a failure reproduces).
-struct Lcg(u64);
+pub(crate) struct Lcg(pub u64);
 
 impl Lcg {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
@@ -70,7 +72,7 @@ fn expected(published: &BTreeMap<String, Vec<u64>>) -> Vec<String> {
         .collect()
 }
 
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
+pub(crate) fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -85,9 +87,10 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<i32> {
     }
 }
 
-/// Every version listed by `wap log` reads completely through `wap show` + `wap query`.
-fn every_version_reads(ex: &Example, context: &str) {
-    let out = ex.wap(&["log", "--conf", CONF, "--json"]);
+/// Every version listed by `wap log` of the job `conf` (whose table is `table`) reads completely
+/// through `wap query`.
+pub(crate) fn every_version_reads(ex: &Example, conf: &str, table: &str, context: &str) {
+    let out = ex.wap(&["log", "--conf", conf, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{context}: log failed");
     let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for v in log["versions"].as_array().unwrap() {
@@ -95,12 +98,12 @@ fn every_version_reads(ex: &Example, context: &str) {
         let out = ex.wap(&[
             "query",
             "--conf",
-            CONF,
+            conf,
             "--version",
             &version,
             "--format",
             "csv",
-            "SELECT count(*) AS n FROM orders",
+            &format!("SELECT count(*) AS n FROM {table}"),
         ]);
         assert_eq!(
             out.status.code(),
@@ -120,6 +123,31 @@ fn every_version_reads(ex: &Example, context: &str) {
             "{context}: version {version}"
         );
     }
+}
+
+/// Starts `wap args` and sends SIGKILL after a random delay drawn from a clean run's wall time:
+/// half the kills anywhere in the run, half late in it (audit and publish). Returns whether the
+/// process was still running when killed, and the delay.
+pub(crate) fn run_and_kill(
+    ex: &Example,
+    args: &[&str],
+    clean: Duration,
+    rng: &mut Lcg,
+) -> (bool, Duration) {
+    let mut child = ex.spawn(args);
+    let span = clean.as_micros() as u64;
+    let delay = Duration::from_micros(if rng.next().is_multiple_of(2) {
+        rng.next() % (span * 5 / 4 + 1)
+    } else {
+        span * 6 / 10 + rng.next() % (span / 2 + 1)
+    });
+    std::thread::sleep(delay);
+    let was_killed = child.try_wait().unwrap().is_none();
+    if was_killed {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    (was_killed, delay)
 }
 
 #[test]
@@ -172,21 +200,13 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         after.insert(date.to_string(), ids);
         let after = expected(&after);
 
-        let mut child = ex.spawn(&["run", "--conf", CONF, "--date", date]);
-        // Half the kills anywhere in the run, half late in it (audit and publish).
-        let span = clean.as_micros() as u64;
-        let delay = Duration::from_micros(if rng.next().is_multiple_of(2) {
-            rng.next() % (span * 5 / 4 + 1)
-        } else {
-            span * 6 / 10 + rng.next() % (span / 2 + 1)
-        });
-        std::thread::sleep(delay);
-        let was_killed = child.try_wait().unwrap().is_none();
-        if was_killed {
-            child.kill().unwrap();
-            killed += 1;
-        }
-        child.wait().unwrap();
+        let (was_killed, delay) = run_and_kill(
+            ex,
+            &["run", "--conf", CONF, "--date", date],
+            clean,
+            &mut rng,
+        );
+        killed += usize::from(was_killed);
         let context = format!("iteration {iterations}: {date} killed after {delay:?}");
 
         // The table reads as the old version or the new one, whole.
@@ -195,7 +215,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
             now == before || now == after,
             "{context}: neither the old nor the new version: {now:?}"
         );
-        every_version_reads(ex, &context);
+        every_version_reads(ex, CONF, "orders", &context);
         if was_killed && now == after && before != after {
             killed_after_commit += 1;
         }
@@ -373,7 +393,7 @@ fn eight_processes_on_the_same_partition_one_wins_each_version() {
     let mut want = BTreeMap::new();
     want.insert(date.to_string(), data[last].clone());
     assert_eq!(table_rows(&ex).unwrap(), expected(&want));
-    every_version_reads(&ex, "same partition");
+    every_version_reads(&ex, CONF, "orders", "same partition");
     println!(
         "same partition: {} process(es) published (versions {versions:?}), {conflicts} exited 4",
         winners.len()

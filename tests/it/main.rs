@@ -8,6 +8,7 @@ mod fixture;
 mod gc;
 mod job;
 mod merge;
+mod merge_processes;
 mod props;
 mod publish;
 mod s3;

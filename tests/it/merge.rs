@@ -73,6 +73,15 @@ impl MergeFixture {
         Job::open(JobConf::load(&self.conf).unwrap(), JobOptions::default()).unwrap()
     }
 
+    /// A job whose table store is `store`.
+    pub fn job_on(&self, store: std::sync::Arc<dyn object_store::ObjectStore>) -> Job {
+        Job::with_store(
+            JobConf::load(&self.conf).unwrap(),
+            store,
+            JobOptions::default(),
+        )
+    }
+
     pub async fn run(&self, date: &str) -> RunOutcome {
         self.job().run(date, Mode::Publish).await.unwrap()
     }
@@ -394,7 +403,7 @@ async fn update_columns_change_only_those_columns() {
 const INCREMENTAL: &str =
     "incremental:\n  cursor: updated_at\n  lookback: 1h\n  initial: \"2024-01-01T00:00:00\"\n";
 
-fn incremental_fixture(audits: &str) -> MergeFixture {
+pub fn incremental_fixture(audits: &str) -> MergeFixture {
     let text = job_text_where(
         "  sequence_by: updated_at\n",
         &format!("{INCREMENTAL}{audits}"),
@@ -793,18 +802,167 @@ async fn transforms_hash_with_sha256_md5_digest_and_wap_key() {
     assert!(text.contains("4895b1d4ed83c6da448e89f72e1103a0"), "{text}");
 }
 
+/// Batch rows failing a quarantining rule never reach the table: the rest merges, the held
+/// rows are kept under the run's quarantine folder and counted in the report, and the
+/// watermark moves past them (they were read). A re-run is unchanged.
 #[tokio::test]
-async fn quarantine_rules_are_refused_in_merge_mode() {
-    let f = MergeFixture::new("", "audits: [../audits/customers.yaml]\n");
+async fn quarantined_batch_rows_are_left_out_of_the_merge() {
+    let f = incremental_fixture("audits: [../audits/customers.yaml]\n");
     f.rules(
         "customers.yaml",
-        "rules:\n  - name: email_present\n    not_null: [email]\n    on_fail: quarantine\n",
+        "rules:\n  - name: email_present\n    not_null: [email]\n    on_fail: quarantine\n    \
+         max_failing_rows: 2\n  - name: tier_known\n    accepted_values: {column: tier, values: \
+         [gold, silver, bronze]}\n",
     );
     f.batch("2024-01-01", DAY1);
-    let err = f.job().run("2024-01-01", Mode::Publish).await.unwrap_err();
-    assert_eq!(err.exit_code(), 2);
-    assert!(
-        err.to_string().contains("not supported in `mode: merge`"),
-        "{err}"
+    assert_eq!(f.run("2024-01-01").await.status, Status::Published);
+    // An update without email (held, though it would have deleted nothing), an update of 2, a
+    // new key without email (held: never inserted) carrying the greatest cursor.
+    f.batch(
+        "2024-01-02",
+        &[
+            "1,DE,,gold,done,2024-01-02T10:00:00,U",
+            "2,DE,b@new,silver,done,2024-01-02T10:00:00,U",
+            "7,FR,,gold,pending,2024-01-02T12:00:00,I",
+        ],
     );
+    let out = f.run("2024-01-02").await;
+    assert_eq!(out.status, Status::Published, "{:?}", out.message);
+    assert_eq!(counts(&out), [0, 1, 0, 0, 0], "only the clean row merged");
+    let report = out.audit_report.as_ref().unwrap();
+    let held = report.quarantine.as_ref().expect("rows were quarantined");
+    assert_eq!(held.rows, 2);
+    let rule = report
+        .rules
+        .iter()
+        .find(|r| r.name == "email_present")
+        .unwrap();
+    assert_eq!(rule.failing_rows, 2);
+    assert!(
+        rule.sample_table.contains("2024-01-02T12:00:00"),
+        "{}",
+        rule.sample_table
+    );
+    assert_eq!(
+        out.watermark.as_ref().unwrap().after,
+        "2024-01-02T12:00:00",
+        "held rows were read: the watermark moves past them"
+    );
+    let job = f.job();
+    let rows = table(&job, None).await;
+    assert_eq!(
+        rows,
+        [
+            "1|DE|a@x|gold|pending|2024-01-01T10:00:00",
+            "2|DE|b@new|silver|done|2024-01-02T10:00:00",
+            "3|FR|c@x|gold|pending|2024-01-01T10:00:00",
+            "4|US|d@x|bronze|pending|2024-01-01T10:00:00",
+        ]
+    );
+    // The held rows are there to read, with their control column.
+    let folder = f.dir.path().join("lake/customers").join(&held.path);
+    let files: Vec<_> = walk_parquet(&folder);
+    assert!(!files.is_empty(), "no quarantine files under {folder:?}");
+    let mut n = 0;
+    for p in files {
+        let file = std::fs::File::open(p).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert!(reader.schema().field_with_name("op").is_ok());
+        for b in reader.build().unwrap() {
+            n += b.unwrap().num_rows();
+        }
+    }
+    assert_eq!(n, 2);
+
+    // Re-read from the new watermark minus the lookback: row 7 is held again, nothing changes.
+    let again = f.run("2024-01-02").await;
+    assert_eq!(again.status, Status::Unchanged, "{:?}", again.message);
+
+    // Above the threshold the run fails and nothing moves.
+    f.batch(
+        "2024-01-03",
+        &[
+            "3,FR,,gold,done,2024-01-03T10:00:00,U",
+            "4,US,,gold,done,2024-01-03T10:00:00,U",
+            "8,US,,gold,done,2024-01-03T10:00:00,U",
+        ],
+    );
+    let failed = f.run("2024-01-03").await;
+    assert_eq!(failed.status, Status::AuditFailed);
+    assert_eq!(table(&job, None).await, rows);
+    assert_eq!(
+        job.show(None).await.unwrap().watermarks["incremental.updated_at"],
+        "2024-01-02T12:00:00"
+    );
+}
+
+fn walk_parquet(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk_parquet(&p));
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// gc after merges deletes the batches, the change sets and the replaced files, and keeps every
+/// file the retained versions read.
+#[tokio::test]
+async fn gc_after_merges_keeps_what_retained_versions_read() {
+    let f = MergeFixture::new("", "");
+    f.batch("2024-01-01", DAY1);
+    assert_eq!(f.run("2024-01-01").await.status, Status::Published);
+    f.batch(
+        "2024-01-02",
+        &[
+            "1,DE,a@new,gold,pending,2024-01-02T10:00:00,U",
+            "3,FR,c@x,gold,pending,2024-01-02T10:00:00,D",
+        ],
+    );
+    assert_eq!(f.run("2024-01-02").await.status, Status::Published);
+    let job = f.job();
+    let want = table(&job, None).await;
+    let staged = |f: &MergeFixture| -> Vec<String> {
+        listing(f.dir.path())
+            .into_iter()
+            .filter_map(|(p, _)| p.strip_prefix("lake/customers/").map(str::to_string))
+            .filter(|p| p.starts_with("staging/"))
+            .collect()
+    };
+    assert!(staged(&f).iter().any(|p| p.contains("/_batch/")));
+    assert!(staged(&f).iter().any(|p| p.contains("/_changes/")));
+    let report = job
+        .gc(&wap::gc::GcOptions {
+            older_than_seconds: 0,
+            keep_versions: Some(1),
+            dry_run: false,
+            now: chrono::Utc::now() + chrono::Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    assert!(!report.deleted.is_empty());
+    let left = staged(&f);
+    assert!(
+        !left
+            .iter()
+            .any(|p| p.contains("/_batch") || p.contains("/_changes/")),
+        "{left:?}"
+    );
+    let current = job.show_files(None).await.unwrap();
+    let referenced: std::collections::BTreeSet<String> =
+        current.files().map(|x| x.path.clone()).collect();
+    for p in &left {
+        assert!(
+            referenced.contains(p) || p.contains("_wap-files-"),
+            "gc left {p}, which no retained version reads"
+        );
+    }
+    assert_eq!(table(&job, None).await, want);
 }

@@ -72,8 +72,11 @@ impl S3 {
 
 pub(crate) fn point_at_s3(conf: &std::path::Path, table: &str, s3: &S3) {
     let text = std::fs::read_to_string(conf).unwrap();
-    assert!(text.contains("table: ../lake/orders"));
-    let text = text.replace("table: ../lake/orders", &format!("table: {table}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("table: ../lake/"))
+        .expect("the job's table is under ../lake/");
+    let text = text.replace(line, &format!("table: {table}"));
     std::fs::write(conf, format!("{text}{}", s3.storage_yaml())).unwrap();
 }
 
