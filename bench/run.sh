@@ -14,29 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sf="${1:-1}"
-cache="${WAP_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wap-bench}"
-mkdir -p "$cache" target/bench
-
-if ! command -v tpchgen-cli >/dev/null 2>&1; then
-  echo "bench: installing tpchgen-cli (cargo install)" >&2
-  cargo install tpchgen-cli --locked --version 4.0.0
-fi
-data="$cache/tpch-sf$sf"
-if [ ! -f "$data/.done" ]; then
-  echo "bench: generating lineitem SF$sf into $data" >&2
-  rm -rf "$data" && mkdir -p "$data"
-  tpchgen-cli parquet --scale-factor "$sf" --tables lineitem --output-dir "$data"
-  touch "$data/.done"
-fi
-ln -sfn "$data" target/bench/tpch
-
-venv="$cache/venv"
-if ! "$venv/bin/python" -c "import duckdb, deltalake, polars, pyarrow" 2>/dev/null; then
-  echo "bench: creating $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    duckdb==2.0.0 deltalake==1.6.6 polars==2.1.0 pyarrow==26.0.1
-fi
+. bench/setup.sh
+mkdir -p target/bench
+bench_data "$sf"
+ln -sfn "$cache/tpch-sf$sf" target/bench/tpch
+bench_venv
 
 cargo build --release --bin wap
 "$venv/bin/python" bench/compare.py --sf "$sf" --wap target/release/wap \

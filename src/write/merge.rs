@@ -365,13 +365,22 @@ pub async fn merge(inputs: MergeInputs<'_>) -> Result<Merged, WriteError> {
     )
     .map_err(&err)?;
 
-    // Candidates: partitions whose key range holds a batch key.
+    // Candidates: partitions whose key range holds a batch key and, when the partition columns
+    // are part of the key, only the batch's own partitions (a key cannot sit anywhere else).
     let keys = batch_keys(ctx, conf, &schema).await.map_err(&err)?;
+    let within = if !conf.partition_by.is_empty()
+        && conf.partition_by.iter().all(|p| conf.key.contains(p))
+    {
+        Some(batch_partitions(ctx, conf, &schema).await.map_err(&err)?)
+    } else {
+        None
+    };
     let candidates: Vec<&Partition> = match base {
         None => Vec::new(),
         Some(b) => b
             .partitions
             .values()
+            .filter(|p| within.as_ref().is_none_or(|w| w.contains(&p.path)))
             .filter(|p| may_hold(p, &keys, &conf.key, &schema))
             .collect(),
     };
@@ -870,6 +879,11 @@ async fn affected(
            WHERE c.{CHANGE_COLUMN} IN ('insert', 'update')"
     );
     let df = typed(ctx.sql(&sql).await?, &conf.partition_by, schema)?.distinct()?;
+    paths_of(conf, df).await
+}
+
+/// The Hive paths of `df`'s rows (its columns: the partition columns, typed).
+async fn paths_of(conf: &JobConf, df: DataFrame) -> Result<BTreeSet<String>, DataFusionError> {
     let mut out = BTreeSet::new();
     for b in df.collect().await? {
         for i in 0..b.num_rows() {
@@ -878,6 +892,16 @@ async fn affected(
         }
     }
     Ok(out)
+}
+
+/// The Hive paths of the partitions the deduplicated batch's rows belong to.
+async fn batch_partitions(
+    ctx: &SessionContext,
+    conf: &JobConf,
+    schema: &Schema,
+) -> Result<BTreeSet<String>, DataFusionError> {
+    let df = typed(ctx.table(DEDUPED).await?, &conf.partition_by, schema)?.distinct()?;
+    paths_of(conf, df).await
 }
 
 fn on_keys(conf: &JobConf, a: &str, b: &str) -> String {
@@ -934,12 +958,14 @@ async fn result_rows(
         .map(|k| quote(k))
         .collect::<Vec<_>>()
         .join(", ");
+    // The changed keys are the join's left (build) side: they are few, the kept partitions'
+    // rows are many and stream through as the probe side.
     let kept = ctx
         .sql(&format!(
-            "SELECT {} FROM {KEEP} o LEFT ANTI JOIN (SELECT {keys} FROM {CHANGES} \
-             WHERE {CHANGE_COLUMN} IN ('update', 'delete')) c ON {}",
+            "SELECT {} FROM (SELECT {keys} FROM {CHANGES} \
+             WHERE {CHANGE_COLUMN} IN ('update', 'delete')) c RIGHT ANTI JOIN {KEEP} o ON {}",
             select(|| Source::Kept),
-            on_keys(conf, "o", "c")
+            on_keys(conf, "c", "o")
         ))
         .await?;
     let updated = ctx

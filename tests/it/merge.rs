@@ -966,3 +966,67 @@ async fn gc_after_merges_keeps_what_retained_versions_read() {
     }
     assert_eq!(table(&job, None).await, want);
 }
+
+/// A table first built in overwrite mode with key `[customer_id]` has key ranges of one column;
+/// a merge keyed `[country, customer_id]` cannot use them, but since the partition column is in
+/// its key, a batch key can only sit in the batch's own partitions: the others are not read.
+#[tokio::test]
+async fn a_key_with_the_partition_columns_reads_only_the_batch_partitions() {
+    let overwrite = "name: customers\n\
+         table: ../lake/customers\n\
+         partition_by: [country]\n\
+         key: [customer_id]\n\
+         source:\n  format: csv\n  path: ../data/{date}/\n\
+         transform: |\n  SELECT customer_id, country, email, tier, status, \
+         CAST(updated_at AS TIMESTAMP) AS updated_at FROM source\n";
+    let f = MergeFixture::from_text(overwrite);
+    f.batch("2024-01-01", DAY1);
+    f.run("2024-01-01").await;
+    let merge = job_text("", "").replace("key: [customer_id]", "key: [country, customer_id]");
+    assert!(merge.contains("key: [country, customer_id]"));
+    std::fs::write(&f.conf, merge).unwrap();
+    f.batch(
+        "2024-01-02",
+        &[
+            "2,DE,b@y,silver,pending,2024-01-02T10:00:00,U",
+            "5,DE,e@x,gold,pending,2024-01-02T10:00:00,I",
+        ],
+    );
+    let root = f.dir.path().join("lake/customers");
+    let location =
+        wap::store::Location::parse(&root.display().to_string(), &Default::default()).unwrap();
+    let rec = crate::store::RecordingStore::new(location.scoped().unwrap());
+    let out = f
+        .job_on(rec.clone())
+        .run("2024-01-02", Mode::Publish)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Status::Published);
+    assert_eq!(counts(&out), [1, 1, 0, 0, 0]);
+    let data_reads: Vec<String> = rec
+        .requests()
+        .into_iter()
+        .filter(|r| r.op.starts_with("get") && r.path.ends_with(".parquet"))
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        data_reads.iter().any(|p| p.contains("country=DE")),
+        "the batch's partition is read: {data_reads:?}"
+    );
+    assert!(
+        data_reads
+            .iter()
+            .all(|p| !p.contains("country=FR") && !p.contains("country=US")),
+        "partitions outside the batch are not read: {data_reads:?}"
+    );
+    assert_eq!(
+        table(&f.job(), None).await,
+        [
+            "1|DE|a@x|gold|pending|2024-01-01T10:00:00",
+            "2|DE|b@y|silver|pending|2024-01-02T10:00:00",
+            "3|FR|c@x|gold|pending|2024-01-01T10:00:00",
+            "4|US|d@x|bronze|pending|2024-01-01T10:00:00",
+            "5|DE|e@x|gold|pending|2024-01-02T10:00:00",
+        ]
+    );
+}
