@@ -19,12 +19,11 @@ the targets; results also go to target/bench/merge-results.json.
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
+
+import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "bench", "merge")
@@ -34,13 +33,8 @@ WANT = {"inserted": 50_000, "updated": 100_000, "deleted": 10_000}
 
 
 def measure(cmd):
-    started = time.monotonic()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, cwd=ROOT
-    )
-    wall = time.monotonic() - started
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    rss = int(m.group(1)) * 1024 if m else 0
+    """compare.measure, stopping the benchmark when the command fails."""
+    proc, wall, rss = compare.measure(cmd)
     if proc.returncode != 0:
         sys.exit(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc, wall, rss
