@@ -103,14 +103,7 @@ impl Setup {
     fn table_store(&self) -> Arc<dyn ObjectStore> {
         match self {
             Setup::Orders(f) => f.table_store(),
-            Setup::Customers(f) => {
-                let dir = f.dir.path().join("lake/customers");
-                std::fs::create_dir_all(&dir).unwrap();
-                wap::store::Location::parse(&dir.display().to_string(), &Default::default())
-                    .unwrap()
-                    .scoped()
-                    .unwrap()
-            }
+            Setup::Customers(f) => f.table_store(),
         }
     }
 

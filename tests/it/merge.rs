@@ -82,6 +82,16 @@ impl MergeFixture {
         )
     }
 
+    /// The table's store on the local filesystem, unwrapped.
+    pub fn table_store(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        let dir = self.dir.path().join("lake/customers");
+        std::fs::create_dir_all(&dir).unwrap();
+        wap::store::Location::parse(&dir.display().to_string(), &Default::default())
+            .unwrap()
+            .scoped()
+            .unwrap()
+    }
+
     pub async fn run(&self, date: &str) -> RunOutcome {
         self.job().run(date, Mode::Publish).await.unwrap()
     }
@@ -992,10 +1002,7 @@ async fn a_key_with_the_partition_columns_reads_only_the_batch_partitions() {
             "5,DE,e@x,gold,pending,2024-01-02T10:00:00,I",
         ],
     );
-    let root = f.dir.path().join("lake/customers");
-    let location =
-        wap::store::Location::parse(&root.display().to_string(), &Default::default()).unwrap();
-    let rec = crate::store::RecordingStore::new(location.scoped().unwrap());
+    let rec = crate::store::RecordingStore::new(f.table_store());
     let out = f
         .job_on(rec.clone())
         .run("2024-01-02", Mode::Publish)
