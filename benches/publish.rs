@@ -54,6 +54,7 @@ async fn partitions(
                     sha256: format!("{:064x}", p * 1_000 + f),
                     key_min: vec![Some((f * 1_000).to_string())],
                     key_max: vec![Some((f * 1_000 + 999).to_string())],
+                    stats: Default::default(),
                 })
                 .collect();
             (path, files)

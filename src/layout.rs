@@ -13,6 +13,9 @@
 //!   _wap/runs/<run_id>/quarantine/<col>=<value>/…       a quarantining run's held-back rows
 //!   _wap/runs/<run_id>/unchanged.json                   the last re-run that found it published
 //!   _wap/doctor/probe-<pid>/…                           `wap doctor`'s probes, deleted after
+//!   _delta_log/00000000000000000006.json                Delta commit of version 7 (`formats: [delta]`)
+//!   _delta_log/00000000000000000010.checkpoint.parquet  Delta checkpoint, every 10 Delta versions
+//!   _delta_log/_last_checkpoint                         the newest Delta checkpoint (a hint)
 //! ```
 //!
 //! Invariants: a partition value, once escaped, is one path segment that is never `.` or `..`
@@ -93,6 +96,52 @@ pub fn version_of(path: &Path) -> Option<u64> {
     let digits = name.strip_suffix(".json")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The Delta log folder.
+pub const DELTA_LOG: &str = "_delta_log";
+
+/// The Delta log folder as a path.
+pub fn delta_log_folder() -> Path {
+    Path::from(DELTA_LOG)
+}
+
+/// The Delta commit of Delta version `delta_version` (which is `wap` version minus one).
+pub fn delta_commit(delta_version: u64) -> Path {
+    Path::from(format!("{DELTA_LOG}/{delta_version:020}.json"))
+}
+
+/// The (single-file) Delta checkpoint of Delta version `delta_version`.
+pub fn delta_checkpoint(delta_version: u64) -> Path {
+    Path::from(format!(
+        "{DELTA_LOG}/{delta_version:020}.checkpoint.parquet"
+    ))
+}
+
+/// `_delta_log/_last_checkpoint`.
+pub fn delta_last_checkpoint() -> Path {
+    Path::from(format!("{DELTA_LOG}/_last_checkpoint"))
+}
+
+/// What a Delta log entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaEntry {
+    Commit(u64),
+    Checkpoint(u64),
+}
+
+/// The Delta log entry `path` names (commits and single-file checkpoints), if it is one.
+pub fn delta_entry(path: &Path) -> Option<DeltaEntry> {
+    let name = path.filename()?;
+    let (digits, kind): (&str, fn(u64) -> DeltaEntry) =
+        if let Some(d) = name.strip_suffix(".checkpoint.parquet") {
+            (d, DeltaEntry::Checkpoint)
+        } else {
+            (name.strip_suffix(".json")?, DeltaEntry::Commit)
+        };
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(kind))
         .flatten()
 }
 
@@ -181,6 +230,21 @@ mod tests {
 
     fn cols(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn delta_log_paths_read_back() {
+        assert_eq!(
+            delta_commit(6).as_ref(),
+            "_delta_log/00000000000000000006.json"
+        );
+        assert_eq!(delta_entry(&delta_commit(6)), Some(DeltaEntry::Commit(6)));
+        assert_eq!(
+            delta_entry(&delta_checkpoint(20)),
+            Some(DeltaEntry::Checkpoint(20))
+        );
+        assert_eq!(delta_entry(&delta_last_checkpoint()), None);
+        assert_eq!(delta_entry(&Path::from("_delta_log/6.json")), None);
     }
 
     #[test]

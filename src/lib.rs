@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod conf;
+pub mod delta;
 pub mod doctor;
 pub mod engine;
 pub mod gc;
@@ -59,6 +60,8 @@ pub enum Error {
     Versions(#[from] versions::VersionsError),
     #[error(transparent)]
     Gc(#[from] gc::GcError),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 /// Result with the crate error by default.
@@ -91,6 +94,7 @@ impl Error {
             Error::Publish(e) if e.is_config() => exit_code::CONFIG,
             Error::Table(e) if e.is_usage() => exit_code::CONFIG,
             Error::Versions(e) if e.is_usage() => exit_code::CONFIG,
+            Error::Delta(e) if e.is_config() => exit_code::CONFIG,
             _ => exit_code::FAILURE,
         }
     }

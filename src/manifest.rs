@@ -82,7 +82,29 @@ pub struct DataFile {
     /// Smallest and largest key in the file (the file is sorted by key), rendered as text.
     pub key_min: Vec<Option<String>>,
     pub key_max: Vec<Option<String>>,
+    /// Column statistics from the file's footer, by column (files written before they were
+    /// kept have none). Only exact values are kept: a bound that the footer truncated is left
+    /// out, so that other engines that prune files by them never skip a file wrongly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, ColumnStats>,
 }
+
+/// Statistics of one column of one data file. Values are in the column's physical form, whatever
+/// format reads them: integers and floats as JSON numbers, a date as days since 1970-01-01, a
+/// timestamp as an integer in its Arrow unit, a decimal as its unscaled integer in a string,
+/// strings as strings, booleans as booleans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    /// NULLs in the column (`None`: a row group did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nulls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Value>,
+}
+
+impl Eq for ColumnStats {}
 
 /// One partition of a version, as the index holds it.
 #[derive(Debug, Clone, Eq, Serialize, Deserialize)]
@@ -282,6 +304,10 @@ pub struct Manifest {
     pub change: Change,
     /// Audit results of the run that produced this version.
     pub audits: Vec<AuditSummary>,
+    /// The table's identity: set by its first version, carried by every later one (empty for
+    /// tables whose first version predates it). Other formats' table ids derive from it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub table_id: String,
     /// SHA-256 over the canonical JSON with this field empty.
     #[serde(default)]
     pub checksum: String,
@@ -290,6 +316,12 @@ pub struct Manifest {
 /// Lower-case hex of `bytes` (digests, run ids).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identity of a new table: a digest of its name and of its first run and publication, so
+/// that two tables of one name (or one table dropped and written again) never share it.
+pub fn new_table_id(table: &str, run_id: &str, published_at: &str) -> String {
+    sha256_hex(format!("wap-table\n{table}\n{run_id}\n{published_at}").as_bytes())[..32].to_string()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -513,6 +545,7 @@ mod v1 {
             watermarks: m.watermarks,
             change: m.change,
             audits: m.audits,
+            table_id: String::new(),
             checksum: m.checksum,
         })
     }
@@ -597,7 +630,7 @@ impl Pointer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::layout::manifest_path;
     use arrow::datatypes::{DataType, Field};
@@ -616,6 +649,7 @@ mod tests {
                     sha256: "ab".into(),
                     key_min: vec![Some("1".into())],
                     key_max: vec![Some("3".into())],
+                    stats: Default::default(),
                 }],
                 "r1",
                 "2024-01-01",
@@ -644,6 +678,7 @@ mod tests {
                 published_at: "2026-01-01T00:00:00Z".into(),
             },
             audits: vec![],
+            table_id: String::new(),
             checksum: String::new(),
         }
     }

@@ -28,6 +28,7 @@ use arrow::datatypes::{DataType, Schema};
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tracing::{info, warn};
 
+use crate::delta::{DeltaError, DeltaLog};
 use crate::layout;
 use crate::manifest::{self, AuditSummary, Change, ChangeKind, Manifest, Partition, Pointer};
 use crate::versions::{self, PointerRead, VersionsError};
@@ -72,6 +73,16 @@ pub enum PublishError {
     },
     #[error(transparent)]
     Versions(#[from] VersionsError),
+    /// Before the commit: the Delta log could not be brought up to date, or refuses this
+    /// version. Nothing was published.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    /// After the commit: the version is published, its Delta commit is not.
+    #[error(
+        "version {version} is published, but its Delta commit was not written: {source}\n\
+         help: the next run, rollback or gc (or `wap doctor --repair`) writes the missing commit"
+    )]
+    DeltaAfterCommit { version: u64, source: DeltaError },
     #[error("gave up publishing after {attempts} attempts: other writers kept committing first")]
     Exhausted { attempts: u32 },
 }
@@ -92,7 +103,7 @@ impl PublishError {
         matches!(
             self,
             PublishError::SchemaChange { .. } | PublishError::NoPutIfAbsent { .. }
-        )
+        ) || matches!(self, PublishError::Delta(e) if e.is_config())
     }
 }
 
@@ -198,6 +209,8 @@ fn moved_watermarks(
 pub struct Publisher {
     store: Arc<dyn ObjectStore>,
     options: PublishOptions,
+    /// The Delta log each version is projected into (`formats: [delta]`).
+    delta: Option<DeltaLog>,
 }
 
 /// True when `a` and `b` are the same column type for a table: string layouts (views, 64-bit
@@ -235,7 +248,44 @@ fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
 impl Publisher {
     /// A publisher for the table whose root is `store`.
     pub fn new(store: Arc<dyn ObjectStore>, options: PublishOptions) -> Self {
-        Publisher { store, options }
+        Publisher {
+            store,
+            options,
+            delta: None,
+        }
+    }
+
+    /// Also publishes every version as a Delta commit (see [`crate::delta`]): missing commits
+    /// are written before a publish, this version's after its manifest, before the pointer.
+    pub fn with_delta(mut self) -> Self {
+        self.delta = Some(DeltaLog::new(Arc::clone(&self.store)));
+        self
+    }
+
+    /// Brings the projections up to `version` (after a crash between a commit and its
+    /// projection) and checks that the slot after it is free.
+    async fn prepare(&self, version: u64) -> Result<(), PublishError> {
+        if let Some(delta) = &self.delta {
+            let written = delta.prepare(version).await?;
+            if written > 0 {
+                info!(written, version, "wrote missing Delta commits");
+            }
+        }
+        Ok(())
+    }
+
+    /// Projects committed `next` (on top of `base`) into the other formats.
+    async fn project(&self, base: Option<&Manifest>, next: &Manifest) -> Result<(), PublishError> {
+        if let Some(delta) = &self.delta {
+            delta
+                .publish(base, next)
+                .await
+                .map_err(|source| PublishError::DeltaAfterCommit {
+                    version: next.version,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Builds the manifest that would follow `base`, or `None` if `base` already holds it.
@@ -313,9 +363,13 @@ impl Publisher {
                         logical_date: logical_date.clone(),
                         partitions: ours.iter().map(|s| s.to_string()).collect(),
                         restored_version: None,
-                        published_at,
+                        published_at: published_at.clone(),
                     },
                     audits: audits.clone(),
+                    table_id: match base {
+                        Some(b) => b.table_id.clone(),
+                        None => manifest::new_table_id(table, run_id, &published_at),
+                    },
                     checksum: String::new(),
                 }))
             }
@@ -351,6 +405,7 @@ impl Publisher {
                         restored_version: Some(target.version),
                         published_at,
                     },
+                    table_id: base.map(|b| b.table_id.clone()).unwrap_or_default(),
                     checksum: String::new(),
                     ..target.clone()
                 }))
@@ -376,6 +431,7 @@ impl Publisher {
         };
         let mut backoff = self.options.backoff;
         for attempt in 1..=self.options.max_attempts {
+            self.prepare(base_version).await?;
             let Some(next) = self.next(base.as_ref(), proposal)? else {
                 info!(
                     version = base_version,
@@ -386,6 +442,9 @@ impl Publisher {
                 });
             };
             let version = next.version;
+            if self.delta.is_some() {
+                crate::delta::check_manifest(&next)?;
+            }
             let path = layout::manifest_path(version);
             let opts = PutOptions {
                 mode: PutMode::Create,
@@ -398,6 +457,7 @@ impl Publisher {
             {
                 Ok(_) => {
                     info!(run_id = %run_id, version, attempt, "committed manifest");
+                    self.project(base.as_ref(), &next).await?;
                     self.swap_pointer(pointer, version, &run_id).await;
                     return Ok(PublishOutcome::Published { version });
                 }
@@ -406,6 +466,7 @@ impl Publisher {
                     if other.change.run_id == run_id {
                         // An earlier attempt of ours landed (for example a write that timed out).
                         info!(version, "manifest already committed by this run");
+                        self.project(base.as_ref(), &other).await?;
                         self.swap_pointer(pointer, version, &run_id).await;
                         return Ok(PublishOutcome::Published { version });
                     }

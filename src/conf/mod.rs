@@ -176,6 +176,18 @@ pub struct RawJobConf {
     pub merge: Option<load::RawMerge>,
     #[serde(default)]
     pub incremental: Option<load::RawIncremental>,
+    /// Other table formats each version is also published as.
+    #[serde(default)]
+    pub formats: Vec<TableFormat>,
+}
+
+/// A table format that each published version is projected into (`formats:`), besides `wap`'s
+/// own manifests, which stay the one commit point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// A Delta Lake log under `_delta_log/`.
+    Delta,
 }
 
 /// The `source:` section as written.
@@ -256,6 +268,8 @@ pub struct JobConf {
     pub merge: Option<MergeConf>,
     /// Incremental reads from a watermark (merge mode only).
     pub incremental: Option<IncrementalConf>,
+    /// Other formats each version is published as, sorted, without repeats.
+    pub formats: Vec<TableFormat>,
 }
 
 /// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
@@ -512,6 +526,12 @@ impl JobConf {
             audit_samples: raw.audit_samples,
             merge,
             incremental,
+            formats: {
+                let mut f = raw.formats;
+                f.sort();
+                f.dedup();
+                f
+            },
         });
         Checked { conf, problems }
     }

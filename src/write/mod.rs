@@ -51,6 +51,7 @@ use tokio::io::AsyncWriteExt;
 mod bucket;
 mod builder;
 pub mod merge;
+pub mod stats;
 
 use crate::conf::{JobConf, SourceFormat};
 use crate::engine::{self, FilesTable};
@@ -1179,10 +1180,11 @@ impl PartitionWriter {
         let Some(mut writer) = file.writer else {
             return Err(err(&file.path, UploadFault::Empty));
         };
-        writer
+        let footer = writer
             .finish()
             .await
             .map_err(|e| err(&file.path, e.into()))?;
+        let stats = stats::file_stats(&footer, &self.schema);
         let sink = writer.into_inner();
         let sha256 = crate::manifest::hex(&sink.hasher.finalize());
         open.files.push(DataFile {
@@ -1192,6 +1194,7 @@ impl PartitionWriter {
             sha256,
             key_min: file.key_min,
             key_max: file.key_max,
+            stats,
         });
         open.rows += file.rows;
         open.part += 1;

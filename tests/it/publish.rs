@@ -32,6 +32,7 @@ pub(crate) fn partition(path: &str, run_id: &str, files: usize) -> Partition {
                 sha256: format!("{i:064x}"),
                 key_min: vec![Some("1".into())],
                 key_max: vec![Some("10".into())],
+                stats: Default::default(),
             })
             .collect(),
         run_id: run_id.to_string(),
