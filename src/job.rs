@@ -26,7 +26,8 @@ use serde::Serialize;
 use tracing::{Instrument, info};
 
 use crate::audit::{self, AuditError, AuditReport, RuleResult, StagedFiles};
-use crate::conf::JobConf;
+use crate::conf::{JobConf, TableFormat};
+use crate::delta::{self, DeltaLog};
 use crate::engine::{self, EngineOptions};
 use crate::manifest::{AuditSummary, Manifest, Partition};
 use crate::publish::{
@@ -686,6 +687,7 @@ impl Job {
             version = published.version,
             "merge run already published; nothing to do"
         );
+        self.sync_formats(current.version).await?;
         Ok(Some(RunOutcome {
             status: Status::Unchanged,
             version: current.version,
@@ -928,6 +930,7 @@ impl Job {
                 schema
             }
         };
+        self.check_formats(&schema)?;
         audit::tables::register_for_compile(&ctx, &schema, current.as_ref())?;
         audit::tables::register_targets(&ctx, &self.conf, &schema).await?;
         audit::plan::compile(&ctx, &rules, &self.conf.key).await?;
@@ -936,6 +939,47 @@ impl Job {
             transform,
             current,
         })
+    }
+
+    /// Refuses a table schema that a format of `formats:` cannot hold (exit code 2, before
+    /// anything is written), naming each column.
+    fn check_formats(&self, schema: &arrow::datatypes::Schema) -> Result<()> {
+        if !self.conf.formats.contains(&TableFormat::Delta) {
+            return Ok(());
+        }
+        let at = format!(
+            "{}:{}",
+            self.conf.path.display(),
+            crate::conf::line_of_key(&self.conf.text, "formats")
+        );
+        let problems: Vec<String> = delta::check_schema(schema)
+            .into_iter()
+            .map(|e| format!("{at}: formats: delta: {e}"))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Check { problems })
+        }
+    }
+
+    /// A publisher for this table, projecting into the job's `formats:`.
+    pub(crate) fn publisher(&self) -> Publisher {
+        let p = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
+        if self.conf.formats.contains(&TableFormat::Delta) {
+            p.with_delta()
+        } else {
+            p
+        }
+    }
+
+    /// Writes every projection (Delta commit) missing up to `version`: what a crash between a
+    /// commit and its projection left behind. Every command that writes calls it.
+    pub async fn sync_formats(&self, version: u64) -> Result<u64> {
+        if !self.conf.formats.contains(&TableFormat::Delta) {
+            return Ok(0);
+        }
+        Ok(DeltaLog::new(Arc::clone(&self.table)).prepare(version).await?)
     }
 
     /// `wap check`: plans the transform against the source's schema (for `date`, or any date the
@@ -977,7 +1021,7 @@ impl Job {
         base: u64,
         mut outcome: RunOutcome,
     ) -> Result<RunOutcome> {
-        let publisher = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
+        let publisher = self.publisher();
         let span = tracing::info_span!("publish", base);
         match publisher
             .publish(&proposal, Some(base))
@@ -1041,6 +1085,7 @@ impl Job {
             version = current.version,
             "run already published; nothing to do"
         );
+        self.sync_formats(current.version).await?;
         let check = UnchangedCheck {
             version: current.version,
             checked_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -1164,6 +1209,7 @@ impl Job {
             timings: Timings::default(),
         };
         if current.partitions == target.partitions && current.schema == target.schema {
+            self.sync_formats(latest).await?;
             outcome.status = Status::Unchanged;
             outcome.message = Some(format!(
                 "version {latest} already holds the content of version {to}"

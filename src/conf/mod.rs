@@ -609,6 +609,7 @@ const JOB_KEYS: &[&str] = &[
     "mode",
     "merge",
     "incremental",
+    "formats",
 ];
 
 /// An unknown key at `line`, with the known key probably meant.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::BatchCoalescer;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
 use bytes::Bytes;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -419,9 +419,49 @@ pub async fn plan_transform(
             function,
         });
     }
-    let df = DataFrame::new(ctx.state(), plan);
+    let mut df = DataFrame::new(ctx.state(), plan);
+    if !conf.formats.is_empty() {
+        df = microsecond_timestamps(df).map_err(|source| WriteError::Transform {
+            conf: conf_name.clone(),
+            source,
+        })?;
+    }
     check_columns(conf, df.schema().inner())?;
     Ok(df)
+}
+
+/// The transform with its second and millisecond timestamps as microseconds (the same
+/// values): Delta and Iceberg readers read timestamps as microseconds, and some misread a
+/// Parquet file whose timestamps have another unit. Nanoseconds would lose digits; the formats
+/// refuse them instead (`wap check`).
+fn microsecond_timestamps(df: DataFrame) -> Result<DataFrame, DataFusionError> {
+    use datafusion::common::Column;
+    let schema = df.schema().inner().clone();
+    let coarse = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _)
+        )
+    };
+    if !schema.fields().iter().any(|f| coarse(f.data_type())) {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = Expr::Column(Column::from_name(f.name()));
+            match f.data_type() {
+                DataType::Timestamp(_, tz) if coarse(f.data_type()) => datafusion::prelude::cast(
+                    c,
+                    DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+                )
+                .alias(f.name()),
+                _ => c,
+            }
+        })
+        .collect();
+    df.select(exprs)
 }
 
 /// The first non-deterministic (volatile or per-query stable) function the plan calls.
