@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command with a real S3 server: starts moto (single-threaded, on a free loopback port),
 # exports WAP_TEST_S3_ENDPOINT / WAP_TEST_S3_BUCKET and test credentials, runs the command, and
-# stops the server.
+# stops the server. Also installs the real table-format readers the tests compare against
+# (pinned, from PyPI, into their own virtualenv) and exports WAP_TEST_PYTHON.
 #
 #   scripts/with-s3.sh COMMAND [ARGS...]
 #
@@ -34,6 +35,17 @@ if [ -z "${WAP_TEST_S3_ENDPOINT:-}" ]; then
   export WAP_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
   export AWS_ACCESS_KEY_ID=wap-test-key AWS_SECRET_ACCESS_KEY=wap-test-secret-0123456789
   echo "with-s3.sh: S3 server (moto) at $WAP_TEST_S3_ENDPOINT, pid $server" >&2
+fi
+if [ -z "${WAP_TEST_PYTHON:-}" ]; then
+  readers="${WAP_READERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/wap-readers-venv}"
+  if ! "$readers/bin/python" -c "import deltalake, polars, duckdb, duckdb_extension_delta, duckdb_extension_httpfs" 2>/dev/null; then
+    echo "with-s3.sh: installing the Delta readers into $readers" >&2
+    python3 -m venv "$readers"
+    "$readers/bin/pip" install --quiet --disable-pip-version-check \
+      deltalake==1.6.6 polars==2.1.0 pyarrow==26.0.1 duckdb==1.5.5 \
+      duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-parquet==1.5.5
+  fi
+  export WAP_TEST_PYTHON="$readers/bin/python"
 fi
 export WAP_TEST_S3_BUCKET="${WAP_TEST_S3_BUCKET:-wap-test}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"

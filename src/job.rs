@@ -979,7 +979,9 @@ impl Job {
         if !self.conf.formats.contains(&TableFormat::Delta) {
             return Ok(0);
         }
-        Ok(DeltaLog::new(Arc::clone(&self.table)).prepare(version).await?)
+        Ok(DeltaLog::new(Arc::clone(&self.table))
+            .prepare(version)
+            .await?)
     }
 
     /// `wap check`: plans the transform against the source's schema (for `date`, or any date the

@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod crash;
+mod delta;
 mod faults;
 mod fixture;
 mod gc;
