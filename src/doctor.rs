@@ -54,9 +54,90 @@ fn version(r: &object_store::PutResult) -> UpdateVersion {
 }
 
 impl crate::job::Job {
-    /// `wap doctor` on the job's table: see [`diagnose`].
-    pub async fn doctor(&self) -> Diagnosis {
-        diagnose(self.store(), &self.conf().table).await
+    /// `wap doctor` on the job's table: see [`diagnose`]; with `formats: [delta]` also whether
+    /// the Delta log agrees with the manifests. `repair`: first write what is missing.
+    pub async fn doctor(&self, repair: bool) -> Diagnosis {
+        let mut diagnosis = diagnose(self.store(), &self.conf().table).await;
+        if self
+            .conf()
+            .formats
+            .contains(&crate::conf::TableFormat::Delta)
+        {
+            let check = self.delta_check(repair).await;
+            diagnosis.safe &= check.verdict != Verdict::Fail;
+            diagnosis.checks.push(check);
+        }
+        diagnosis
+    }
+
+    async fn delta_check(&self, repair: bool) -> Check {
+        let check = |verdict, detail: String| Check {
+            name: "delta log",
+            verdict,
+            detail,
+        };
+        let latest = match crate::versions::latest_version(self.store()).await {
+            Ok(v) => v,
+            Err(e) => return check(Verdict::Fail, format!("cannot read the versions: {e}")),
+        };
+        let mut repaired = 0;
+        if repair {
+            match self.sync_formats(latest).await {
+                Ok(n) => repaired = n,
+                Err(e) => return check(Verdict::Fail, format!("repair failed: {e}")),
+            }
+        }
+        let log = crate::delta::DeltaLog::new(Arc::clone(self.store()));
+        let listing = match log.list(None).await {
+            Ok(l) => l,
+            Err(e) => return check(Verdict::Fail, e.to_string()),
+        };
+        if listing.commits.is_empty() && latest > 0 {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "no Delta log yet for wap version {latest}; run `wap doctor --repair` or the \
+                     next run to write it"
+                ),
+            );
+        }
+        let first = listing.commits.first().copied().unwrap_or(latest);
+        let missing: Vec<u64> = (first..latest)
+            .filter(|d| !listing.commits.contains(d))
+            .map(|d| d + 1)
+            .collect();
+        let beyond: Vec<u64> = listing.commits.range(latest..).copied().collect();
+        if !beyond.is_empty() {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "Delta commit(s) {beyond:?} exist past wap version {latest}: another writer writes into _delta_log; the next publish refuses until they are moved away"
+                ),
+            );
+        }
+        if !missing.is_empty() {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "no Delta commit yet for wap version(s) {missing:?} (a crash after their commit); run `wap doctor --repair` or the next run to write them"
+                ),
+            );
+        }
+        let fixed = if repaired > 0 {
+            format!("; wrote {repaired} missing commit(s)")
+        } else {
+            String::new()
+        };
+        check(
+            Verdict::Pass,
+            format!(
+                "Delta versions {}..={} match wap versions {}..={latest}, {} checkpoint(s){fixed}",
+                first,
+                latest.saturating_sub(1),
+                first + 1,
+                listing.checkpoints.len()
+            ),
+        )
     }
 }
 

@@ -89,6 +89,9 @@ pub enum Reason {
     ExpiredVersion,
     /// The manifest of an expired version.
     ExpiredManifest,
+    /// A Delta commit or checkpoint older than the checkpoint the oldest retained version
+    /// reads from.
+    ExpiredDeltaLog,
 }
 
 /// One object gc deletes (or would, with `dry_run`).
@@ -115,9 +118,37 @@ pub struct GcReport {
 }
 
 impl crate::job::Job {
-    /// `wap gc` on the job's table: see [`gc`].
+    /// `wap gc` on the job's table: see [`gc`]. With `formats: [delta]`, first writes any
+    /// missing Delta commit, then also deletes the Delta log entries that a checkpoint covers
+    /// and no retained version needs ([`crate::delta::DeltaLog::expired`]).
     pub async fn gc(&self, options: &GcOptions) -> crate::Result<GcReport> {
-        Ok(gc(self.store(), options).await?)
+        let delta = self
+            .conf()
+            .formats
+            .contains(&crate::conf::TableFormat::Delta);
+        if delta && !options.dry_run {
+            let latest = versions::latest_version(self.store()).await?;
+            self.sync_formats(latest).await?;
+        }
+        let mut report = gc(self.store(), options).await?;
+        if let (true, Some(&oldest)) = (delta, report.retained_versions.first()) {
+            let log = crate::delta::DeltaLog::new(Arc::clone(self.store()));
+            let doomed: Vec<Doomed> = log
+                .expired(oldest)
+                .await?
+                .into_iter()
+                .map(|p| Doomed {
+                    path: p.to_string(),
+                    bytes: 0,
+                    reason: Reason::ExpiredDeltaLog,
+                })
+                .collect();
+            if !options.dry_run {
+                delete_all(self.store(), &doomed.iter().collect::<Vec<_>>()).await?;
+            }
+            report.deleted.extend(doomed);
+        }
+        Ok(report)
     }
 }
 

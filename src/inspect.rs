@@ -8,6 +8,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::audit::{AuditError, AuditReport};
+use crate::conf::TableFormat;
 use crate::job::{Job, UnchangedCheck};
 use crate::manifest::{ChangeKind, Manifest};
 use crate::{Error, Result, layout, run_id, table, versions};
@@ -28,6 +29,21 @@ pub struct RunRecord {
     /// The last re-run that found it already published, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_unchanged: Option<UnchangedCheck>,
+}
+
+/// One version as another format sees it (`wap show`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Projection {
+    pub format: &'static str,
+    /// The table location other engines open.
+    pub location: String,
+    /// The object that makes this version readable there.
+    pub object: String,
+    /// That format's version number of this version (Delta: `wap` version - 1).
+    pub version: u64,
+    /// False when the commit is still missing (a crash after the commit; the next writer or
+    /// `wap doctor --repair` writes it).
+    pub written: bool,
 }
 
 /// The fate of a run.
@@ -140,6 +156,33 @@ impl Job {
         let mut m = self.show(version).await?;
         versions::resolve_files(self.store(), [&mut m]).await?;
         Ok(m)
+    }
+
+    /// Where version `version` is readable in the other formats of `formats:` (`wap show`).
+    pub async fn projections(&self, version: u64) -> Result<Vec<Projection>> {
+        let mut out = Vec::new();
+        if self.conf().formats.contains(&TableFormat::Delta) && version > 0 {
+            let path = layout::delta_commit(version - 1);
+            let written = match self.store().head(&path).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(source) => {
+                    return Err(Error::Delta(crate::delta::DeltaError::Storage {
+                        phase: "read",
+                        path: path.to_string(),
+                        source,
+                    }));
+                }
+            };
+            out.push(Projection {
+                format: "delta",
+                location: self.conf().table.trim_end_matches('/').to_string(),
+                object: path.to_string(),
+                version: version - 1,
+                written,
+            });
+        }
+        Ok(out)
     }
 
     /// One version (default: current): the index, without file lists.

@@ -101,6 +101,9 @@ enum Command {
         conf: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Write what a crash left missing (Delta commits of committed versions).
+        #[arg(long)]
+        repair: bool,
     },
     /// Delete staged files no retained version references (runs that never published, versions
     /// past retention) and expired manifests, once older than the retention.
@@ -275,6 +278,9 @@ async fn execute(command: Command) -> Result<i32, Error> {
                         wap::gc::Reason::UnpublishedRun => "run never published",
                         wap::gc::Reason::ExpiredVersion => "only expired versions use it",
                         wap::gc::Reason::ExpiredManifest => "expired version",
+                        wap::gc::Reason::ExpiredDeltaLog => {
+                            "Delta log entry before the checkpoint retained versions read from"
+                        }
                     };
                     println!("{verb} {} ({} bytes; {why})", d.path, d.bytes);
                 }
@@ -324,8 +330,8 @@ async fn execute(command: Command) -> Result<i32, Error> {
             }
             Ok(exit_code::OK)
         }
-        Command::Doctor { conf, json } => {
-            let diagnosis = job(&conf)?.doctor().await;
+        Command::Doctor { conf, json, repair } => {
+            let diagnosis = job(&conf)?.doctor(repair).await;
             if json {
                 print_json(&diagnosis);
             } else {
@@ -365,8 +371,10 @@ async fn execute(command: Command) -> Result<i32, Error> {
             version,
             json,
         } => {
-            let manifest = job(&conf)?.show_files(version).await?;
-            render_show(&manifest, json);
+            let job = job(&conf)?;
+            let manifest = job.show_files(version).await?;
+            let projections = job.projections(manifest.version).await?;
+            render_show(&manifest, &projections, json);
             Ok(exit_code::OK)
         }
         Command::Query {
@@ -569,9 +577,13 @@ fn render_log(versions: &[Manifest], runs: &[wap::inspect::RunRecord], json: boo
     }
 }
 
-fn render_show(m: &Manifest, json: bool) {
+fn render_show(m: &Manifest, projections: &[wap::inspect::Projection], json: bool) {
     if json {
-        print_json(m);
+        let mut value = serde_json::to_value(m).expect("a manifest serializes");
+        if !projections.is_empty() {
+            value["formats"] = serde_json::to_value(projections).expect("serializable");
+        }
+        print_json(&value);
         return;
     }
     println!(
@@ -591,6 +603,20 @@ fn render_show(m: &Manifest, json: bool) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for p in projections {
+        println!(
+            "{}: {} version {} ({}{})",
+            p.format,
+            p.location,
+            p.version,
+            p.object,
+            if p.written {
+                ""
+            } else {
+                "; not written yet: run `wap doctor --repair`"
+            }
+        );
+    }
     println!("watermarks:");
     for (k, v) in &m.watermarks {
         println!("  {k} = {v}");

@@ -118,6 +118,26 @@ impl Setup {
 
 /// A fresh table on `backend` with the sources of `op` written.
 fn table(backend: Backend, name: &str, op: Operation) -> (Setup, Arc<dyn ObjectStore>) {
+    table_in(backend, name, op, false)
+}
+
+/// Turns on `formats: [delta]` in a job file (with the merge jobs' timestamps in microseconds,
+/// which Delta holds).
+fn with_delta(conf: &std::path::Path) {
+    let text = std::fs::read_to_string(conf).unwrap().replace(
+        "CAST(updated_at AS TIMESTAMP)",
+        "arrow_cast(updated_at, 'Timestamp(Microsecond, None)')",
+    );
+    std::fs::write(conf, format!("{text}\nformats: [delta]\n")).unwrap();
+}
+
+/// [`table`], optionally projected into Delta.
+fn table_in(
+    backend: Backend,
+    name: &str,
+    op: Operation,
+    delta: bool,
+) -> (Setup, Arc<dyn ObjectStore>) {
     let f = match op {
         Operation::Merge => {
             let f = MergeFixture::new("", "");
@@ -135,6 +155,12 @@ fn table(backend: Backend, name: &str, op: Operation) -> (Setup, Arc<dyn ObjectS
             Setup::Orders(f)
         }
     };
+    if delta {
+        with_delta(match &f {
+            Setup::Orders(f) => &f.conf,
+            Setup::Customers(f) => &f.conf,
+        });
+    }
     let store: Arc<dyn ObjectStore> = match backend {
         Backend::Memory => Arc::new(InMemory::new()),
         Backend::Local => f.table_store(),
@@ -264,8 +290,19 @@ pub async fn exhaustive(
     op: Operation,
     kinds: &[FaultKind],
 ) -> (usize, usize, usize) {
+    exhaustive_in(backend, op, kinds, false).await
+}
+
+/// [`exhaustive`], optionally with `formats: [delta]`: then after any fault every Delta commit
+/// is one of a committed version, and after the retry the log is whole.
+pub async fn exhaustive_in(
+    backend: Backend,
+    op: Operation,
+    kinds: &[FaultKind],
+    delta: bool,
+) -> (usize, usize, usize) {
     // The clean run: its request count and its result.
-    let (f, store) = table(backend, "faults-clean", op);
+    let (f, store) = table_in(backend, "faults-clean", op, delta);
     let rec = RecordingStore::new(Arc::clone(&store));
     let job = f.job_on(rec.clone());
     prepare(op, &job).await;
@@ -276,6 +313,9 @@ pub async fn exhaustive(
     let clean = state(&f, &store, "clean, after").await;
     assert_ne!(before, clean, "{op:?} changes something");
     let clean_requests = rec.requests();
+    if delta {
+        crate::delta::assert_log_whole(&store).await;
+    }
 
     let (mut cases, mut fired) = (0, 0);
     for k in 1..=k_total {
@@ -285,7 +325,7 @@ pub async fn exhaustive(
                 clean_requests[k - 1].op,
                 clean_requests[k - 1].path
             );
-            let (f, store) = table(backend, "faults", op);
+            let (f, store) = table_in(backend, "faults", op, delta);
             let rec = RecordingStore::new(Arc::clone(&store));
             let job = f.job_on(rec.clone());
             prepare(op, &job).await;
@@ -305,6 +345,9 @@ pub async fn exhaustive(
                 fired += 1;
             }
             let after = state(&f, &store, &format!("{context}, after the fault")).await;
+            if delta {
+                crate::delta::assert_log_never_ahead(&store).await;
+            }
             assert!(
                 after.visible() == old.visible() || after.visible() == clean.visible(),
                 "{context}: current version is neither the old nor the new one: {:?} ({first:?})",
@@ -318,6 +361,9 @@ pub async fn exhaustive(
                 "{context}: the retry failed: {second:?} (first attempt: {first:?})"
             );
             let end = state(&f, &store, &format!("{context}, after the retry")).await;
+            if delta {
+                crate::delta::assert_log_whole(&store).await;
+            }
             assert_eq!(
                 end.visible(),
                 clean.visible(),
@@ -367,11 +413,34 @@ fn relative(objects: &BTreeSet<String>) -> Vec<String> {
 }
 
 async fn report(backend: Backend, op: Operation, kinds: &[FaultKind]) {
-    let (k, cases, fired) = exhaustive(backend, op, kinds).await;
+    report_in(backend, op, kinds, false).await
+}
+
+async fn report_in(backend: Backend, op: Operation, kinds: &[FaultKind], delta: bool) {
+    let (k, cases, fired) = exhaustive_in(backend, op, kinds, delta).await;
     assert!(k > 0 && cases == k * kinds.len());
+    let with = if delta { " with formats: [delta]" } else { "" };
     println!(
-        "fault injection: {op:?} on {backend:?}: K = {k} requests, {cases} cases ({fired} faults fired), all converged"
+        "fault injection: {op:?} on {backend:?}{with}: K = {k} requests, {cases} cases ({fired} faults fired), all converged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_at_every_request_with_a_delta_log() {
+    for op in [
+        Operation::Run,
+        Operation::Rollback,
+        Operation::Gc,
+        Operation::Merge,
+    ] {
+        report_in(Backend::Memory, op, &FaultKind::ALL, true).await;
+    }
+    report_in(Backend::Local, Operation::Run, &FaultKind::ALL, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_at_every_request_with_a_delta_log_on_s3() {
+    report_in(Backend::S3, Operation::Run, &FaultKind::ALL, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
