@@ -152,7 +152,31 @@ pub(crate) fn run_and_kill(
 
 #[test]
 fn sigkill_at_random_moments_then_a_rerun_converges() {
-    crash_loop(&Example::new(), 40, "local filesystem");
+    crash_loop(&Example::new(), 40, "local filesystem", false);
+}
+
+/// The crash loop with `formats: [delta]`: after every kill the Delta log names only committed
+/// versions, after every re-run it is whole, and at the end the real readers read the last
+/// versions as `wap` does.
+#[test]
+fn sigkill_at_random_moments_with_a_delta_log() {
+    let ex = Example::new();
+    let conf = ex.dir.path().join(CONF);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}formats: [delta]\n")).unwrap();
+    crash_loop(&ex, 25, "local filesystem", true);
+    let job = wap::job::Job::open(
+        wap::conf::JobConf::load(&conf).unwrap(),
+        wap::job::JobOptions::default(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let latest = wap::versions::latest_version(job.store()).await.unwrap();
+        let last: Vec<u64> = (latest.saturating_sub(5).max(1)..=latest).collect();
+        let uri = ex.dir.path().join("lake/orders").display().to_string();
+        assert!(crate::delta::assert_readers_match(&job, &uri, &last).await > 0);
+    });
 }
 
 #[test]
@@ -161,10 +185,18 @@ fn sigkill_at_random_moments_on_s3() {
     let ex = Example::new();
     let table = s3.prefix("crash") + "/orders";
     crate::s3::point_at_s3(&ex.dir.path().join(CONF), &table, &s3);
-    crash_loop(&ex, 15, "S3");
+    crash_loop(&ex, 15, "S3", false);
 }
 
-fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
+fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let table = || {
+        let conf = wap::conf::JobConf::load(&ex.dir.path().join(CONF)).unwrap();
+        wap::job::Job::open(conf, wap::job::JobOptions::default())
+            .unwrap()
+            .store()
+            .clone()
+    };
     let dates = ["2024-01-01", "2024-01-03", "2024-01-05"];
     // A clean run's wall time bounds the random kill moments: the shorter of two, since the
     // first run of a process (cold caches, a cold server) can take many times a later one's,
@@ -216,6 +248,9 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
             "{context}: neither the old nor the new version: {now:?}"
         );
         every_version_reads(ex, CONF, "orders", &context);
+        if delta {
+            rt.block_on(crate::delta::assert_log_never_ahead(&table()));
+        }
         if was_killed && now == after && before != after {
             killed_after_commit += 1;
         }
@@ -226,6 +261,9 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         assert_eq!(code, Some(0), "{context}: the re-run failed");
         let now = table_rows(ex).unwrap();
         assert_eq!(now, after, "{context}: the re-run did not converge");
+        if delta {
+            rt.block_on(crate::delta::assert_log_whole(&table()));
+        }
         published = {
             let mut p = published.clone();
             p.insert(date.to_string(), {
@@ -245,6 +283,11 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str) {
         killed >= iterations / 4,
         "only {killed} of {iterations} runs were killed mid-way"
     );
+    let store = if delta {
+        format!("{store} with a Delta log")
+    } else {
+        store.to_string()
+    };
     println!(
         "crash loop on {store}: {iterations} iterations, {killed} runs killed mid-way ({killed_after_commit} after their commit), clean run {clean:?}, all converged"
     );

@@ -502,3 +502,89 @@ async fn a_crash_after_the_commit_is_filled_in_by_the_next_writer() {
     );
     assert_log_whole(job.store()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_reads_through_its_checkpoint_and_gc_keeps_it_whole() {
+    let fx = delta_orders();
+    let job = fx.job();
+    let dates: Vec<String> = (1..=27).map(|d| format!("2024-02-{d:02}")).collect();
+    for (i, date) in dates.iter().enumerate() {
+        fx.orders(date, &[(i as i64 + 1, 10, "5.50", "placed")]);
+        let run = job.run(date, Mode::Publish).await.unwrap();
+        assert_eq!(run.version, i as u64 + 1);
+    }
+    let log = wap::delta::DeltaLog::new(Arc::clone(job.store()));
+    let listing = log.list(None).await.unwrap();
+    assert_eq!(
+        listing.checkpoints.iter().copied().collect::<Vec<_>>(),
+        [10, 20]
+    );
+    let last = std::fs::read_to_string(fx.table_dir().join("_delta_log/_last_checkpoint")).unwrap();
+    assert!(last.contains("\"version\":20"), "{last}");
+    // gc keeping the 3 newest versions (25..=27, Delta 24..=26): the log before checkpoint 20
+    // goes, checkpoint 20 and the commits after it stay.
+    let report = job
+        .gc(&wap::gc::GcOptions {
+            older_than_seconds: 0,
+            keep_versions: Some(3),
+            dry_run: false,
+            now: chrono::Utc::now() + chrono::Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.retained_versions, [25, 26, 27]);
+    let listing = log.list(None).await.unwrap();
+    assert_eq!(
+        listing.checkpoints.iter().copied().collect::<Vec<_>>(),
+        [20]
+    );
+    assert_eq!(
+        listing.commits.iter().copied().collect::<Vec<_>>(),
+        (20..27).collect::<Vec<_>>(),
+        "commits before the checkpoint are gone, the ones retained versions need stay"
+    );
+    // Without commits 0..19 the readers can only have started at checkpoint 20.
+    let uri = fx.table_dir().display().to_string();
+    assert!(assert_readers_match(&job, &uri, &[25, 26, 27]).await >= 3 * 4 * 25);
+    let shown = job.projections(27).await.unwrap();
+    assert_eq!((shown[0].version, shown[0].written), (26, true));
+    // doctor sees a missing commit, and --repair writes it back.
+    job.store()
+        .delete(&wap::layout::delta_commit(26))
+        .await
+        .unwrap();
+    let sick = job.doctor(false).await;
+    let check = sick.checks.iter().find(|c| c.name == "delta log").unwrap();
+    assert_eq!(
+        check.verdict,
+        wap::doctor::Verdict::Fail,
+        "{}",
+        check.detail
+    );
+    assert!(check.detail.contains("[27]"), "{}", check.detail);
+    let healed = job.doctor(true).await;
+    let check = healed
+        .checks
+        .iter()
+        .find(|c| c.name == "delta log")
+        .unwrap();
+    assert_eq!(
+        check.verdict,
+        wap::doctor::Verdict::Pass,
+        "{}",
+        check.detail
+    );
+    assert_log_whole(job.store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_version_reads_the_same_on_s3() {
+    let s3 = crate::s3::s3();
+    let fx = delta_orders();
+    let table = s3.prefix("delta") + "/orders";
+    crate::s3::point_at_s3(&fx.conf, &table, &s3);
+    let published = overwrite_sequence(&fx).await;
+    let job = fx.job();
+    assert_log_whole(job.store()).await;
+    assert!(assert_readers_match(&job, &table, &published).await > 30);
+}
