@@ -6,7 +6,9 @@
 //!
 //! `scripts/with-s3.sh` starts the S3 test server (moto) and sets `WAP_TEST_S3_ENDPOINT`; without
 //! it the bench stops and says so. Target: at most 4 requests, and under 50 ms on the
-//! local filesystem, whatever the file count. Prints the figures; exits 1 when a target is missed.
+//! local filesystem, whatever the file count. With `formats: [delta]` (11 publishes, so that one
+//! writes a Delta checkpoint): the same request counts whatever the file count (the plain
+//! publishes and the checkpoint publish each). Prints the figures; exits 1 when a target is missed.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -90,15 +92,24 @@ fn proposal(run: &str, parts: Vec<Partition>) -> Proposal {
 
 struct Figure {
     store: &'static str,
+    delta: bool,
     files: usize,
     manifest_bytes: u64,
     latency: Duration,
     requests: usize,
+    /// With Delta: the publish that also wrote a checkpoint.
+    checkpoint: Option<(Duration, usize)>,
 }
 
-/// Publishes one 10-file partition onto a table of `files` files, 5 times; median latency and
-/// the largest request count.
-async fn measure(store_name: &'static str, location: wap::store::Location, files: usize) -> Figure {
+/// Publishes one 10-file partition onto a table of `files` files, 5 times (with `delta`: 11
+/// times, the 10th writing a checkpoint); median latency and the largest request count of the
+/// publishes without a checkpoint.
+async fn measure(
+    store_name: &'static str,
+    location: wap::store::Location,
+    files: usize,
+    delta: bool,
+) -> Figure {
     let options = PublishOptions {
         compare_and_swap: location.compare_and_swap,
         ..Default::default()
@@ -106,7 +117,8 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
     let store = location.scoped().unwrap();
     let files_each = 10;
     let count = (files / files_each).max(1);
-    let publisher = Publisher::new(Arc::clone(&store), options.clone());
+    let with = |p: Publisher| if delta { p.with_delta() } else { p };
+    let publisher = with(Publisher::new(Arc::clone(&store), options.clone()));
     let base = proposal(
         "base",
         partitions(&store, 0..count, files_each, "base").await,
@@ -116,18 +128,27 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
         .await
         .expect("base publishes");
     let counting = store::RecordingStore::new(Arc::clone(&store));
-    let publisher = Publisher::new(counting.clone(), options);
+    let publisher = with(Publisher::new(counting.clone(), options));
     let mut latencies = Vec::new();
     let mut requests = 0;
-    for i in 0..5 {
+    let mut checkpoint = None;
+    for i in 0..if delta { 11 } else { 5 } {
         let run = format!("nightly{i}");
         let p = proposal(&run, partitions(&store, i..i + 1, files_each, &run).await);
         counting.clear();
         let t = Instant::now();
         let out = publisher.publish(&p, None).await.expect("publishes");
-        latencies.push(t.elapsed());
-        assert!(matches!(out, PublishOutcome::Published { .. }));
-        requests = requests.max(counting.requests().len());
+        let took = t.elapsed();
+        let PublishOutcome::Published { version } = out else {
+            panic!("{out:?}")
+        };
+        let n = counting.requests().len();
+        if delta && (version - 1) % wap::delta::CHECKPOINT_INTERVAL == 0 {
+            checkpoint = Some((took, n));
+        } else {
+            latencies.push(took);
+            requests = requests.max(n);
+        }
     }
     latencies.sort();
     let current = wap::versions::latest_version(&store).await.unwrap();
@@ -138,10 +159,12 @@ async fn measure(store_name: &'static str, location: wap::store::Location, files
         .unwrap_or(0);
     Figure {
         store: store_name,
+        delta,
         files: count * files_each,
         manifest_bytes,
         latency: latencies[latencies.len() / 2],
         requests,
+        checkpoint,
     }
 }
 
@@ -162,35 +185,62 @@ async fn main() {
         path_style: Some(true),
     };
     let mut figures = Vec::new();
-    for files in [10, 1_000, 100_000] {
-        let dir = tempfile::tempdir().unwrap();
-        let local =
-            wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
-                .unwrap();
-        figures.push(measure("local", local, files).await);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let s3 =
-            wap::store::Location::parse(&format!("s3://{bucket}/publish-bench-{nanos}"), &options)
-                .unwrap();
-        figures.push(measure("s3 (moto)", s3, files).await);
+    for delta in [false, true] {
+        for files in [10, 1_000, 100_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let local =
+                wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
+                    .unwrap();
+            figures.push(measure("local", local, files, delta).await);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let s3 = wap::store::Location::parse(
+                &format!("s3://{bucket}/publish-bench-{nanos}"),
+                &options,
+            )
+            .unwrap();
+            figures.push(measure("s3 (moto)", s3, files, delta).await);
+        }
     }
     println!(
-        "| store | files in table | manifest bytes | publish latency (median of 5) | requests |"
+        "| store | formats | files in table | manifest bytes | publish latency (median) | requests | with a Delta checkpoint |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut missed = Vec::new();
     for f in &figures {
         println!(
-            "| {} | {} | {} | {:.1} ms | {} |",
+            "| {} | {} | {} | {} | {:.1} ms | {} | {} |",
             f.store,
+            if f.delta { "delta" } else { "-" },
             f.files,
             f.manifest_bytes,
             f.latency.as_secs_f64() * 1e3,
-            f.requests
+            f.requests,
+            f.checkpoint.map_or("-".to_string(), |(t, n)| format!(
+                "{:.1} ms, {n} requests",
+                t.as_secs_f64() * 1e3
+            )),
         );
+        if f.delta {
+            // Constant in the file count: the same as the smallest table on the same store.
+            let small = figures
+                .iter()
+                .find(|g| g.delta && g.store == f.store && g.files == 10)
+                .expect("measured");
+            let counts = |g: &Figure| (g.requests, g.checkpoint.map(|c| c.1));
+            if counts(f) != counts(small) {
+                missed.push(format!(
+                    "{} with delta and {} files: {:?} requests, {:?} with 10 files",
+                    f.store,
+                    f.files,
+                    counts(f),
+                    counts(small)
+                ));
+            }
+            continue;
+        }
         if f.requests > 4 {
             missed.push(format!(
                 "{} with {} files: {} requests",
@@ -206,7 +256,10 @@ async fn main() {
         }
     }
     if missed.is_empty() {
-        println!("targets met: at most 4 requests, local publish under 50 ms");
+        println!(
+            "targets met: at most 4 requests, local publish under 50 ms; with delta, request \
+             counts independent of the file count"
+        );
     } else {
         println!("TARGETS MISSED: {}", missed.join("; "));
         std::process::exit(1);

@@ -588,3 +588,34 @@ async fn every_version_reads_the_same_on_s3() {
     assert_log_whole(job.store()).await;
     assert!(assert_readers_match(&job, &table, &published).await > 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_delta_on_an_existing_table_starts_the_log_at_the_current_version() {
+    let fx = Fixture::new();
+    let job = fx.job();
+    for (i, date) in ["2024-01-01", "2024-01-02", "2024-01-03"]
+        .iter()
+        .enumerate()
+    {
+        fx.orders(date, &[(i as i64 + 1, 10, "5.50", "placed")]);
+        job.run(date, Mode::Publish).await.unwrap();
+    }
+    let text = std::fs::read_to_string(&fx.conf).unwrap();
+    std::fs::write(&fx.conf, format!("{text}formats: [delta]\n")).unwrap();
+    let job = fx.job();
+    fx.orders("2024-01-04", &[(4, 10, "5.50", "placed")]);
+    assert_eq!(
+        job.run("2024-01-04", Mode::Publish).await.unwrap().version,
+        4
+    );
+    let log = wap::delta::DeltaLog::new(Arc::clone(job.store()));
+    let listing = log.list(None).await.unwrap();
+    // Version 3 as one commit adding every file, with a checkpoint to start from; then 4.
+    assert_eq!(listing.commits.iter().copied().collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(listing.checkpoints.iter().copied().collect::<Vec<_>>(), [2]);
+    let uri = fx.table_dir().display().to_string();
+    assert_eq!(
+        assert_readers_match(&job, &uri, &[3, 4]).await,
+        3 * (3 + 4 + 4)
+    );
+}
