@@ -1021,7 +1021,7 @@ impl DeltaLog {
             }
             Err(e) => return Err(DeltaError::storage("create", &path, e)),
         }
-        if d > 0 && (d % CHECKPOINT_INTERVAL == 0 || start) {
+        if d > 0 && (d.is_multiple_of(CHECKPOINT_INTERVAL) || start) {
             self.checkpoint(d, &bytes).await?;
         }
         Ok(())
@@ -1051,7 +1051,7 @@ impl DeltaLog {
             Some(f) => f,
             None => {
                 let all = self.list(None).await?;
-                let first = match all.checkpoints.range(..d).next_back() {
+                match all.checkpoints.range(..d).next_back() {
                     Some(&c) => {
                         let path = layout::delta_checkpoint(c);
                         let bytes = self
@@ -1061,8 +1061,7 @@ impl DeltaLog {
                         (decode_checkpoint(&path, bytes)?, c + 1)
                     }
                     None => (State::default(), all.commits.first().copied().unwrap_or(d)),
-                };
-                first
+                }
             }
         };
         for v in first..d {

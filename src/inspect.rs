@@ -167,11 +167,12 @@ impl Job {
                 Ok(_) => true,
                 Err(object_store::Error::NotFound { .. }) => false,
                 Err(source) => {
-                    return Err(Error::Delta(crate::delta::DeltaError::Storage {
+                    return Err(crate::delta::DeltaError::Storage {
                         phase: "read",
                         path: path.to_string(),
                         source,
-                    }));
+                    }
+                    .into());
                 }
             };
             out.push(Projection {

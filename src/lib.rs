@@ -61,7 +61,13 @@ pub enum Error {
     #[error(transparent)]
     Gc(#[from] gc::GcError),
     #[error(transparent)]
-    Delta(#[from] delta::DeltaError),
+    Delta(Box<delta::DeltaError>),
+}
+
+impl From<delta::DeltaError> for Error {
+    fn from(e: delta::DeltaError) -> Self {
+        Error::Delta(Box::new(e))
+    }
 }
 
 /// Result with the crate error by default.

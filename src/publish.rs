@@ -76,13 +76,16 @@ pub enum PublishError {
     /// Before the commit: the Delta log could not be brought up to date, or refuses this
     /// version. Nothing was published.
     #[error(transparent)]
-    Delta(#[from] DeltaError),
+    Delta(#[from] Box<DeltaError>),
     /// After the commit: the version is published, its Delta commit is not.
     #[error(
         "version {version} is published, but its Delta commit was not written: {source}\n\
          help: the next run, rollback or gc (or `wap doctor --repair`) writes the missing commit"
     )]
-    DeltaAfterCommit { version: u64, source: DeltaError },
+    DeltaAfterCommit {
+        version: u64,
+        source: Box<DeltaError>,
+    },
     #[error("gave up publishing after {attempts} attempts: other writers kept committing first")]
     Exhausted { attempts: u32 },
 }
@@ -266,7 +269,7 @@ impl Publisher {
     /// projection) and checks that the slot after it is free.
     async fn prepare(&self, version: u64) -> Result<(), PublishError> {
         if let Some(delta) = &self.delta {
-            let written = delta.prepare(version).await?;
+            let written = delta.prepare(version).await.map_err(Box::new)?;
             if written > 0 {
                 info!(written, version, "wrote missing Delta commits");
             }
@@ -282,7 +285,7 @@ impl Publisher {
                 .await
                 .map_err(|source| PublishError::DeltaAfterCommit {
                     version: next.version,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -443,7 +446,7 @@ impl Publisher {
             };
             let version = next.version;
             if self.delta.is_some() {
-                crate::delta::check_manifest(&next)?;
+                crate::delta::check_manifest(&next).map_err(Box::new)?;
             }
             let path = layout::manifest_path(version);
             let opts = PutOptions {

@@ -191,7 +191,7 @@ fn sigkill_at_random_moments_on_s3() {
 fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let table = || {
-        let conf = wap::conf::JobConf::load(&ex.dir.path().join(CONF)).unwrap();
+        let conf = wap::conf::JobConf::load(ex.dir.path().join(CONF)).unwrap();
         wap::job::Job::open(conf, wap::job::JobOptions::default())
             .unwrap()
             .store()

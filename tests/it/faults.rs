@@ -283,18 +283,9 @@ async fn state(f: &Setup, store: &Arc<dyn ObjectStore>, context: &str) -> State 
     }
 }
 
-/// Runs the exhaustive test of `op` on `backend` with `kinds`; returns (K, cases run, cases
-/// whose fault fired).
-pub async fn exhaustive(
-    backend: Backend,
-    op: Operation,
-    kinds: &[FaultKind],
-) -> (usize, usize, usize) {
-    exhaustive_in(backend, op, kinds, false).await
-}
-
-/// [`exhaustive`], optionally with `formats: [delta]`: then after any fault every Delta commit
-/// is one of a committed version, and after the retry the log is whole.
+/// Runs the exhaustive test of `op` on `backend` with `kinds`, optionally with `formats: [delta]`
+/// (then after any fault every Delta commit is one of a committed version, and after the retry
+/// the log is whole); returns (K, cases run, cases whose fault fired).
 pub async fn exhaustive_in(
     backend: Backend,
     op: Operation,
