@@ -160,21 +160,26 @@ pub async fn assert_log_whole(store: &Arc<dyn ObjectStore>) {
     );
     let kept = versions::list_versions(store).await.unwrap();
     for d in commits.into_iter().filter(|d| kept.contains(&(d + 1))) {
-        let bytes = store
-            .get(&wap::layout::delta_commit(d))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
         let manifest = versions::read_manifest(store, d + 1).await.unwrap();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let text = commit_text(store, d).await;
         assert!(
             text.contains(&format!("\"runId\":\"{}\"", manifest.change.run_id)),
             "commit {d} does not carry the run of version {}",
             d + 1
         );
     }
+}
+
+/// The text of Delta commit `d`.
+async fn commit_text(store: &Arc<dyn ObjectStore>, d: u64) -> String {
+    let bytes = store
+        .get(&wap::layout::delta_commit(d))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 /// Asserts every Delta commit belongs to a committed `wap` version (the log may lag).
@@ -618,4 +623,83 @@ async fn enabling_delta_on_an_existing_table_starts_the_log_at_the_current_versi
         assert_readers_match(&job, &uri, &[3, 4]).await,
         3 * (3 + 4 + 4)
     );
+}
+
+/// The files the Delta log's latest version holds, by replaying every commit.
+async fn delta_files(store: &Arc<dyn ObjectStore>) -> std::collections::BTreeSet<String> {
+    let mut files = std::collections::BTreeSet::new();
+    for d in delta_commits(store).await {
+        for line in commit_text(store, d).await.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(p) = v.pointer("/add/path").and_then(|p| p.as_str()) {
+                assert!(files.insert(p.to_string()), "commit {d} adds {p} twice");
+            }
+            if let Some(p) = v.pointer("/remove/path").and_then(|p| p.as_str()) {
+                assert!(
+                    files.remove(p),
+                    "commit {d} removes {p}, which is not there"
+                );
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_each_get_one_delta_commit_and_none_is_lost() {
+    use crate::publish::{partition, proposal};
+    use wap::publish::{PublishOptions, PublishOutcome, Publisher};
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let publisher = |s: &Arc<dyn ObjectStore>| {
+        Publisher::new(Arc::clone(s), PublishOptions::default()).with_delta()
+    };
+    publisher(&store)
+        .publish(
+            &proposal("base", vec![partition("d=base", "base", 1)]),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        set.spawn(async move {
+            let run = format!("run{i}");
+            // Half replace a partition another task also writes: they rebase or conflict.
+            let path = format!("d={}", i % 12);
+            publisher(&store)
+                .publish(&proposal(&run, vec![partition(&path, &run, 2)]), Some(1))
+                .await
+        });
+    }
+    let mut won = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(PublishOutcome::Published { .. }) => won += 1,
+            Err(e) if e.is_conflict() => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(won >= 12, "{won} of 16 landed");
+    assert_log_whole(&store).await;
+    let latest = versions::latest_version(&store).await.unwrap();
+    assert_eq!(latest, 1 + won);
+    let mut current = versions::read_manifest(&store, latest).await.unwrap();
+    versions::resolve_files(&store, [&mut current])
+        .await
+        .unwrap();
+    let expected: std::collections::BTreeSet<String> = current
+        .files()
+        .map(|f| wap::delta::add_path(&f.path))
+        .collect();
+    assert_eq!(
+        delta_files(&store).await,
+        expected,
+        "the log's latest is the current version"
+    );
+    let listing = wap::delta::DeltaLog::new(Arc::clone(&store))
+        .list(None)
+        .await
+        .unwrap();
+    assert!(listing.checkpoints.contains(&10), "{listing:?}");
 }
