@@ -434,7 +434,7 @@ impl Job {
             return Ok(outcome);
         }
 
-        // Phase 3: the run's file lists go up as one segment, then the manifest names it.
+        // Phase 3: the run's file lists go up as segments, then the manifest names them.
         let proposal = self
             .proposal(&staged, date, report.summaries(), None)
             .await?;
@@ -864,11 +864,7 @@ impl Job {
     ) -> Result<Proposal> {
         let conf = &self.conf;
         let run_id = &staged.run_id;
-        let segment = if staged.partitions.is_empty() {
-            String::new()
-        } else {
-            write::write_segment(&self.table, staged).await?
-        };
+        let segments = write::write_segments(&self.table, staged).await?;
         let partitions = staged
             .partitions
             .iter()
@@ -879,7 +875,7 @@ impl Job {
                     .cloned()
                     .zip(p.values.iter().cloned())
                     .collect();
-                Partition::new(&p.path, values, &p.files, run_id, date, &segment)
+                Partition::new(&p.path, values, &p.files, run_id, date, &segments[&p.path])
             })
             .collect();
         Ok(Proposal::Replace {

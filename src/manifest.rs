@@ -207,6 +207,11 @@ pub struct Segment {
     pub partitions: BTreeMap<String, Vec<DataFile>>,
 }
 
+/// Most partitions one segment lists: a run that writes more (a backfill) writes several, so
+/// that whoever needs the files of one partition (a Delta commit replacing it, a merge, a query
+/// of a few partitions) reads at most this many partitions' lists, not the whole run's.
+pub const SEGMENT_PARTITIONS: usize = 256;
+
 impl Segment {
     /// A segment of these partitions.
     pub fn new(partitions: BTreeMap<String, Vec<DataFile>>) -> Self {
@@ -214,6 +219,23 @@ impl Segment {
             format: SEGMENT_FORMAT.to_string(),
             partitions,
         }
+    }
+
+    /// The segments of one run's partitions: [`SEGMENT_PARTITIONS`] each, in path order (so the
+    /// same partitions always make the same segments).
+    pub fn chunked(partitions: BTreeMap<String, Vec<DataFile>>) -> Vec<Self> {
+        let mut out = Vec::new();
+        let mut chunk = BTreeMap::new();
+        for (path, files) in partitions {
+            chunk.insert(path, files);
+            if chunk.len() == SEGMENT_PARTITIONS {
+                out.push(Segment::new(std::mem::take(&mut chunk)));
+            }
+        }
+        if !chunk.is_empty() {
+            out.push(Segment::new(chunk));
+        }
+        out
     }
 
     /// Its path in the staging folder `folder`, and its bytes.
@@ -742,6 +764,21 @@ pub(crate) mod tests {
         next.format = FORMAT.into();
         let again = Manifest::decode(&manifest_path(4), &next.encode(), 4).unwrap();
         assert_eq!(again.partitions["d=2024-01-01"].files, p.files);
+    }
+
+    #[test]
+    fn a_large_run_is_cut_into_segments_of_at_most_256_partitions() {
+        let lists: BTreeMap<String, Vec<DataFile>> = (0..600)
+            .map(|i| (format!("d={i:04}"), sample(1).files().cloned().collect()))
+            .collect();
+        let segments = Segment::chunked(lists.clone());
+        let sizes: Vec<usize> = segments.iter().map(|s| s.partitions.len()).collect();
+        assert_eq!(sizes, [256, 256, 88]);
+        // Every partition in exactly one, in path order; the same lists give the same segments.
+        let all: Vec<&String> = segments.iter().flat_map(|s| s.partitions.keys()).collect();
+        assert_eq!(all, lists.keys().collect::<Vec<_>>());
+        assert_eq!(Segment::chunked(lists), segments);
+        assert!(Segment::chunked(BTreeMap::new()).is_empty());
     }
 
     #[test]

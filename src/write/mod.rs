@@ -587,30 +587,45 @@ impl StagedRun {
     }
 }
 
-/// Writes the run's file lists as one segment in its staging folder (one PUT, whatever the
-/// table's size) and returns the segment's path. The name is the SHA-256 of the content, so a
-/// re-run of the same run writes the same object again, and nothing can change a segment that a
-/// manifest names.
-pub async fn write_segment(
+/// Writes the run's file lists as segments in its staging folder (one PUT per
+/// [`crate::manifest::SEGMENT_PARTITIONS`] partitions, whatever the table's size) and returns
+/// each partition's segment path. Names are the SHA-256 of the content, so a re-run of the same
+/// run writes the same objects again, and nothing can change a segment that a manifest names.
+pub async fn write_segments(
     table: &Arc<dyn ObjectStore>,
     staged: &StagedRun,
-) -> Result<String, WriteError> {
-    let segment = crate::manifest::Segment::new(
+) -> Result<std::collections::BTreeMap<String, String>, WriteError> {
+    let segments = crate::manifest::Segment::chunked(
         staged
             .partitions
             .iter()
             .map(|p| (p.path.clone(), p.files.clone()))
             .collect(),
     );
-    let (path, bytes) = segment.encode(&staged.folder);
-    table
-        .put(&path, bytes.into())
-        .await
-        .map_err(|e| WriteError::Upload {
-            path: path.to_string(),
-            source: e.into(),
-        })?;
-    Ok(path.to_string())
+    let puts = segments.iter().map(|segment| {
+        let (path, bytes) = segment.encode(&staged.folder);
+        async move {
+            table
+                .put(&path, bytes.into())
+                .await
+                .map_err(|e| WriteError::Upload {
+                    path: path.to_string(),
+                    source: e.into(),
+                })?;
+            Ok::<_, WriteError>(
+                segment
+                    .partitions
+                    .keys()
+                    .map(|p| (p.clone(), path.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    });
+    let written: Vec<Vec<(String, String)>> = futures::stream::iter(puts)
+        .buffered(8)
+        .try_collect()
+        .await?;
+    Ok(written.into_iter().flatten().collect())
 }
 
 /// Options of the writer.
