@@ -602,8 +602,11 @@ pub async fn write_segments(
             .map(|p| (p.path.clone(), p.files.clone()))
             .collect(),
     );
-    let puts = segments.iter().map(|segment| {
+    // Each future owns what it writes: one borrowing the segments would make the run's future
+    // lose `Send` (its proof cannot see through the stream's lifetimes).
+    let puts = segments.into_iter().map(|segment| {
         let (path, bytes) = segment.encode(&staged.folder);
+        let table = Arc::clone(table);
         async move {
             table
                 .put(&path, bytes.into())
