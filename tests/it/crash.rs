@@ -161,10 +161,24 @@ fn sigkill_at_random_moments_then_a_rerun_converges() {
 #[test]
 fn sigkill_at_random_moments_with_a_delta_log() {
     let ex = Example::new();
+    let uri = ex.dir.path().join("lake/orders").display().to_string();
+    delta_crash_loop(&ex, 25, "local filesystem", &uri);
+}
+
+#[test]
+fn sigkill_at_random_moments_with_a_delta_log_on_s3() {
+    let s3 = crate::s3::s3();
+    let ex = Example::new();
+    let table = s3.prefix("crash-delta") + "/orders";
+    crate::s3::point_at_s3(&ex.dir.path().join(CONF), &table, &s3);
+    delta_crash_loop(&ex, 10, "S3", &table);
+}
+
+fn delta_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
     let conf = ex.dir.path().join(CONF);
     let text = std::fs::read_to_string(&conf).unwrap();
     std::fs::write(&conf, format!("{text}formats: [delta]\n")).unwrap();
-    crash_loop(&ex, 25, "local filesystem", true);
+    crash_loop(ex, iterations, store, true);
     let job = wap::job::Job::open(
         wap::conf::JobConf::load(&conf).unwrap(),
         wap::job::JobOptions::default(),
@@ -174,8 +188,7 @@ fn sigkill_at_random_moments_with_a_delta_log() {
     rt.block_on(async {
         let latest = wap::versions::latest_version(job.store()).await.unwrap();
         let last: Vec<u64> = (latest.saturating_sub(5).max(1)..=latest).collect();
-        let uri = ex.dir.path().join("lake/orders").display().to_string();
-        assert!(crate::delta::assert_readers_match(&job, &uri, &last).await > 0);
+        assert!(crate::delta::assert_readers_match(&job, uri, &last).await > 0);
     });
 }
 
