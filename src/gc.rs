@@ -9,7 +9,8 @@
 //!   reading its files).
 //! - Nothing younger than `older_than` is deleted, so a job still writing its staging prefix is
 //!   never hurt. Objects outside `staging/` and `_wap/manifests/` are never touched (reports and
-//!   quarantined rows under `_wap/runs/` are audit history).
+//!   quarantined rows under `_wap/runs/` are audit history), but for a Delta log's commits and
+//!   checkpoints older than the checkpoint the oldest retained version reads from.
 //! - Deleting is idempotent and every decision is made from manifests read before the first
 //!   delete: gc interrupted at any request leaves every retained version readable, and a retry
 //!   finishes the job. If any manifest cannot be read or verified, nothing is deleted.

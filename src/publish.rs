@@ -19,6 +19,10 @@
 //!   the data.
 //! - Publishing content the base version already holds (same run id, same files) writes nothing.
 //! - This is the only module that writes under `_wap/manifests` or `_wap/current`.
+//! - With a Delta log ([`Publisher::with_delta`]): before each attempt the log is brought up to
+//!   the base (missing commits written, a foreign one in the next slot refused); after the
+//!   manifest is committed and before the pointer moves, its Delta commit is written. Nothing
+//!   reaches `_delta_log` before its manifest is committed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
