@@ -477,35 +477,36 @@ fn changed(prev: Option<&Manifest>, cur: &Manifest) -> BTreeSet<String> {
         .collect()
 }
 
-/// The files of the partitions `paths` of `m`, with each one's Delta partition values.
-fn files_of(
-    m: &Manifest,
-    paths: &BTreeSet<String>,
-) -> Result<BTreeMap<String, (DataFile, Value)>, DeltaError> {
+/// The files of `partitions` (resolved), by path, with each one's Delta partition values.
+fn files_of<'a>(
+    schema: &Schema,
+    partitions: &'a [Partition],
+) -> Result<BTreeMap<&'a str, (&'a DataFile, Value)>, DeltaError> {
     let mut out = BTreeMap::new();
-    for path in paths {
-        let Some(p) = m.partitions.get(path) else {
-            continue;
-        };
-        let values = partition_values(&m.schema, p)?;
+    for p in partitions {
+        let values = partition_values(schema, p)?;
         for f in &p.files {
-            out.insert(f.path.clone(), (f.clone(), values.clone()));
+            out.insert(f.path.as_str(), (f, values.clone()));
         }
     }
     Ok(out)
 }
 
 /// The commit of Delta version `cur.version - 1`, derived from manifest `cur` and its parent
-/// `prev` (`None`: the log starts here, so every file is added). The partitions that differ
-/// must have their files resolved in both.
-pub fn commit_bytes(prev: Option<&Manifest>, cur: &Manifest) -> Result<Vec<u8>, DeltaError> {
+/// `prev` (`None`: the log starts here, so every file is added). `before` and `after` are the
+/// partitions of [`changed`] as `prev` and `cur` hold them, with their files resolved.
+fn commit_bytes(
+    prev: Option<&Manifest>,
+    cur: &Manifest,
+    before: &[Partition],
+    after: &[Partition],
+) -> Result<Vec<u8>, DeltaError> {
     let ts = millis(cur);
-    let paths = changed(prev, cur);
     let before = match prev {
-        Some(p) => files_of(p, &paths)?,
+        Some(p) => files_of(&p.schema, before)?,
         None => BTreeMap::new(),
     };
-    let after = files_of(cur, &paths)?;
+    let after = files_of(&cur.schema, after)?;
     let operation = match (cur.change.kind, prev) {
         (ChangeKind::Rollback, _) => "RESTORE",
         (_, None) => "CREATE TABLE AS SELECT",
@@ -560,7 +561,7 @@ pub fn commit_bytes(prev: Option<&Manifest>, cur: &Manifest) -> Result<Vec<u8>, 
         "version": cur.version,
         "lastUpdated": ts,
     }}));
-    for (path, (f, values)) in &before {
+    for (&path, (f, values)) in &before {
         if !after.contains_key(path) {
             lines.push(json!({"remove": {
                 "path": add_path(path),
@@ -572,7 +573,7 @@ pub fn commit_bytes(prev: Option<&Manifest>, cur: &Manifest) -> Result<Vec<u8>, 
             }}));
         }
     }
-    for (path, (f, values)) in &after {
+    for (&path, (f, values)) in &after {
         if !before.contains_key(path) {
             lines.push(json!({"add": {
                 "path": add_path(path),
@@ -759,10 +760,11 @@ fn checkpoint_schema() -> Arc<Schema> {
     ]))
 }
 
-fn encode_checkpoint(path: &Path, state: &State) -> Result<Vec<u8>, DeltaError> {
+/// The checkpoint (Parquet) of the actions `lines` ([`State::lines`]).
+fn encode_checkpoint(path: &Path, lines: &[Value]) -> Result<Vec<u8>, DeltaError> {
     let schema = checkpoint_schema();
     let mut text = Vec::new();
-    for line in state.lines() {
+    for line in lines {
         text.extend_from_slice(line.to_string().as_bytes());
         text.push(b'\n');
     }
@@ -907,18 +909,17 @@ impl DeltaLog {
             // An empty log: it starts at `base`, with every file of that version.
             None => base,
         };
-        let mut written = 0;
+        let snapshot = start == 1 || all.commits.is_empty();
+        let mut prev = match snapshot {
+            true => None,
+            false => Some(self.manifest(start, start - 1).await?),
+        };
         for version in start..=base {
-            let mut cur = self.manifest(version, version).await?;
-            let snapshot = version == 1 || (all.commits.is_empty() && version == start);
-            let mut prev = match snapshot {
-                true => None,
-                false => Some(self.manifest(version, version - 1).await?),
-            };
-            self.write(prev.as_mut(), &mut cur, snapshot).await?;
-            written += 1;
+            let cur = self.manifest(version, version).await?;
+            self.write(prev.as_ref(), &cur, prev.is_none()).await?;
+            prev = Some(cur);
         }
-        Ok(written)
+        Ok(base + 1 - start)
     }
 
     async fn manifest(&self, version: u64, wanted: u64) -> Result<Manifest, DeltaError> {
@@ -959,43 +960,30 @@ impl DeltaLog {
     /// After manifest `cur` is committed on top of `prev`: writes its Delta commit (and a
     /// checkpoint when one is due).
     pub async fn publish(&self, prev: Option<&Manifest>, cur: &Manifest) -> Result<(), DeltaError> {
-        let mut prev = prev.cloned();
-        let mut cur = cur.clone();
-        self.write(prev.as_mut(), &mut cur, false).await
+        self.write(prev, cur, false).await
     }
 
     /// Writes the commit of `cur` (resolving the files it needs), then a checkpoint when one is
     /// due (`start`: the log starts at this commit, which gets one whatever its number).
     async fn write(
         &self,
-        prev: Option<&mut Manifest>,
-        cur: &mut Manifest,
+        prev: Option<&Manifest>,
+        cur: &Manifest,
         start: bool,
     ) -> Result<(), DeltaError> {
-        let paths = changed(prev.as_deref(), cur);
-        let mut parts: Vec<&mut Partition> = cur
-            .partitions
-            .iter_mut()
-            .filter(|(k, _)| paths.contains(*k))
-            .map(|(_, p)| p)
-            .collect();
-        let prev_ref = match prev {
-            Some(p) => {
-                parts.extend(
-                    p.partitions
-                        .iter_mut()
-                        .filter(|(k, _)| paths.contains(*k))
-                        .map(|(_, p)| p),
-                );
-                versions::resolve_partitions(&self.store, &mut parts).await?;
-                Some(&*p)
-            }
-            None => {
-                versions::resolve_partitions(&self.store, &mut parts).await?;
-                None
-            }
+        // Only the partitions that differ, resolved together (each segment read once).
+        let paths = changed(prev, cur);
+        let pick = |m: &Manifest| -> Vec<Partition> {
+            paths
+                .iter()
+                .filter_map(|k| m.partitions.get(k).cloned())
+                .collect()
         };
-        let bytes = commit_bytes(prev_ref, cur)?;
+        let mut before = prev.map(pick).unwrap_or_default();
+        let mut after = pick(cur);
+        let mut refs: Vec<&mut Partition> = before.iter_mut().chain(after.iter_mut()).collect();
+        versions::resolve_partitions(&self.store, &mut refs).await?;
+        let bytes = commit_bytes(prev, cur, &before, &after)?;
         let d = cur.version - 1;
         let path = layout::delta_commit(d);
         let opts = PutOptions {
@@ -1039,9 +1027,15 @@ impl DeltaLog {
 
     /// The state at Delta version `d`, whose commit bytes are `latest`: the newest checkpoint
     /// before it plus the commits since.
-    async fn state_at(&self, d: u64, latest: &[u8]) -> Result<State, DeltaError> {
+    /// `last` is what `_last_checkpoint` names.
+    async fn state_at(
+        &self,
+        d: u64,
+        latest: &[u8],
+        last: Option<u64>,
+    ) -> Result<State, DeltaError> {
         let mut from = None;
-        if let Some(c) = self.last_checkpoint().await?.filter(|&c| c < d) {
+        if let Some(c) = last.filter(|&c| c < d) {
             let path = layout::delta_checkpoint(c);
             if let Some(bytes) = self.get(&path).await? {
                 from = Some((decode_checkpoint(&path, bytes)?, c + 1));
@@ -1077,9 +1071,10 @@ impl DeltaLog {
 
     /// Writes the checkpoint of Delta version `d` and points `_last_checkpoint` at it.
     async fn checkpoint(&self, d: u64, latest: &[u8]) -> Result<(), DeltaError> {
-        let state = self.state_at(d, latest).await?;
+        let last = self.last_checkpoint().await?;
+        let lines = self.state_at(d, latest, last).await?.lines();
         let path = layout::delta_checkpoint(d);
-        let bytes = encode_checkpoint(&path, &state)?;
+        let bytes = encode_checkpoint(&path, &lines)?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -1093,15 +1088,16 @@ impl DeltaLog {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(DeltaError::storage("create", &path, e)),
         }
-        let last = layout::delta_last_checkpoint();
-        if self.last_checkpoint().await?.is_some_and(|c| c >= d) {
+        // A hint: never moved back past a newer checkpoint seen before this one was written.
+        if last.is_some_and(|c| c >= d) {
             return Ok(());
         }
-        let body = json!({"version": d, "size": state.lines().len()}).to_string();
+        let hint = layout::delta_last_checkpoint();
+        let body = json!({"version": d, "size": lines.len()}).to_string();
         self.store
-            .put(&last, PutPayload::from(body.into_bytes()))
+            .put(&hint, PutPayload::from(body.into_bytes()))
             .await
-            .map_err(|e| DeltaError::storage("write", &last, e))?;
+            .map_err(|e| DeltaError::storage("write", &hint, e))?;
         Ok(())
     }
 
@@ -1255,7 +1251,7 @@ mod tests {
         state.apply(&path, commit.as_bytes()).unwrap();
         assert_eq!(state.files.len(), 1);
         assert_eq!(state.tombstones.len(), 1);
-        let bytes = encode_checkpoint(&path, &state).unwrap();
+        let bytes = encode_checkpoint(&path, &state.lines()).unwrap();
         let back = decode_checkpoint(&path, Bytes::from(bytes)).unwrap();
         assert_eq!(back.lines(), state.lines());
     }

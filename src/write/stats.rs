@@ -34,17 +34,22 @@ pub fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> BTreeMap<Strin
         let Ok(conv) = StatisticsConverter::try_new(field.name(), schema, parquet_schema) else {
             continue;
         };
-        let nulls = conv
+        // NULLs per row group (`None` when any row group does not say).
+        let group_nulls = conv
             .row_group_null_counts(groups.iter())
             .ok()
-            .filter(|n| n.null_count() == 0)
-            .map(|n| n.values().iter().sum::<u64>());
+            .filter(|n| n.null_count() == 0);
+        let nulls = group_nulls.as_ref().map(|n| n.values().iter().sum::<u64>());
+        let only_nulls = |i: usize| {
+            group_nulls
+                .as_ref()
+                .is_some_and(|n| n.value(i) == groups[i].num_rows() as u64)
+        };
         let bound = |values: Option<ArrayRef>, exact: Option<BooleanArray>, want: Ordering| {
             let (values, exact) = (values?, exact?);
             // Every row group must state an exact bound, or have only NULLs (no bound).
             let all_exact = (0..groups.len()).all(|i| {
-                values.is_null(i)
-                    && groups[i].num_rows() as u64 == row_group_nulls(&conv, groups, i)
+                (values.is_null(i) && only_nulls(i))
                     || (exact.is_valid(i) && exact.value(i) && values.is_valid(i))
             });
             if !all_exact {
@@ -67,17 +72,6 @@ pub fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> BTreeMap<Strin
         }
     }
     out
-}
-
-fn row_group_nulls(
-    conv: &StatisticsConverter<'_>,
-    groups: &[parquet::file::metadata::RowGroupMetaData],
-    i: usize,
-) -> u64 {
-    conv.row_group_null_counts(groups[i..=i].iter())
-        .ok()
-        .filter(|n| n.is_valid(0))
-        .map_or(u64::MAX, |n| n.value(0))
 }
 
 /// The index of the smallest (`Less`) or largest (`Greater`) non-NULL value.

@@ -167,23 +167,24 @@ fn sigkill_at_random_moments_with_a_delta_log() {
 
 #[test]
 fn sigkill_at_random_moments_with_a_delta_log_on_s3() {
+    let (ex, table) = example_on_s3("crash-delta");
+    delta_crash_loop(&ex, 10, "S3", &table);
+}
+
+/// The example with its table under a fresh S3 prefix named `name`, and that table's URL.
+fn example_on_s3(name: &str) -> (Example, String) {
     let s3 = crate::s3::s3();
     let ex = Example::new();
-    let table = s3.prefix("crash-delta") + "/orders";
+    let table = s3.prefix(name) + "/orders";
     crate::s3::point_at_s3(&ex.dir.path().join(CONF), &table, &s3);
-    delta_crash_loop(&ex, 10, "S3", &table);
+    (ex, table)
 }
 
 fn delta_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
     let conf = ex.dir.path().join(CONF);
-    let text = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, format!("{text}formats: [delta]\n")).unwrap();
+    crate::delta::enable_delta(&conf);
     crash_loop(ex, iterations, store, true);
-    let job = wap::job::Job::open(
-        wap::conf::JobConf::load(&conf).unwrap(),
-        wap::job::JobOptions::default(),
-    )
-    .unwrap();
+    let job = crate::delta::open_job(&conf);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let latest = wap::versions::latest_version(job.store()).await.unwrap();
@@ -194,19 +195,14 @@ fn delta_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
 
 #[test]
 fn sigkill_at_random_moments_on_s3() {
-    let s3 = crate::s3::s3();
-    let ex = Example::new();
-    let table = s3.prefix("crash") + "/orders";
-    crate::s3::point_at_s3(&ex.dir.path().join(CONF), &table, &s3);
+    let (ex, _) = example_on_s3("crash");
     crash_loop(&ex, 15, "S3", false);
 }
 
 fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let table = || {
-        let conf = wap::conf::JobConf::load(ex.dir.path().join(CONF)).unwrap();
-        wap::job::Job::open(conf, wap::job::JobOptions::default())
-            .unwrap()
+        crate::delta::open_job(&ex.dir.path().join(CONF))
             .store()
             .clone()
     };

@@ -204,6 +204,25 @@ pub async fn assert_log_never_ahead(store: &Arc<dyn ObjectStore>) {
     }
 }
 
+/// Turns on `formats: [delta]` in the job file at `conf`. The merge fixtures' timestamps
+/// (`CAST(updated_at AS TIMESTAMP)`: nanoseconds, which Delta cannot hold) become microseconds.
+pub fn enable_delta(conf: &FsPath) {
+    let text = std::fs::read_to_string(conf).unwrap().replace(
+        "CAST(updated_at AS TIMESTAMP)",
+        "arrow_cast(updated_at, 'Timestamp(Microsecond, None)')",
+    );
+    std::fs::write(conf, format!("{text}\nformats: [delta]\n")).unwrap();
+}
+
+/// The job of the job file at `conf`.
+pub fn open_job(conf: &FsPath) -> Job {
+    Job::open(
+        wap::conf::JobConf::load(conf).unwrap(),
+        wap::job::JobOptions::default(),
+    )
+    .unwrap()
+}
+
 /// The orders fixture with `formats: [delta]` and the order timestamp kept.
 pub fn delta_orders() -> Fixture {
     let fx = Fixture::new();
@@ -211,8 +230,7 @@ pub fn delta_orders() -> Fixture {
         "CAST(order_ts AS DATE) AS order_date",
         "order_ts, CAST(order_ts AS DATE) AS order_date",
     );
-    let text = std::fs::read_to_string(&fx.conf).unwrap();
-    std::fs::write(&fx.conf, format!("{text}formats: [delta]\n")).unwrap();
+    enable_delta(&fx.conf);
     fx
 }
 
@@ -277,25 +295,19 @@ async fn every_version_reads_the_same_in_delta_rs_polars_and_duckdb() {
     let compared = assert_readers_match(&job, &uri, &published).await;
     assert!(compared > 30, "{compared} rows compared");
     // Schema change: version 5 added a column (a new metaData), the files of 2024-01-01 lack it.
-    let log = std::fs::read_to_string(fx.table_dir().join("_delta_log/00000000000000000004.json"))
-        .unwrap();
+    let log = commit_text(job.store(), 4).await;
     assert!(
         log.contains("\"metaData\"") && log.contains("doubled"),
         "{log}"
     );
-    let rollback =
-        std::fs::read_to_string(fx.table_dir().join("_delta_log/00000000000000000003.json"))
-            .unwrap();
+    let rollback = commit_text(job.store(), 3).await;
     assert!(rollback.contains("\"RESTORE\"") && rollback.contains("\"remove\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_with_updates_and_deletes_read_the_same() {
-    let text = crate::merge::job_text("  sequence_by: updated_at\n", "formats: [delta]\n").replace(
-        "CAST(updated_at AS TIMESTAMP)",
-        "arrow_cast(updated_at, 'Timestamp(Microsecond, None)')",
-    );
-    let fx = crate::merge::MergeFixture::from_text(&text);
+    let fx = crate::merge::MergeFixture::new("  sequence_by: updated_at\n", "");
+    enable_delta(&fx.conf);
     fx.batch(
         "2024-01-01",
         &[
@@ -319,12 +331,7 @@ async fn merges_with_updates_and_deletes_read_the_same() {
     assert_log_whole(job.store()).await;
     let uri = fx.dir.path().join("lake/customers").display().to_string();
     assert!(assert_readers_match(&job, &uri, &[1, 2]).await > 10);
-    let commit = std::fs::read_to_string(
-        fx.dir
-            .path()
-            .join("lake/customers/_delta_log/00000000000000000001.json"),
-    )
-    .unwrap();
+    let commit = commit_text(job.store(), 1).await;
     // The FR partition emptied (a delete), DE rewritten (an update), US added.
     assert!(commit.contains("country=FR"), "{commit}");
 }
@@ -353,15 +360,20 @@ fn awkward_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, conf)
 }
 
-fn awkward_batch(dir: &FsPath, date: &str, rows: &[&str]) {
+/// Writes `rows` under `header` as the CSV source of `date` in the job folder `dir`.
+fn write_rows(dir: &FsPath, date: &str, header: &str, rows: &[&str]) {
     let p = dir.join("data").join(date).join("rows.csv");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let mut text = String::from("id,tag,day,amount,born,ts,note\n");
+    let mut text = format!("{header}\n");
     for r in rows {
         text.push_str(r);
         text.push('\n');
     }
     std::fs::write(p, text).unwrap();
+}
+
+fn awkward_batch(dir: &FsPath, date: &str, rows: &[&str]) {
+    write_rows(dir, date, "id,tag,day,amount,born,ts,note", rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,20 +392,12 @@ async fn awkward_partition_values_and_types_read_back_the_same() {
             "7,..,2024-03-01,3,1980-01-01,2024-03-01T01:00:00,dots",
         ],
     );
-    let job = Job::open(
-        wap::conf::JobConf::load(&conf).unwrap(),
-        wap::job::JobOptions::default(),
-    )
-    .unwrap();
+    let job = open_job(&conf);
     let run = job.run("2024-03-01", Mode::Publish).await.unwrap();
     assert_eq!(run.status, Status::Published, "{:?}", run.message);
     let uri = dir.path().join("lake/tags").display().to_string();
     assert_eq!(assert_readers_match(&job, &uri, &[1]).await, 7 * 3 * 2);
-    let commit = std::fs::read_to_string(
-        dir.path()
-            .join("lake/tags/_delta_log/00000000000000000000.json"),
-    )
-    .unwrap();
+    let commit = commit_text(job.store(), 0).await;
     assert!(
         commit.contains("tag=a%2520b"),
         "paths are escaped again: {commit}"
@@ -420,11 +424,7 @@ async fn an_empty_string_partition_value_is_refused_before_publishing() {
         "2024-03-01",
         &["1,,2024-03-01,1,1990-01-01,2024-03-01T00:00:00,empty"],
     );
-    let job = Job::open(
-        wap::conf::JobConf::load(&conf).unwrap(),
-        wap::job::JobOptions::default(),
-    )
-    .unwrap();
+    let job = open_job(&conf);
     let err = job.run("2024-03-01", Mode::Publish).await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     assert!(err.to_string().contains("cannot tell from NULL"), "{err}");
@@ -615,8 +615,7 @@ async fn enabling_delta_on_an_existing_table_starts_the_log_at_the_current_versi
         fx.orders(date, &[(i as i64 + 1, 10, "5.50", "placed")]);
         job.run(date, Mode::Publish).await.unwrap();
     }
-    let text = std::fs::read_to_string(&fx.conf).unwrap();
-    std::fs::write(&fx.conf, format!("{text}formats: [delta]\n")).unwrap();
+    enable_delta(&fx.conf);
     let job = fx.job();
     fx.orders("2024-01-04", &[(4, 10, "5.50", "placed")]);
     assert_eq!(
@@ -733,23 +732,20 @@ async fn booleans_decimals_integers_and_timestamps_partition_a_delta_table() {
          note FROM source\n",
     )
     .unwrap();
-    let p = dir.path().join("data/2024-05-01/rows.csv");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(
-        &p,
-        "id,flag,price,bucket,at,note\n\
-         1,true,12.50,-3,2024-05-01T10:11:12.123456,a\n\
-         2,false,0.01,0,2024-05-01T00:00:00,b\n\
-         3,,7.25,,1969-12-31T23:59:59.5,c\n\
-         4,true,12.50,-3,2024-05-01T10:11:12.123456,d\n\
-         5,false,,7,,e\n",
-    )
-    .unwrap();
-    let job = Job::open(
-        wap::conf::JobConf::load(&conf).unwrap(),
-        wap::job::JobOptions::default(),
-    )
-    .unwrap();
+    let typed_rows = |date: &str, rows: &[&str]| {
+        write_rows(dir.path(), date, "id,flag,price,bucket,at,note", rows)
+    };
+    typed_rows(
+        "2024-05-01",
+        &[
+            "1,true,12.50,-3,2024-05-01T10:11:12.123456,a",
+            "2,false,0.01,0,2024-05-01T00:00:00,b",
+            "3,,7.25,,1969-12-31T23:59:59.5,c",
+            "4,true,12.50,-3,2024-05-01T10:11:12.123456,d",
+            "5,false,,7,,e",
+        ],
+    );
+    let job = open_job(&conf);
     let run = job.run("2024-05-01", Mode::Publish).await.unwrap();
     assert_eq!(run.status, Status::Published, "{:?}", run.message);
     let uri = dir.path().join("lake/typed").display().to_string();
@@ -779,13 +775,7 @@ async fn booleans_decimals_integers_and_timestamps_partition_a_delta_table() {
     }
     // A negative decimal partition value: polars and DuckDB read it; delta-rs 1.6.6's
     // `to_pyarrow_table` turns "-7.25" into "-7.-25" and fails (its bug, see README).
-    let p = dir.path().join("data/2024-05-02/rows.csv");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(
-        &p,
-        "id,flag,price,bucket,at,note\n6,true,-7.25,-1,2024-05-02T00:00:00,f\n",
-    )
-    .unwrap();
+    typed_rows("2024-05-02", &["6,true,-7.25,-1,2024-05-02T00:00:00,f"]);
     assert_eq!(
         job.run("2024-05-02", Mode::Publish).await.unwrap().version,
         2

@@ -121,16 +121,6 @@ fn table(backend: Backend, name: &str, op: Operation) -> (Setup, Arc<dyn ObjectS
     table_in(backend, name, op, false)
 }
 
-/// Turns on `formats: [delta]` in a job file (with the merge jobs' timestamps in microseconds,
-/// which Delta holds).
-fn with_delta(conf: &std::path::Path) {
-    let text = std::fs::read_to_string(conf).unwrap().replace(
-        "CAST(updated_at AS TIMESTAMP)",
-        "arrow_cast(updated_at, 'Timestamp(Microsecond, None)')",
-    );
-    std::fs::write(conf, format!("{text}\nformats: [delta]\n")).unwrap();
-}
-
 /// [`table`], optionally projected into Delta.
 fn table_in(
     backend: Backend,
@@ -156,7 +146,7 @@ fn table_in(
         }
     };
     if delta {
-        with_delta(match &f {
+        crate::delta::enable_delta(match &f {
             Setup::Orders(f) => &f.conf,
             Setup::Customers(f) => &f.conf,
         });
