@@ -29,6 +29,7 @@ use crate::audit::{self, AuditError, AuditReport, RuleResult, StagedFiles};
 use crate::conf::{JobConf, TableFormat};
 use crate::delta::{self, DeltaLog};
 use crate::engine::{self, EngineOptions};
+use crate::iceberg::IcebergLog;
 use crate::manifest::{AuditSummary, Manifest, Partition};
 use crate::publish::{
     MergeChange, Proposal, PublishError, PublishOptions, PublishOutcome, Publisher,
@@ -384,7 +385,7 @@ impl Job {
             conf,
             &run_id,
             &self.table,
-            &self.options.write,
+            &self.write_options(current.as_ref()),
             &source.location,
         )
         .instrument(tracing::info_span!("write"))
@@ -521,7 +522,7 @@ impl Job {
             &run_id,
             &folder,
             &self.table,
-            &self.options.write,
+            &self.write_options(current.as_ref()),
             &source.location,
         )
         .instrument(tracing::info_span!("write", part = "batch"))
@@ -547,7 +548,7 @@ impl Job {
             run_id: &run_id,
             folder: &folder,
             table: &self.table,
-            options: &self.options.write,
+            options: &self.write_options(current.as_ref()),
             source_location: &source.location,
             cursor: conf.incremental.as_ref().map(|i| i.cursor.as_str()),
         })
@@ -750,7 +751,7 @@ impl Job {
             conf: &unpartitioned,
             clean_folder: format!("{folder}/_batch-clean"),
             table: &self.table,
-            options: &self.options.write,
+            options: &self.write_options(current),
             source,
         };
         let (clean, held) = quarantine::split(ctx, &target, &quarantining, &batch).await?;
@@ -796,7 +797,7 @@ impl Job {
                     conf,
                     clean_folder: layout::clean_folder(&staged.run_id),
                     table: &self.table,
-                    options: &self.options.write,
+                    options: &self.write_options(current),
                     source,
                 };
                 let (clean, held) = quarantine::split(ctx, &target, &quarantining, &staged).await?;
@@ -940,18 +941,26 @@ impl Job {
     /// Refuses a table schema that a format of `formats:` cannot hold (exit code 2, before
     /// anything is written), naming each column.
     fn check_formats(&self, schema: &arrow::datatypes::Schema) -> Result<()> {
-        if !self.conf.formats.contains(&TableFormat::Delta) {
-            return Ok(());
-        }
         let at = format!(
             "{}:{}",
             self.conf.path.display(),
             crate::conf::line_of_key(&self.conf.text, "formats")
         );
-        let problems: Vec<String> = delta::check_schema(schema)
-            .into_iter()
-            .map(|e| format!("{at}: formats: delta: {e}"))
-            .collect();
+        let mut problems: Vec<String> = Vec::new();
+        if self.conf.formats.contains(&TableFormat::Delta) {
+            problems.extend(
+                delta::check_schema(schema)
+                    .into_iter()
+                    .map(|e| format!("{at}: formats: delta: {e}")),
+            );
+        }
+        if self.conf.formats.contains(&TableFormat::Iceberg) {
+            problems.extend(
+                crate::iceberg::schema::check_schema(schema)
+                    .into_iter()
+                    .map(|e| format!("{at}: formats: iceberg: {e}")),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -961,23 +970,47 @@ impl Job {
 
     /// A publisher for this table, projecting into the job's `formats:`.
     pub(crate) fn publisher(&self) -> Publisher {
-        let p = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
+        let mut p = Publisher::new(Arc::clone(&self.table), self.options.publish.clone());
         if self.conf.formats.contains(&TableFormat::Delta) {
-            p.with_delta()
-        } else {
-            p
+            p = p.with_delta();
         }
+        if let Some(log) = self.iceberg() {
+            p = p.with_iceberg(log);
+        }
+        p
+    }
+
+    /// The writer's options for a run on top of `current`: with `formats: [iceberg]`, files
+    /// carry the field ids of `current`'s columns (and new ids for new columns).
+    fn write_options(&self, current: Option<&Manifest>) -> write::WriteOptions {
+        let mut o = self.options.write.clone();
+        if self.conf.formats.contains(&TableFormat::Iceberg) {
+            o.field_ids = Some(current.map(|m| m.schema_ref()));
+        }
+        o
+    }
+
+    /// The Iceberg view of this table (`formats: [iceberg]`), with its catalog.
+    pub fn iceberg(&self) -> Option<IcebergLog> {
+        self.conf.formats.contains(&TableFormat::Iceberg).then(|| {
+            IcebergLog::new(Arc::clone(&self.table), &self.conf.table)
+                .with_catalog(self.conf.iceberg_catalog.clone())
+        })
     }
 
     /// Writes every projection (Delta commit) missing up to `version`: what a crash between a
     /// commit and its projection left behind. Every command that writes calls it.
     pub async fn sync_formats(&self, version: u64) -> Result<u64> {
-        if !self.conf.formats.contains(&TableFormat::Delta) {
-            return Ok(0);
+        let mut written = 0;
+        if self.conf.formats.contains(&TableFormat::Delta) {
+            written += DeltaLog::new(Arc::clone(&self.table))
+                .prepare(version)
+                .await?;
         }
-        Ok(DeltaLog::new(Arc::clone(&self.table))
-            .prepare(version)
-            .await?)
+        if let Some(log) = self.iceberg() {
+            written += log.prepare(version).await?;
+        }
+        Ok(written)
     }
 
     /// `wap check`: plans the transform against the source's schema (for `date`, or any date the

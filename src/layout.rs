@@ -16,6 +16,10 @@
 //!   _delta_log/00000000000000000006.json                Delta commit of version 7 (`formats: [delta]`)
 //!   _delta_log/00000000000000000010.checkpoint.parquet  Delta checkpoint, every 10 Delta versions
 //!   _delta_log/_last_checkpoint                         the newest Delta checkpoint (a hint)
+//!   metadata/v7.metadata.json                           Iceberg table metadata of version 7 (`formats: [iceberg]`)
+//!   metadata/snap-<snapshot id>-7-<digest>.avro         its manifest list
+//!   metadata/<run_id>-<digest>-m0.avro                  the Iceberg manifest of a run's live files
+//!   metadata/version-hint.text                          the newest Iceberg version (a hint)
 //! ```
 //!
 //! Invariants: a partition value, once escaped, is one path segment that is never `.` or `..`
@@ -145,6 +149,74 @@ pub fn delta_entry(path: &Path) -> Option<DeltaEntry> {
         .flatten()
 }
 
+/// The Iceberg metadata folder.
+pub const ICEBERG_METADATA: &str = "metadata";
+
+/// The Iceberg metadata folder as a path.
+pub fn iceberg_folder() -> Path {
+    Path::from(ICEBERG_METADATA)
+}
+
+/// The Iceberg table metadata of `wap` version `version`.
+pub fn iceberg_metadata(version: u64) -> Path {
+    Path::from(format!("{ICEBERG_METADATA}/v{version}.metadata.json"))
+}
+
+/// `metadata/version-hint.text`.
+pub fn iceberg_version_hint() -> Path {
+    Path::from(format!("{ICEBERG_METADATA}/version-hint.text"))
+}
+
+/// The manifest list of the snapshot of `version`.
+pub fn iceberg_manifest_list(version: u64, snapshot_id: i64, digest: &str) -> Path {
+    Path::from(format!(
+        "{ICEBERG_METADATA}/snap-{snapshot_id}-{version}-{digest}.avro"
+    ))
+}
+
+/// The Iceberg manifest of the live files of run `run_id` (one content, one digest).
+pub fn iceberg_manifest(run_id: &str, digest: &str) -> Path {
+    Path::from(format!("{ICEBERG_METADATA}/{run_id}-{digest}-m0.avro"))
+}
+
+/// What an object of the Iceberg metadata folder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IcebergEntry {
+    /// `v<N>.metadata.json`.
+    Metadata(u64),
+    /// The manifest list of version N.
+    List(u64),
+    /// A manifest of the run.
+    Manifest(String),
+}
+
+/// The Iceberg object `path` names, if it is one `wap` writes (the hint is none of these).
+pub fn iceberg_entry(path: &Path) -> Option<IcebergEntry> {
+    let name = path.filename()?;
+    let number = |d: &str| {
+        (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.parse().ok())
+            .flatten()
+    };
+    if let Some(d) = name
+        .strip_prefix('v')
+        .and_then(|n| n.strip_suffix(".metadata.json"))
+    {
+        return number(d).map(IcebergEntry::Metadata);
+    }
+    if let Some(rest) = name
+        .strip_prefix("snap-")
+        .and_then(|n| n.strip_suffix(".avro"))
+    {
+        let mut parts = rest.split('-');
+        let (_, version) = (parts.next()?, parts.next()?);
+        return number(version).map(IcebergEntry::List);
+    }
+    let rest = name.strip_suffix("-m0.avro")?;
+    let (run, digest) = rest.rsplit_once('-')?;
+    (!run.is_empty() && !digest.is_empty()).then(|| IcebergEntry::Manifest(run.to_string()))
+}
+
 /// The folder of every run record.
 pub fn runs_folder() -> Path {
     Path::from(RUNS)
@@ -230,6 +302,25 @@ mod tests {
 
     fn cols(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn iceberg_paths_read_back() {
+        assert_eq!(iceberg_metadata(12).as_ref(), "metadata/v12.metadata.json");
+        assert_eq!(
+            iceberg_entry(&iceberg_metadata(12)),
+            Some(IcebergEntry::Metadata(12))
+        );
+        assert_eq!(
+            iceberg_entry(&iceberg_manifest_list(3, 77, "ab12")),
+            Some(IcebergEntry::List(3))
+        );
+        assert_eq!(
+            iceberg_entry(&iceberg_manifest("r1a2", "00ff")),
+            Some(IcebergEntry::Manifest("r1a2".into()))
+        );
+        assert_eq!(iceberg_entry(&iceberg_version_hint()), None);
+        assert_eq!(iceberg_entry(&Path::from("metadata/v.metadata.json")), None);
     }
 
     #[test]

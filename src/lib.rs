@@ -19,6 +19,7 @@ pub mod delta;
 pub mod doctor;
 pub mod engine;
 pub mod gc;
+pub mod iceberg;
 pub mod inspect;
 pub mod job;
 pub mod layout;
@@ -62,6 +63,14 @@ pub enum Error {
     Gc(#[from] gc::GcError),
     #[error(transparent)]
     Delta(Box<delta::DeltaError>),
+    #[error(transparent)]
+    Iceberg(Box<iceberg::IcebergError>),
+}
+
+impl From<iceberg::IcebergError> for Error {
+    fn from(e: iceberg::IcebergError) -> Self {
+        Error::Iceberg(Box::new(e))
+    }
 }
 
 impl From<delta::DeltaError> for Error {
@@ -101,6 +110,7 @@ impl Error {
             Error::Table(e) if e.is_usage() => exit_code::CONFIG,
             Error::Versions(e) if e.is_usage() => exit_code::CONFIG,
             Error::Delta(e) if e.is_config() => exit_code::CONFIG,
+            Error::Iceberg(e) if e.is_config() => exit_code::CONFIG,
             _ => exit_code::FAILURE,
         }
     }

@@ -23,6 +23,9 @@
 //!   the base (missing commits written, a foreign one in the next slot refused); after the
 //!   manifest is committed and before the pointer moves, its Delta commit is written. Nothing
 //!   reaches `_delta_log` before its manifest is committed.
+//! - With Iceberg metadata ([`Publisher::with_iceberg`]): the same, after the Delta commit
+//!   (metadata, version hint, catalog). Nothing reaches `metadata/` before its manifest is
+//!   committed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tracing::{info, warn};
 
 use crate::delta::{DeltaError, DeltaLog};
+use crate::iceberg::{IcebergError, IcebergLog};
 use crate::layout;
 use crate::manifest::{self, AuditSummary, Change, ChangeKind, Manifest, Partition, Pointer};
 use crate::versions::{self, PointerRead, VersionsError};
@@ -90,6 +94,20 @@ pub enum PublishError {
         version: u64,
         source: Box<DeltaError>,
     },
+    /// Before the commit: the Iceberg metadata could not be brought up to date, or refuses
+    /// this version.
+    #[error(transparent)]
+    Iceberg(#[from] Box<IcebergError>),
+    /// After the commit: the version is published, its Iceberg metadata is not (complete).
+    #[error(
+        "version {version} is published, but its Iceberg metadata was not written: {source}\n\
+         help: the next run (or `wap doctor --repair`) writes it; readers of the Iceberg table \
+         see the previous version until then"
+    )]
+    IcebergAfterCommit {
+        version: u64,
+        source: Box<IcebergError>,
+    },
     #[error("gave up publishing after {attempts} attempts: other writers kept committing first")]
     Exhausted { attempts: u32 },
 }
@@ -111,6 +129,7 @@ impl PublishError {
             self,
             PublishError::SchemaChange { .. } | PublishError::NoPutIfAbsent { .. }
         ) || matches!(self, PublishError::Delta(e) if e.is_config())
+            || matches!(self, PublishError::Iceberg(e) if e.is_config())
     }
 }
 
@@ -218,6 +237,8 @@ pub struct Publisher {
     options: PublishOptions,
     /// The Delta log each version is projected into (`formats: [delta]`).
     delta: Option<DeltaLog>,
+    /// The Iceberg metadata each version is projected into (`formats: [iceberg]`).
+    iceberg: Option<IcebergLog>,
 }
 
 /// True when `a` and `b` are the same column type for a table: string layouts (views, 64-bit
@@ -259,6 +280,7 @@ impl Publisher {
             store,
             options,
             delta: None,
+            iceberg: None,
         }
     }
 
@@ -269,6 +291,13 @@ impl Publisher {
         self
     }
 
+    /// Also publishes every version as Iceberg metadata (see [`crate::iceberg`]), in the same
+    /// order as a Delta commit.
+    pub fn with_iceberg(mut self, log: IcebergLog) -> Self {
+        self.iceberg = Some(log);
+        self
+    }
+
     /// Brings the projections up to `version` (after a crash between a commit and its
     /// projection) and checks that the slot after it is free.
     async fn prepare(&self, version: u64) -> Result<(), PublishError> {
@@ -276,6 +305,12 @@ impl Publisher {
             let written = delta.prepare(version).await.map_err(Box::new)?;
             if written > 0 {
                 info!(written, version, "wrote missing Delta commits");
+            }
+        }
+        if let Some(iceberg) = &self.iceberg {
+            let written = iceberg.prepare(version).await.map_err(Box::new)?;
+            if written > 0 {
+                info!(written, version, "wrote missing Iceberg metadata");
             }
         }
         Ok(())
@@ -291,6 +326,14 @@ impl Publisher {
                     version: next.version,
                     source: Box::new(source),
                 })?;
+        }
+        if let Some(iceberg) = &self.iceberg {
+            iceberg.publish(base, next).await.map_err(|source| {
+                PublishError::IcebergAfterCommit {
+                    version: next.version,
+                    source: Box::new(source),
+                }
+            })?;
         }
         Ok(())
     }
@@ -451,6 +494,9 @@ impl Publisher {
             let version = next.version;
             if self.delta.is_some() {
                 crate::delta::check_manifest(&next).map_err(Box::new)?;
+            }
+            if self.iceberg.is_some() {
+                crate::iceberg::check_manifest(&next).map_err(Box::new)?;
             }
             let path = layout::manifest_path(version);
             let opts = PutOptions {

@@ -179,6 +179,22 @@ pub struct RawJobConf {
     /// Other table formats each version is also published as.
     #[serde(default)]
     pub formats: Vec<TableFormat>,
+    /// Iceberg options (`formats: [iceberg]`).
+    #[serde(default)]
+    pub iceberg: Option<RawIceberg>,
+}
+
+/// The `iceberg:` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIceberg {
+    /// SQL catalog URL (`sqlite:///relative.db`, `sqlite:////absolute.db`).
+    #[serde(default)]
+    pub catalog: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub catalog_name: Option<String>,
 }
 
 /// A table format that each published version is projected into (`formats:`), besides `wap`'s
@@ -188,6 +204,8 @@ pub struct RawJobConf {
 pub enum TableFormat {
     /// A Delta Lake log under `_delta_log/`.
     Delta,
+    /// Apache Iceberg (format version 2) metadata under `metadata/`.
+    Iceberg,
 }
 
 /// The `source:` section as written.
@@ -270,6 +288,8 @@ pub struct JobConf {
     pub incremental: Option<IncrementalConf>,
     /// Other formats each version is published as, sorted, without repeats.
     pub formats: Vec<TableFormat>,
+    /// The catalog each Iceberg version is registered in (`iceberg.catalog`).
+    pub iceberg_catalog: Option<crate::iceberg::catalog::Catalog>,
 }
 
 /// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
@@ -507,6 +527,55 @@ impl JobConf {
             &transform,
             &mut problems,
         );
+        let formats = {
+            let mut f = raw.formats;
+            f.sort();
+            f.dedup();
+            f
+        };
+        let iceberg_catalog = match &raw.iceberg {
+            None => None,
+            Some(_) if !formats.contains(&TableFormat::Iceberg) => {
+                problems.push(ConfError::at(
+                    path,
+                    line("iceberg"),
+                    "iceberg: only for a table published as Iceberg: add `formats: [iceberg]`",
+                ));
+                None
+            }
+            Some(RawIceberg {
+                catalog: None,
+                namespace,
+                catalog_name,
+            }) => {
+                if namespace.is_some() || catalog_name.is_some() {
+                    problems.push(ConfError::at(
+                        path,
+                        line("iceberg"),
+                        "iceberg: `namespace` and `catalog_name` name the table in a catalog: \
+                         expected `catalog` too",
+                    ));
+                }
+                None
+            }
+            Some(RawIceberg {
+                catalog: Some(url),
+                namespace,
+                catalog_name,
+            }) => match crate::iceberg::catalog::Catalog::parse(
+                url,
+                &base,
+                catalog_name.as_deref().unwrap_or("default"),
+                namespace.as_deref().unwrap_or("default"),
+                &raw.name,
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(ConfError::at(path, line("catalog"), e.to_string()));
+                    None
+                }
+            },
+        };
         let job_valid = job_valid && problems.len() == before;
         let conf = job_valid.then(|| JobConf {
             name: raw.name,
@@ -526,12 +595,8 @@ impl JobConf {
             audit_samples: raw.audit_samples,
             merge,
             incremental,
-            formats: {
-                let mut f = raw.formats;
-                f.sort();
-                f.dedup();
-                f
-            },
+            formats,
+            iceberg_catalog,
         });
         Checked { conf, problems }
     }
@@ -610,6 +675,7 @@ const JOB_KEYS: &[&str] = &[
     "merge",
     "incremental",
     "formats",
+    "iceberg",
 ];
 
 /// An unknown key at `line`, with the known key probably meant.

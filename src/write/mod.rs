@@ -639,6 +639,10 @@ pub struct WriteOptions {
     /// Files up to this size go up in one PUT; larger ones in multipart uploads of parts this
     /// size (S3 needs at least 5 MiB), at most 4 parts in flight per file. Does not change bytes.
     pub upload_part_size: usize,
+    /// Field ids for the files (`formats: [iceberg]`): `Some(base)` numbers the columns as
+    /// [`crate::iceberg::schema::with_field_ids`] does on top of the base version's schema
+    /// (`Some(None)`: a first version). `None`: no field ids.
+    pub field_ids: Option<Option<SchemaRef>>,
 }
 
 impl Default for WriteOptions {
@@ -646,6 +650,7 @@ impl Default for WriteOptions {
         WriteOptions {
             max_rows_per_file: 10_000_000,
             upload_part_size: 10 << 20,
+            field_ids: None,
         }
     }
 }
@@ -753,7 +758,13 @@ pub async fn write_partitions(
         source,
     };
     let out_schema = df.schema().inner().clone();
-    let schema = table_schema(&out_schema);
+    let schema = match &options.field_ids {
+        Some(base) => Arc::new(crate::iceberg::schema::with_field_ids(
+            &table_schema(&out_schema),
+            base.as_deref(),
+        )),
+        None => table_schema(&out_schema),
+    };
     let task_ctx = ctx.task_ctx();
     let sorted_streams: Vec<SendableRecordBatchStream> = if conf.partition_by.is_empty() {
         vec![sort_unpartitioned(ctx, df, conf).await.map_err(exec_err)?]

@@ -30,7 +30,7 @@ pub fn python() -> String {
 
 /// The rows of `batches` with every column of `schema` (by name) cast to its type there,
 /// rendered and sorted: two readers agree when these agree.
-fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
+pub fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
     let mut rows = Vec::new();
     for b in batches {
         let columns: Vec<ArrayRef> = schema
@@ -66,7 +66,7 @@ fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
 }
 
 /// `wap query --version N` of the whole table, canonical, with the version's schema.
-async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
+pub async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
     let sql = format!("SELECT * FROM \"{}\"", job.conf().name);
     let df = job.query(Some(version), &sql).await.unwrap();
     let schema = df.schema().as_arrow().clone();
@@ -74,7 +74,7 @@ async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
     (canonical(&batches, &schema), schema)
 }
 
-fn read_parquet(path: &FsPath) -> Vec<RecordBatch> {
+pub fn read_parquet(path: &FsPath) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).unwrap();
     ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap()
@@ -338,7 +338,7 @@ async fn merges_with_updates_and_deletes_read_the_same() {
 
 /// A table partitioned by awkward strings (spaces, `%`, `/`, `=`, unicode, NULL) and a date,
 /// with decimal, date and timestamp columns.
-fn awkward_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
+pub fn awkward_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("conf")).unwrap();
     let conf = dir.path().join("conf/tags.yaml");
@@ -361,7 +361,7 @@ fn awkward_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// Writes `rows` under `header` as the CSV source of `date` in the job folder `dir`.
-fn write_rows(dir: &FsPath, date: &str, header: &str, rows: &[&str]) {
+pub fn write_rows(dir: &FsPath, date: &str, header: &str, rows: &[&str]) {
     let p = dir.join("data").join(date).join("rows.csv");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     let mut text = format!("{header}\n");
@@ -372,7 +372,7 @@ fn write_rows(dir: &FsPath, date: &str, header: &str, rows: &[&str]) {
     std::fs::write(p, text).unwrap();
 }
 
-fn awkward_batch(dir: &FsPath, date: &str, rows: &[&str]) {
+pub fn awkward_batch(dir: &FsPath, date: &str, rows: &[&str]) {
     write_rows(dir, date, "id,tag,day,amount,born,ts,note", rows);
 }
 

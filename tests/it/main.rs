@@ -7,6 +7,7 @@ mod delta;
 mod faults;
 mod fixture;
 mod gc;
+mod iceberg;
 mod job;
 mod merge;
 mod merge_processes;
