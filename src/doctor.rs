@@ -67,7 +67,97 @@ impl crate::job::Job {
             diagnosis.safe &= check.verdict != Verdict::Fail;
             diagnosis.checks.push(check);
         }
+        if let Some(log) = self.iceberg() {
+            let check = self.iceberg_check(&log, repair).await;
+            diagnosis.safe &= check.verdict != Verdict::Fail;
+            diagnosis.checks.push(check);
+        }
         diagnosis
+    }
+
+    async fn iceberg_check(&self, log: &crate::iceberg::IcebergLog, repair: bool) -> Check {
+        let check = |verdict, detail: String| Check {
+            name: "iceberg metadata",
+            verdict,
+            detail,
+        };
+        let latest = match crate::versions::latest_version(self.store()).await {
+            Ok(v) => v,
+            Err(e) => return check(Verdict::Fail, format!("cannot read the versions: {e}")),
+        };
+        let mut repaired = 0;
+        if repair {
+            match self.sync_formats(latest).await {
+                Ok(n) => repaired = n,
+                Err(e) => return check(Verdict::Fail, format!("repair failed: {e}")),
+            }
+        }
+        let listing = match log.list().await {
+            Ok(l) => l,
+            Err(e) => return check(Verdict::Fail, e.to_string()),
+        };
+        let found = &listing.versions;
+        if found.is_empty() && latest > 0 {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "no Iceberg metadata yet for wap version {latest}; run `wap doctor --repair` \
+                     or the next run to write it"
+                ),
+            );
+        }
+        let beyond: Vec<u64> = found.range(latest + 1..).copied().collect();
+        if !beyond.is_empty() {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "Iceberg metadata for version(s) {beyond:?} exists past wap version {latest}: \
+                     another writer writes into metadata/; the next publish refuses until it is \
+                     moved away"
+                ),
+            );
+        }
+        let first = found.first().copied().unwrap_or(latest);
+        let missing: Vec<u64> = (first..=latest).filter(|v| !found.contains(v)).collect();
+        if !missing.is_empty() {
+            return check(
+                Verdict::Fail,
+                format!(
+                    "no Iceberg metadata yet for wap version(s) {missing:?} (a crash after their \
+                     commit); run `wap doctor --repair` or the next run to write them"
+                ),
+            );
+        }
+        let catalog = match &self.conf().iceberg_catalog {
+            None => String::new(),
+            Some(c) => match c.current().await {
+                Ok(Some(at)) if at == log.metadata_location(latest) => {
+                    format!("; catalog {} names v{latest}", c.identifier())
+                }
+                Ok(other) => {
+                    return check(
+                        Verdict::Fail,
+                        format!(
+                            "catalog {} names {:?}, not {}; run `wap doctor --repair` or the \
+                             next run to move it",
+                            c.identifier(),
+                            other,
+                            log.metadata_location(latest)
+                        ),
+                    );
+                }
+                Err(e) => return check(Verdict::Fail, e.to_string()),
+            },
+        };
+        let fixed = if repaired > 0 {
+            format!("; wrote {repaired} missing version(s)")
+        } else {
+            String::new()
+        };
+        check(
+            Verdict::Pass,
+            format!("Iceberg metadata for wap versions {first}..={latest}{catalog}{fixed}"),
+        )
     }
 
     async fn delta_check(&self, repair: bool) -> Check {

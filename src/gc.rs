@@ -10,7 +10,9 @@
 //! - Nothing younger than `older_than` is deleted, so a job still writing its staging prefix is
 //!   never hurt. Objects outside `staging/` and `_wap/manifests/` are never touched (reports and
 //!   quarantined rows under `_wap/runs/` are audit history), but for a Delta log's commits and
-//!   checkpoints older than the checkpoint the oldest retained version reads from.
+//!   checkpoints older than the checkpoint the oldest retained version reads from, and the
+//!   Iceberg metadata and manifest lists of expired versions and the Iceberg manifests no
+//!   retained version's snapshot names.
 //! - Deleting is idempotent and every decision is made from manifests read before the first
 //!   delete: gc interrupted at any request leaves every retained version readable, and a retry
 //!   finishes the job. If any manifest cannot be read or verified, nothing is deleted.
@@ -93,6 +95,9 @@ pub enum Reason {
     /// A Delta commit or checkpoint older than the checkpoint the oldest retained version
     /// reads from.
     ExpiredDeltaLog,
+    /// Iceberg metadata or a manifest list of an expired version, or an Iceberg manifest no
+    /// retained version's snapshot names.
+    ExpiredIcebergMetadata,
 }
 
 /// One object gc deletes (or would, with `dry_run`).
@@ -127,7 +132,8 @@ impl crate::job::Job {
             .conf()
             .formats
             .contains(&crate::conf::TableFormat::Delta);
-        if delta && !options.dry_run {
+        let iceberg = self.iceberg();
+        if (delta || iceberg.is_some()) && !options.dry_run {
             let latest = versions::latest_version(self.store()).await?;
             self.sync_formats(latest).await?;
         }
@@ -147,6 +153,31 @@ impl crate::job::Job {
             if !options.dry_run {
                 delete_all(self.store(), &doomed.iter().collect::<Vec<_>>()).await?;
             }
+            report.deleted.extend(doomed);
+        }
+        if let Some(log) = iceberg {
+            let cutoff = options.now - chrono::Duration::seconds(options.older_than_seconds.max(0));
+            let mut doomed = Vec::new();
+            for (path, at, bytes) in log.expired(&report.retained_versions).await? {
+                let manifest = matches!(
+                    layout::iceberg_entry(&path),
+                    Some(layout::IcebergEntry::Manifest(_))
+                );
+                // A manifest not yet named by any list may be a publish under way.
+                if manifest && at >= cutoff {
+                    report.kept_young += 1;
+                    continue;
+                }
+                doomed.push(Doomed {
+                    path: path.to_string(),
+                    bytes,
+                    reason: Reason::ExpiredIcebergMetadata,
+                });
+            }
+            if !options.dry_run {
+                delete_all(self.store(), &doomed.iter().collect::<Vec<_>>()).await?;
+            }
+            report.deleted_bytes += doomed.iter().map(|d| d.bytes).sum::<u64>();
             report.deleted.extend(doomed);
         }
         Ok(report)

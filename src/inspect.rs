@@ -39,7 +39,8 @@ pub struct Projection {
     pub location: String,
     /// The object that makes this version readable there.
     pub object: String,
-    /// That format's version number of this version (Delta: `wap` version - 1).
+    /// That format's version number of this version (Delta: `wap` version - 1; Iceberg: the
+    /// `wap` version, whose metadata file `object` names).
     pub version: u64,
     /// False when the commit is still missing (a crash after the commit; the next writer or
     /// `wap doctor --repair` writes it).
@@ -180,6 +181,16 @@ impl Job {
                 location: self.conf().table.trim_end_matches('/').to_string(),
                 object: path.to_string(),
                 version: version - 1,
+                written,
+            });
+        }
+        if let Some(log) = self.iceberg().filter(|_| version > 0) {
+            let written = log.metadata(version).await?.is_some();
+            out.push(Projection {
+                format: "iceberg",
+                location: self.conf().table.trim_end_matches('/').to_string(),
+                object: log.metadata_location(version),
+                version,
                 written,
             });
         }

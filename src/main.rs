@@ -281,6 +281,9 @@ async fn execute(command: Command) -> Result<i32, Error> {
                         wap::gc::Reason::ExpiredDeltaLog => {
                             "Delta log entry before the checkpoint retained versions read from"
                         }
+                        wap::gc::Reason::ExpiredIcebergMetadata => {
+                            "Iceberg metadata no retained version needs"
+                        }
                     };
                     println!("{verb} {} ({} bytes; {why})", d.path, d.bytes);
                 }

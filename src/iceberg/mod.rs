@@ -648,8 +648,8 @@ impl IcebergLog {
 
     /// Before publishing on top of `base`: writes the metadata of every version up to `base`
     /// that lacks it (in order, from the manifests; an empty folder starts at `base`), moves the
-    /// catalog up to `base`, and refuses if `v<base+1>` exists and is not ours. Costs two
-    /// requests when the metadata is up to date. Returns how many versions it wrote.
+    /// catalog and the version hint up to `base`, and refuses if `v<base+1>` exists and is not
+    /// ours. Costs three requests when the metadata is up to date. Returns how many versions it wrote.
     pub async fn prepare(&self, base: u64) -> Result<u64, IcebergError> {
         self.check_ours(base + 1, None).await?;
         if base == 0 {
@@ -657,7 +657,11 @@ impl IcebergLog {
         }
         let path = layout::iceberg_metadata(base);
         let written = match self.store.head(&path).await {
-            Ok(_) => 0,
+            // Written, but the hint may not have followed (a crash right after the metadata).
+            Ok(_) => {
+                self.hint(base).await?;
+                0
+            }
             Err(object_store::Error::NotFound { .. }) => self.fill(base).await?,
             Err(e) => return Err(IcebergError::storage("probe", &path, e)),
         };

@@ -118,7 +118,46 @@ impl Setup {
 
 /// A fresh table on `backend` with the sources of `op` written.
 fn table(backend: Backend, name: &str, op: Operation) -> (Setup, Arc<dyn ObjectStore>) {
-    table_in(backend, name, op, false)
+    table_in(backend, name, op, Projected::None)
+}
+
+/// The other formats a fault test projects into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projected {
+    None,
+    Delta,
+    Iceberg,
+    Both,
+}
+
+impl Projected {
+    fn delta(self) -> bool {
+        matches!(self, Projected::Delta | Projected::Both)
+    }
+
+    fn iceberg(self) -> bool {
+        matches!(self, Projected::Iceberg | Projected::Both)
+    }
+
+    /// After any fault: no projection names a version `wap` did not commit.
+    async fn never_ahead(self, store: &Arc<dyn ObjectStore>) {
+        if self.delta() {
+            crate::delta::assert_log_never_ahead(store).await;
+        }
+        if self.iceberg() {
+            crate::iceberg::assert_metadata_never_ahead(store).await;
+        }
+    }
+
+    /// After a clean run or a retry: every projection is whole.
+    async fn whole(self, store: &Arc<dyn ObjectStore>) {
+        if self.delta() {
+            crate::delta::assert_log_whole(store).await;
+        }
+        if self.iceberg() {
+            crate::iceberg::assert_metadata_whole(store).await;
+        }
+    }
 }
 
 /// [`table`], optionally projected into Delta.
@@ -126,7 +165,7 @@ fn table_in(
     backend: Backend,
     name: &str,
     op: Operation,
-    delta: bool,
+    formats: Projected,
 ) -> (Setup, Arc<dyn ObjectStore>) {
     let f = match op {
         Operation::Merge => {
@@ -145,11 +184,15 @@ fn table_in(
             Setup::Orders(f)
         }
     };
-    if delta {
-        crate::delta::enable_delta(match &f {
-            Setup::Orders(f) => &f.conf,
-            Setup::Customers(f) => &f.conf,
-        });
+    let conf = match &f {
+        Setup::Orders(f) => &f.conf,
+        Setup::Customers(f) => &f.conf,
+    };
+    if formats.delta() {
+        crate::delta::enable_delta(conf);
+    }
+    if formats.iceberg() {
+        crate::iceberg::enable_iceberg(conf, "");
     }
     let store: Arc<dyn ObjectStore> = match backend {
         Backend::Memory => Arc::new(InMemory::new()),
@@ -280,10 +323,10 @@ pub async fn exhaustive_in(
     backend: Backend,
     op: Operation,
     kinds: &[FaultKind],
-    delta: bool,
+    formats: Projected,
 ) -> (usize, usize, usize) {
     // The clean run: its request count and its result.
-    let (f, store) = table_in(backend, "faults-clean", op, delta);
+    let (f, store) = table_in(backend, "faults-clean", op, formats);
     let rec = RecordingStore::new(Arc::clone(&store));
     let job = f.job_on(rec.clone());
     prepare(op, &job).await;
@@ -294,9 +337,7 @@ pub async fn exhaustive_in(
     let clean = state(&f, &store, "clean, after").await;
     assert_ne!(before, clean, "{op:?} changes something");
     let clean_requests = rec.requests();
-    if delta {
-        crate::delta::assert_log_whole(&store).await;
-    }
+    formats.whole(&store).await;
 
     let (mut cases, mut fired) = (0, 0);
     for k in 1..=k_total {
@@ -306,7 +347,7 @@ pub async fn exhaustive_in(
                 clean_requests[k - 1].op,
                 clean_requests[k - 1].path
             );
-            let (f, store) = table_in(backend, "faults", op, delta);
+            let (f, store) = table_in(backend, "faults", op, formats);
             let rec = RecordingStore::new(Arc::clone(&store));
             let job = f.job_on(rec.clone());
             prepare(op, &job).await;
@@ -326,9 +367,7 @@ pub async fn exhaustive_in(
                 fired += 1;
             }
             let after = state(&f, &store, &format!("{context}, after the fault")).await;
-            if delta {
-                crate::delta::assert_log_never_ahead(&store).await;
-            }
+            formats.never_ahead(&store).await;
             assert!(
                 after.visible() == old.visible() || after.visible() == clean.visible(),
                 "{context}: current version is neither the old nor the new one: {:?} ({first:?})",
@@ -342,9 +381,7 @@ pub async fn exhaustive_in(
                 "{context}: the retry failed: {second:?} (first attempt: {first:?})"
             );
             let end = state(&f, &store, &format!("{context}, after the retry")).await;
-            if delta {
-                crate::delta::assert_log_whole(&store).await;
-            }
+            formats.whole(&store).await;
             assert_eq!(
                 end.visible(),
                 clean.visible(),
@@ -381,6 +418,12 @@ fn relative(objects: &BTreeSet<String>) -> Vec<String> {
                     } else if seg.starts_with("_wap-files-") {
                         // Segments are named by their content, which names the run's files.
                         "_wap-files-<sha256>.json"
+                    } else if seg.starts_with("snap-") && seg.ends_with(".avro") {
+                        // Iceberg manifest lists and manifests: named by snapshot ids (from
+                        // the table id), runs and content.
+                        "snap-<snapshot>.avro"
+                    } else if seg.ends_with("-m0.avro") {
+                        "<run>-<digest>-m0.avro"
                     } else {
                         seg
                     }
@@ -394,13 +437,18 @@ fn relative(objects: &BTreeSet<String>) -> Vec<String> {
 }
 
 async fn report(backend: Backend, op: Operation, kinds: &[FaultKind]) {
-    report_in(backend, op, kinds, false).await
+    report_in(backend, op, kinds, Projected::None).await
 }
 
-async fn report_in(backend: Backend, op: Operation, kinds: &[FaultKind], delta: bool) {
-    let (k, cases, fired) = exhaustive_in(backend, op, kinds, delta).await;
+async fn report_in(backend: Backend, op: Operation, kinds: &[FaultKind], formats: Projected) {
+    let (k, cases, fired) = exhaustive_in(backend, op, kinds, formats).await;
     assert!(k > 0 && cases == k * kinds.len());
-    let with = if delta { " with formats: [delta]" } else { "" };
+    let with = match formats {
+        Projected::None => "",
+        Projected::Delta => " with formats: [delta]",
+        Projected::Iceberg => " with formats: [iceberg]",
+        Projected::Both => " with formats: [delta, iceberg]",
+    };
     println!(
         "fault injection: {op:?} on {backend:?}{with}: K = {k} requests, {cases} cases ({fired} faults fired), all converged"
     );
@@ -414,14 +462,56 @@ async fn every_fault_at_every_request_with_a_delta_log() {
         Operation::Gc,
         Operation::Merge,
     ] {
-        report_in(Backend::Memory, op, &FaultKind::ALL, true).await;
+        report_in(Backend::Memory, op, &FaultKind::ALL, Projected::Delta).await;
     }
-    report_in(Backend::Local, Operation::Run, &FaultKind::ALL, true).await;
+    report_in(
+        Backend::Local,
+        Operation::Run,
+        &FaultKind::ALL,
+        Projected::Delta,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_at_every_request_with_a_delta_log_on_s3() {
-    report_in(Backend::S3, Operation::Run, &FaultKind::ALL, true).await;
+    report_in(
+        Backend::S3,
+        Operation::Run,
+        &FaultKind::ALL,
+        Projected::Delta,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_at_every_request_with_iceberg_metadata() {
+    for op in [
+        Operation::Run,
+        Operation::Rollback,
+        Operation::Gc,
+        Operation::Merge,
+    ] {
+        report_in(Backend::Memory, op, &FaultKind::ALL, Projected::Iceberg).await;
+    }
+    report_in(
+        Backend::Local,
+        Operation::Run,
+        &FaultKind::ALL,
+        Projected::Both,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_at_every_request_with_iceberg_metadata_on_s3() {
+    report_in(
+        Backend::S3,
+        Operation::Run,
+        &FaultKind::ALL,
+        Projected::Iceberg,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
