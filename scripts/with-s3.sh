@@ -2,7 +2,7 @@
 # Runs a command with a real S3 server: starts moto (single-threaded, on a free loopback port),
 # exports WAP_TEST_S3_ENDPOINT / WAP_TEST_S3_BUCKET and test credentials, runs the command, and
 # stops the server. Also installs the real table-format readers the tests compare against
-# (pinned, from PyPI, into their own virtualenv) and exports WAP_TEST_PYTHON.
+# (pinned, from PyPI, into their own virtualenv: Delta and Iceberg) and exports WAP_TEST_PYTHON.
 #
 #   scripts/with-s3.sh COMMAND [ARGS...]
 #
@@ -38,12 +38,14 @@ if [ -z "${WAP_TEST_S3_ENDPOINT:-}" ]; then
 fi
 if [ -z "${WAP_TEST_PYTHON:-}" ]; then
   readers="${WAP_READERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/wap-readers-venv}"
-  if ! "$readers/bin/python" -c "import deltalake, polars, duckdb, duckdb_extension_delta, duckdb_extension_httpfs" 2>/dev/null; then
-    echo "with-s3.sh: installing the Delta readers into $readers" >&2
+  if ! "$readers/bin/python" -c "import deltalake, polars, duckdb, duckdb_extension_delta, duckdb_extension_httpfs, duckdb_extension_iceberg, duckdb_extension_avro, pyiceberg.catalog.sql, sqlalchemy" 2>/dev/null; then
+    echo "with-s3.sh: installing the Delta and Iceberg readers into $readers" >&2
     python3 -m venv "$readers"
     "$readers/bin/pip" install --quiet --disable-pip-version-check \
       deltalake==1.6.6 polars==2.1.0 pyarrow==26.0.1 duckdb==1.5.5 \
-      duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-parquet==1.5.5
+      duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-parquet==1.5.5 \
+      duckdb-extension-iceberg==1.5.5 duckdb-extension-avro==1.5.5 \
+      "pyiceberg[sql-sqlite]==0.12.0" SQLAlchemy==2.1.9
   fi
   export WAP_TEST_PYTHON="$readers/bin/python"
 fi

@@ -8,6 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::cli::Example;
+use crate::faults::Projected;
 
 const CONF: &str = "conf/orders.yaml";
 
@@ -152,7 +153,7 @@ pub(crate) fn run_and_kill(
 
 #[test]
 fn sigkill_at_random_moments_then_a_rerun_converges() {
-    crash_loop(&Example::new(), 40, "local filesystem", false);
+    crash_loop(&Example::new(), 40, "local filesystem", Projected::None);
 }
 
 /// The crash loop with `formats: [delta]`: after every kill the Delta log names only committed
@@ -180,10 +181,40 @@ fn example_on_s3(name: &str) -> (Example, String) {
     (ex, table)
 }
 
+/// The crash loop with `formats: [iceberg]`: after every kill no Iceberg metadata names a
+/// version `wap` did not commit, after every re-run the metadata is whole and its current
+/// snapshot is the current version, and at the end the real readers read the last versions as
+/// `wap` does.
+#[test]
+fn sigkill_at_random_moments_with_iceberg_metadata() {
+    let ex = Example::new();
+    let uri = ex.dir.path().join("lake/orders").display().to_string();
+    iceberg_crash_loop(&ex, 25, "local filesystem", &uri);
+}
+
+#[test]
+fn sigkill_at_random_moments_with_iceberg_metadata_on_s3() {
+    let (ex, table) = example_on_s3("crash-iceberg");
+    iceberg_crash_loop(&ex, 10, "S3", &table);
+}
+
+fn iceberg_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
+    let conf = ex.dir.path().join(CONF);
+    crate::iceberg::enable_iceberg(&conf, "");
+    crash_loop(ex, iterations, store, Projected::Iceberg);
+    let job = crate::delta::open_job(&conf);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let latest = wap::versions::latest_version(job.store()).await.unwrap();
+        let last: Vec<u64> = (latest.saturating_sub(5).max(1)..=latest).collect();
+        assert!(crate::iceberg::assert_iceberg_readers_match(&job, uri, &last, None).await > 0);
+    });
+}
+
 fn delta_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
     let conf = ex.dir.path().join(CONF);
     crate::delta::enable_delta(&conf);
-    crash_loop(ex, iterations, store, true);
+    crash_loop(ex, iterations, store, Projected::Delta);
     let job = crate::delta::open_job(&conf);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -196,10 +227,10 @@ fn delta_crash_loop(ex: &Example, iterations: usize, store: &str, uri: &str) {
 #[test]
 fn sigkill_at_random_moments_on_s3() {
     let (ex, _) = example_on_s3("crash");
-    crash_loop(&ex, 15, "S3", false);
+    crash_loop(&ex, 15, "S3", Projected::None);
 }
 
-fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
+fn crash_loop(ex: &Example, max_iterations: usize, store: &str, formats: Projected) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let table = || {
         crate::delta::open_job(&ex.dir.path().join(CONF))
@@ -257,9 +288,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
             "{context}: neither the old nor the new version: {now:?}"
         );
         every_version_reads(ex, CONF, "orders", &context);
-        if delta {
-            rt.block_on(crate::delta::assert_log_never_ahead(&table()));
-        }
+        rt.block_on(formats.never_ahead(&table()));
         if was_killed && now == after && before != after {
             killed_after_commit += 1;
         }
@@ -270,9 +299,7 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
         assert_eq!(code, Some(0), "{context}: the re-run failed");
         let now = table_rows(ex).unwrap();
         assert_eq!(now, after, "{context}: the re-run did not converge");
-        if delta {
-            rt.block_on(crate::delta::assert_log_whole(&table()));
-        }
+        rt.block_on(formats.whole(&table()));
         published = {
             let mut p = published.clone();
             p.insert(date.to_string(), {
@@ -292,10 +319,11 @@ fn crash_loop(ex: &Example, max_iterations: usize, store: &str, delta: bool) {
         killed >= iterations / 4,
         "only {killed} of {iterations} runs were killed mid-way"
     );
-    let store = if delta {
-        format!("{store} with a Delta log")
-    } else {
-        store.to_string()
+    let store = match formats {
+        Projected::None => store.to_string(),
+        Projected::Delta => format!("{store} with a Delta log"),
+        Projected::Iceberg => format!("{store} with Iceberg metadata"),
+        Projected::Both => format!("{store} with a Delta log and Iceberg metadata"),
     };
     println!(
         "crash loop on {store}: {iterations} iterations, {killed} runs killed mid-way ({killed_after_commit} after their commit), clean run {clean:?}, all converged"

@@ -131,16 +131,16 @@ pub enum Projected {
 }
 
 impl Projected {
-    fn delta(self) -> bool {
+    pub fn delta(self) -> bool {
         matches!(self, Projected::Delta | Projected::Both)
     }
 
-    fn iceberg(self) -> bool {
+    pub fn iceberg(self) -> bool {
         matches!(self, Projected::Iceberg | Projected::Both)
     }
 
     /// After any fault: no projection names a version `wap` did not commit.
-    async fn never_ahead(self, store: &Arc<dyn ObjectStore>) {
+    pub async fn never_ahead(self, store: &Arc<dyn ObjectStore>) {
         if self.delta() {
             crate::delta::assert_log_never_ahead(store).await;
         }
@@ -150,7 +150,7 @@ impl Projected {
     }
 
     /// After a clean run or a retry: every projection is whole.
-    async fn whole(self, store: &Arc<dyn ObjectStore>) {
+    pub async fn whole(self, store: &Arc<dyn ObjectStore>) {
         if self.delta() {
             crate::delta::assert_log_whole(store).await;
         }
