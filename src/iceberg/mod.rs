@@ -807,11 +807,13 @@ impl IcebergLog {
         let fresh: BTreeMap<&str, &Partition> =
             fresh.iter().map(|p| (p.path.as_str(), p)).collect();
 
+        let (schema_id, _) = schemas(prev_meta, &ids);
         let manifest_meta = BTreeMap::from([
             (
                 "schema".to_string(),
-                schema::schema_json(&ids, 0)["fields"].to_string(),
+                schema::schema_json(&ids, schema_id as i32).to_string(),
             ),
+            ("schema-id".to_string(), schema_id.to_string()),
             ("partition-spec".to_string(), spec.json().to_string()),
             ("partition-spec-id".to_string(), "0".to_string()),
             ("format-version".to_string(), "2".to_string()),
@@ -968,21 +970,7 @@ impl IcebergLog {
                 .unwrap_or(&empty)
                 .clone()
         };
-        // Schemas: the current one keeps its id when an earlier version had it.
-        let mut schemas = array("schemas");
-        let fields = schema::schema_json(ids, 0)["fields"].clone();
-        let schema_id = match schemas.iter().find(|s| s["fields"] == fields) {
-            Some(s) => s["schema-id"].as_i64().unwrap_or(0),
-            None => {
-                let id = schemas
-                    .iter()
-                    .filter_map(|s| s["schema-id"].as_i64())
-                    .max()
-                    .map_or(0, |m| m + 1);
-                schemas.push(schema::schema_json(ids, id as i32));
-                id
-            }
-        };
+        let (schema_id, schemas) = schemas(prev_meta, ids);
         let last_column_id = prev_meta
             .and_then(|m| m.get("last-column-id"))
             .and_then(Value::as_i64)
@@ -1195,6 +1183,27 @@ impl IcebergLog {
     pub async fn latest(&self) -> Result<Option<u64>, IcebergError> {
         Ok(self.list().await?.versions.last().copied())
     }
+}
+
+/// The schemas of the metadata after `prev_meta` for a version of schema `ids`, and the id of
+/// that schema: an earlier schema's id when one has the same fields, else the next id.
+fn schemas(prev_meta: Option<&Value>, ids: &Schema) -> (i64, Vec<Value>) {
+    let mut schemas = prev_meta
+        .and_then(|m| m.get("schemas"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let fields = schema::schema_json(ids, 0)["fields"].clone();
+    if let Some(s) = schemas.iter().find(|s| s["fields"] == fields) {
+        return (s["schema-id"].as_i64().unwrap_or(0), schemas);
+    }
+    let id = schemas
+        .iter()
+        .filter_map(|s| s["schema-id"].as_i64())
+        .max()
+        .map_or(0, |m| m + 1);
+    schemas.push(schema::schema_json(ids, id as i32));
+    (id, schemas)
 }
 
 /// The manifest list of the current snapshot of `meta`.
