@@ -7,8 +7,9 @@
 //! `scripts/with-s3.sh` starts the S3 test server (moto) and sets `WAP_TEST_S3_ENDPOINT`; without
 //! it the bench stops and says so. Target: at most 4 requests, and under 50 ms on the
 //! local filesystem, whatever the file count. With `formats: [delta]` (11 publishes, so that one
-//! writes a Delta checkpoint): the same request counts whatever the file count (the plain
-//! publishes and the checkpoint publish each). Prints the figures; exits 1 when a target is missed.
+//! writes a Delta checkpoint) and with `formats: [iceberg]` (5 publishes): the same request
+//! counts whatever the file count (for Delta: the plain publishes and the checkpoint publish
+//! each). Prints the figures; exits 1 when a target is missed.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -99,7 +100,8 @@ fn proposal(run: &str, parts: Vec<Partition>) -> Proposal {
 
 struct Figure {
     store: &'static str,
-    delta: bool,
+    /// `-`, `delta` or `iceberg`.
+    formats: &'static str,
     files: usize,
     manifest_bytes: u64,
     latency: Duration,
@@ -113,10 +115,12 @@ struct Figure {
 /// publishes without a checkpoint.
 async fn measure(
     store_name: &'static str,
+    url: &str,
     location: wap::store::Location,
     files: usize,
-    delta: bool,
+    formats: &'static str,
 ) -> Figure {
+    let delta = formats == "delta";
     let options = PublishOptions {
         compare_and_swap: location.compare_and_swap,
         ..Default::default()
@@ -124,8 +128,15 @@ async fn measure(
     let store = location.scoped().unwrap();
     let files_each = 10;
     let count = (files / files_each).max(1);
-    let with = |p: Publisher| if delta { p.with_delta() } else { p };
-    let publisher = with(Publisher::new(Arc::clone(&store), options.clone()));
+    let with = |p: Publisher, s: Arc<dyn object_store::ObjectStore>| match formats {
+        "delta" => p.with_delta(),
+        "iceberg" => p.with_iceberg(wap::iceberg::IcebergLog::new(s, url)),
+        _ => p,
+    };
+    let publisher = with(
+        Publisher::new(Arc::clone(&store), options.clone()),
+        Arc::clone(&store),
+    );
     let base = proposal(
         "base",
         partitions(&store, 0..count, files_each, "base").await,
@@ -135,7 +146,7 @@ async fn measure(
         .await
         .expect("base publishes");
     let counting = store::RecordingStore::new(Arc::clone(&store));
-    let publisher = with(Publisher::new(counting.clone(), options));
+    let publisher = with(Publisher::new(counting.clone(), options), counting.clone());
     let mut latencies = Vec::new();
     let mut requests = 0;
     let mut checkpoint = None;
@@ -168,7 +179,7 @@ async fn measure(
         .unwrap_or(0);
     Figure {
         store: store_name,
-        delta,
+        formats,
         files: count * files_each,
         manifest_bytes,
         latency: latencies[latencies.len() / 2],
@@ -194,23 +205,19 @@ async fn main() {
         path_style: Some(true),
     };
     let mut figures = Vec::new();
-    for delta in [false, true] {
+    for formats in ["-", "delta", "iceberg"] {
         for files in [10, 1_000, 100_000] {
             let dir = tempfile::tempdir().unwrap();
-            let local =
-                wap::store::Location::parse(&dir.path().display().to_string(), &Default::default())
-                    .unwrap();
-            figures.push(measure("local", local, files, delta).await);
+            let url = dir.path().display().to_string();
+            let local = wap::store::Location::parse(&url, &Default::default()).unwrap();
+            figures.push(measure("local", &url, local, files, formats).await);
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos();
-            let s3 = wap::store::Location::parse(
-                &format!("s3://{bucket}/publish-bench-{nanos}"),
-                &options,
-            )
-            .unwrap();
-            figures.push(measure("s3 (moto)", s3, files, delta).await);
+            let url = format!("s3://{bucket}/publish-bench-{nanos}");
+            let s3 = wap::store::Location::parse(&url, &options).unwrap();
+            figures.push(measure("s3 (moto)", &url, s3, files, formats).await);
         }
     }
     println!(
@@ -222,7 +229,7 @@ async fn main() {
         println!(
             "| {} | {} | {} | {} | {:.1} ms | {} | {} |",
             f.store,
-            if f.delta { "delta" } else { "-" },
+            f.formats,
             f.files,
             f.manifest_bytes,
             f.latency.as_secs_f64() * 1e3,
@@ -232,17 +239,18 @@ async fn main() {
                 t.as_secs_f64() * 1e3
             )),
         );
-        if f.delta {
+        if f.formats != "-" {
             // Constant in the file count: the same as the smallest table on the same store.
             let small = figures
                 .iter()
-                .find(|g| g.delta && g.store == f.store && g.files == 10)
+                .find(|g| g.formats == f.formats && g.store == f.store && g.files == 10)
                 .expect("measured");
             let counts = |g: &Figure| (g.requests, g.checkpoint.map(|c| c.1));
             if counts(f) != counts(small) {
                 missed.push(format!(
-                    "{} with delta and {} files: {:?} requests, {:?} with 10 files",
+                    "{} with {} and {} files: {:?} requests, {:?} with 10 files",
                     f.store,
+                    f.formats,
                     f.files,
                     counts(f),
                     counts(small)
@@ -266,8 +274,8 @@ async fn main() {
     }
     if missed.is_empty() {
         println!(
-            "targets met: at most 4 requests, local publish under 50 ms; with delta, request \
-             counts independent of the file count"
+            "targets met: at most 4 requests, local publish under 50 ms; with delta and with \
+             iceberg, request counts independent of the file count"
         );
     } else {
         println!("TARGETS MISSED: {}", missed.join("; "));

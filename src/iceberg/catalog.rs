@@ -130,6 +130,19 @@ impl Catalog {
             })?
     }
 
+    /// Refuses when the table's entry exists and names a metadata file of another table.
+    pub async fn check(&self, location: &str) -> Result<(), CatalogError> {
+        match self.current().await? {
+            Some(found) if version_of(&found, location).is_none() => Err(CatalogError::Foreign {
+                url: self.url.clone(),
+                table: self.identifier(),
+                found,
+                location: location.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The metadata location the catalog holds for this table (None: not registered).
     pub async fn current(&self) -> Result<Option<String>, CatalogError> {
         let me = self.clone();
@@ -316,6 +329,8 @@ mod tests {
             c.current().await.unwrap().as_deref(),
             Some("/t/metadata/v5.metadata.json")
         );
+        c.check("/t").await.unwrap();
+        assert!(c.check("/elsewhere").await.unwrap_err().is_config());
         let other = c.advance("/elsewhere", 9).await.unwrap_err();
         assert!(other.is_config(), "{other}");
         assert!(other.to_string().contains("lake.orders"), "{other}");

@@ -653,6 +653,10 @@ impl IcebergLog {
     pub async fn prepare(&self, base: u64) -> Result<u64, IcebergError> {
         self.check_ours(base + 1, None).await?;
         if base == 0 {
+            // A catalog entry of that name for another table is refused before the first commit.
+            if let Some(c) = &self.catalog {
+                c.check(&self.location).await?;
+            }
             return Ok(0);
         }
         let path = layout::iceberg_metadata(base);

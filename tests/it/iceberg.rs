@@ -891,3 +891,41 @@ async fn gc_keeps_every_retained_snapshot_readable_and_lists_only_those() {
     assert!(assert_iceberg_readers_match(&job, &uri, &[5, 8], None).await > 0);
     assert_metadata_whole(job.store()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_settings_are_checked_with_file_and_line() {
+    let fx = Fixture::new();
+    // An `iceberg:` section without `formats: [iceberg]`, and a PostgreSQL URL.
+    let text = std::fs::read_to_string(&fx.conf).unwrap();
+    std::fs::write(
+        &fx.conf,
+        format!("{text}\niceberg:\n  catalog: postgresql://u@db/lake\n"),
+    )
+    .unwrap();
+    let err = wap::conf::JobConf::load(&fx.conf).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("add `formats: [iceberg]`"), "{msg}");
+    enable_iceberg(&fx.conf, "");
+    let err = wap::conf::JobConf::load(&fx.conf).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("orders.yaml:") && msg.contains("PostgreSQL catalogs are not supported"),
+        "{msg}"
+    );
+    // A catalog entry of the same name for another table: refused before anything is published.
+    let fx = iceberg_orders();
+    let db = fx.dir.path().join("catalog.db");
+    let url = format!("sqlite:///{}", db.display());
+    enable_iceberg(
+        &fx.conf,
+        &format!("iceberg:\n  catalog: {url}\n  namespace: lake\n"),
+    );
+    let job = fx.job();
+    let catalog = job.conf().iceberg_catalog.clone().unwrap();
+    catalog.advance("/another/table", 3).await.unwrap();
+    fx.orders("2024-01-01", &[(1, 10, "5.50", "placed")]);
+    let err = job.run("2024-01-01", Mode::Publish).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("lake.orders"), "{err}");
+    assert_eq!(versions::latest_version(job.store()).await.unwrap(), 0);
+}
