@@ -956,7 +956,7 @@ impl Job {
         }
         if self.conf.formats.contains(&TableFormat::Iceberg) {
             problems.extend(
-                crate::iceberg::schema::check_schema(schema)
+                crate::iceberg::check_table(schema, &self.conf.partition_by)
                     .into_iter()
                     .map(|e| format!("{at}: formats: iceberg: {e}")),
             );

@@ -198,6 +198,15 @@ impl Spec {
                 data_type: field.data_type().to_string(),
                 hint: "a partition column must have a primitive type".into(),
             })?;
+            if matches!(p, Prim::Binary | Prim::Fixed(_)) {
+                return Err(IcebergError::Type {
+                    column: c.clone(),
+                    data_type: field.data_type().to_string(),
+                    hint: "an Iceberg table is not partitioned by a binary column here; \
+                           partition by its hex text instead, e.g. encode(col, 'hex')"
+                        .into(),
+                });
+            }
             let id = schema::column_id(schema, c).unwrap_or(0);
             fields.push((c.clone(), id, schema::PARTITION_FIELD_BASE + i as i32, p));
         }
@@ -1220,6 +1229,18 @@ fn current_manifest_list(meta: &Value) -> Option<String> {
         .get("manifest-list")?
         .as_str()
         .map(str::to_string)
+}
+
+/// Every reason an Iceberg table cannot hold a table of `schema` partitioned by `partition_by`
+/// (`wap check`).
+pub fn check_table(schema: &Schema, partition_by: &[String]) -> Vec<IcebergError> {
+    let mut problems = schema::check_schema(schema);
+    if problems.is_empty()
+        && let Err(e) = Spec::new(&schema::numbered(schema), partition_by)
+    {
+        problems.push(e);
+    }
+    problems
 }
 
 /// Checks that every partition of `m` has values of its column's Iceberg type, and its schema

@@ -929,3 +929,119 @@ async fn catalog_settings_are_checked_with_file_and_line() {
     assert!(err.to_string().contains("lake.orders"), "{err}");
     assert_eq!(versions::latest_version(job.store()).await.unwrap(), 0);
 }
+
+/// The data file entries of the current snapshot of `version`'s metadata (decoded manifests).
+async fn entries(
+    store: &Arc<dyn ObjectStore>,
+    location: &str,
+    version: u64,
+) -> Vec<wap::iceberg::avro::Datum> {
+    use wap::iceberg::avro::{Datum, read_file};
+    let meta = metadata(store, version).await;
+    let read = |uri: String| {
+        let store = Arc::clone(store);
+        let key = uri
+            .strip_prefix(&format!("{location}/"))
+            .unwrap()
+            .to_string();
+        async move {
+            let bytes = store
+                .get(&Path::from(key))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            read_file(&bytes).unwrap().records
+        }
+    };
+    let list = current_snapshot(&meta)["manifest-list"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut out = Vec::new();
+    for m in read(list).await {
+        let path = m.field(0).and_then(Datum::as_str).unwrap().to_string();
+        out.extend(read(path).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_has_metrics_from_its_footer() {
+    use wap::iceberg::avro::Datum;
+    let (dir, conf) = awkward_iceberg();
+    awkward_batch(
+        dir.path(),
+        "2024-03-01",
+        &[
+            "1,a,2024-03-01,12.345,1990-05-06,2024-03-01T10:11:12.123456,",
+            "9,a,2024-03-01,-1,1969-12-31,2024-03-01T00:00:00,x",
+            "5,b,2024-03-01,0,,2024-03-01T00:00:00,y",
+        ],
+    );
+    let job = open_job(&conf);
+    job.run("2024-03-01", Mode::Publish).await.unwrap();
+    let uri = dir.path().join("lake/tags").display().to_string();
+    let meta = metadata(job.store(), 1).await;
+    let id_of = |name: &str| {
+        meta["schemas"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap() as i32
+    };
+    let map = |d: &Datum| -> Vec<(i32, Datum)> {
+        match d.some() {
+            Some(Datum::Array(items)) => items
+                .iter()
+                .map(|kv| match (kv.field(0), kv.field(1)) {
+                    (Some(Datum::Int(k)), Some(v)) => (*k, v.clone()),
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("not a map: {other:?}"),
+        }
+    };
+    let found = entries(job.store(), &uri, 1).await;
+    assert_eq!(found.len(), 2, "one file per partition");
+    for e in &found {
+        let file = e.field(4).unwrap();
+        let path = file.field(1).and_then(Datum::as_str).unwrap();
+        let rows = file.field(4).and_then(Datum::as_long).unwrap();
+        let values = map(file.field(7).unwrap());
+        assert!(
+            values.contains(&(id_of("id"), Datum::Long(rows))),
+            "{values:?}"
+        );
+        let nulls = map(file.field(8).unwrap());
+        let lower = map(file.field(10).unwrap());
+        let upper = map(file.field(11).unwrap());
+        let le = |v: i64| Datum::Bytes(v.to_le_bytes().to_vec());
+        if path.contains("tag=a/") {
+            assert_eq!(rows, 2);
+            assert!(lower.contains(&(id_of("id"), le(1))), "{lower:?}");
+            assert!(upper.contains(&(id_of("id"), le(9))), "{upper:?}");
+            assert!(
+                nulls.contains(&(id_of("note"), Datum::Long(1))),
+                "{nulls:?}"
+            );
+            // A decimal bound is its unscaled value, big-endian: -1.000 is -1000.
+            assert!(
+                lower.contains(&(
+                    id_of("amount"),
+                    Datum::Bytes((-1000i16).to_be_bytes().to_vec())
+                )),
+                "{lower:?}"
+            );
+        } else {
+            assert!(
+                nulls.contains(&(id_of("born"), Datum::Long(1))),
+                "{nulls:?}"
+            );
+        }
+    }
+}
