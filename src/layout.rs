@@ -18,7 +18,7 @@
 //!   _delta_log/_last_checkpoint                         the newest Delta checkpoint (a hint)
 //!   metadata/v7.metadata.json                           Iceberg table metadata of version 7 (`formats: [iceberg]`)
 //!   metadata/snap-<snapshot id>-7-<digest>.avro         its manifest list
-//!   metadata/<run_id>-<digest>-m0.avro                  the Iceberg manifest of a run's live files
+//!   metadata/<run_id>-<segment>-<digest>-m0.avro        the Iceberg manifest of a run's live files
 //!   metadata/version-hint.text                          the newest Iceberg version (a hint)
 //! ```
 //!
@@ -174,9 +174,10 @@ pub fn iceberg_manifest_list(version: u64, snapshot_id: i64, digest: &str) -> Pa
     ))
 }
 
-/// The Iceberg manifest of the live files of run `run_id` (one content, one digest).
-pub fn iceberg_manifest(run_id: &str, digest: &str) -> Path {
-    Path::from(format!("{ICEBERG_METADATA}/{run_id}-{digest}-m0.avro"))
+/// The Iceberg manifest of the live files of `group` (a run, or one segment of a large run:
+/// `<run_id>-<segment>`), one content, one digest.
+pub fn iceberg_manifest(group: &str, digest: &str) -> Path {
+    Path::from(format!("{ICEBERG_METADATA}/{group}-{digest}-m0.avro"))
 }
 
 /// What an object of the Iceberg metadata folder is.
@@ -186,7 +187,7 @@ pub enum IcebergEntry {
     Metadata(u64),
     /// The manifest list of version N.
     List(u64),
-    /// A manifest of the run.
+    /// A manifest of the group (`<run_id>-<segment>`).
     Manifest(String),
 }
 
@@ -316,8 +317,8 @@ mod tests {
             Some(IcebergEntry::List(3))
         );
         assert_eq!(
-            iceberg_entry(&iceberg_manifest("r1a2", "00ff")),
-            Some(IcebergEntry::Manifest("r1a2".into()))
+            iceberg_entry(&iceberg_manifest("r1a2-0123", "00ff")),
+            Some(IcebergEntry::Manifest("r1a2-0123".into()))
         );
         assert_eq!(iceberg_entry(&iceberg_version_hint()), None);
         assert_eq!(iceberg_entry(&Path::from("metadata/v.metadata.json")), None);

@@ -475,11 +475,24 @@ fn as_existing(e: &Datum) -> Datum {
     }
 }
 
-/// The partitions of `m` by the run that wrote them.
-fn groups(m: &Manifest) -> BTreeMap<&str, Vec<&Partition>> {
-    let mut out: BTreeMap<&str, Vec<&Partition>> = BTreeMap::new();
+/// The Iceberg manifest a partition's files belong to: its run's, and within a run the one of
+/// its segment (a run's file lists are cut into segments of at most 256 partitions, so
+/// replacing one partition of a large backfill rewrites the entries of 256 partitions at
+/// most). Written as `<run_id>-<first 16 hex digits of the segment digest>`.
+fn group_of(p: &Partition) -> String {
+    let segment = p
+        .segment
+        .as_deref()
+        .and_then(|s| layout::segment_digest(&Path::from(s)))
+        .map_or_else(|| "inline".to_string(), |d| d.chars().take(16).collect());
+    format!("{}-{segment}", p.run_id)
+}
+
+/// The partitions of `m` by their Iceberg manifest ([`group_of`]).
+fn groups(m: &Manifest) -> BTreeMap<String, Vec<&Partition>> {
+    let mut out: BTreeMap<String, Vec<&Partition>> = BTreeMap::new();
     for p in m.partitions.values() {
-        out.entry(p.run_id.as_str()).or_default().push(p);
+        out.entry(group_of(p)).or_default().push(p);
     }
     out
 }
@@ -799,7 +812,7 @@ impl IcebergLog {
         let mut fresh: Vec<Partition> = Vec::new();
         for (run, parts) in &cur_groups {
             let before = prev_groups.get(run);
-            let entry = prev_entries.get(*run);
+            let entry = prev_entries.get(run);
             if let (Some(b), Some(e)) = (before, entry)
                 && b == parts
             {
@@ -813,7 +826,7 @@ impl IcebergLog {
             for p in parts.iter().filter(|p| !kept.contains(p)) {
                 fresh.push((*p).clone());
             }
-            rewrite.push((*run, kept));
+            rewrite.push((run.as_str(), kept));
         }
         let mut refs: Vec<&mut Partition> = fresh.iter_mut().collect();
         versions::resolve_partitions(&self.store, &mut refs).await?;

@@ -1045,3 +1045,81 @@ async fn every_file_has_metrics_from_its_footer() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_one_partition_of_a_large_backfill_rewrites_one_segment_s_manifest() {
+    use crate::publish::{partition, proposal};
+    use std::collections::BTreeMap;
+    use wap::iceberg::IcebergLog;
+    use wap::manifest::Segment;
+    use wap::publish::{PublishOptions, Publisher};
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let publisher = Publisher::new(Arc::clone(&store), PublishOptions::default())
+        .with_iceberg(IcebergLog::new(Arc::clone(&store), "memory:///t"));
+    // A backfill of 600 partitions: its file lists are three segments (256, 256, 88).
+    let mut parts: Vec<_> = (0..600)
+        .map(|i| partition(&format!("d={i:04}"), "backfill", 1))
+        .collect();
+    let lists: BTreeMap<String, Vec<_>> = parts
+        .iter()
+        .map(|p| (p.path.clone(), p.files.clone()))
+        .collect();
+    let mut segment_of = BTreeMap::new();
+    for segment in Segment::chunked(lists) {
+        let (path, bytes) = segment.encode("staging/backfill");
+        store.put(&path, bytes.into()).await.unwrap();
+        for p in segment.partitions.keys() {
+            segment_of.insert(p.clone(), path.to_string());
+        }
+    }
+    for p in &mut parts {
+        p.segment = Some(segment_of[&p.path].clone());
+    }
+    publisher
+        .publish(&proposal("backfill", parts), None)
+        .await
+        .unwrap();
+    assert_eq!(entries(&store, "memory:///t", 1).await.len(), 600);
+    let before = metadata_objects(&store).await;
+    publisher
+        .publish(
+            &proposal("nightly", vec![partition("d=0300", "nightly", 2)]),
+            None,
+        )
+        .await
+        .unwrap();
+    let new: Vec<String> = metadata_objects(&store)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect();
+    let manifests: Vec<&String> = new.iter().filter(|p| p.ends_with("-m0.avro")).collect();
+    assert_eq!(
+        manifests.len(),
+        2,
+        "the nightly run's and one backfill segment's: {new:?}"
+    );
+    let rewritten = manifests
+        .iter()
+        .find(|p| p.contains("/backfill-"))
+        .expect("a backfill manifest");
+    let bytes = store
+        .get(&Path::from(rewritten.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let kept = wap::iceberg::avro::read_file(&bytes).unwrap().records;
+    assert_eq!(
+        kept.len(),
+        255,
+        "the second segment less the replaced partition"
+    );
+    assert!(
+        kept.iter()
+            .all(|e| e.field(0) == Some(&wap::iceberg::avro::Datum::Int(0)))
+    );
+    let all = entries(&store, "memory:///t", 2).await;
+    assert_eq!(all.len(), 599 + 2);
+}
