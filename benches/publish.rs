@@ -9,7 +9,8 @@
 //! local filesystem, whatever the file count. With `formats: [delta]` (11 publishes, so that one
 //! writes a Delta checkpoint) and with `formats: [iceberg]` (5 publishes): the same request
 //! counts whatever the file count (for Delta: the plain publishes and the checkpoint publish
-//! each). Prints the figures; exits 1 when a target is missed.
+//! each; for Iceberg from 1,000 files, where a publish rewrites the manifest of the base run's
+//! segment, which at 10 files it replaces whole). Prints the figures; exits 1 when a target is missed.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -241,19 +242,26 @@ async fn main() {
         );
         if f.formats != "-" {
             // Constant in the file count: the same as the smallest table on the same store.
+            // With Iceberg the 1,000-file table: in the 10-file one a publish replaces the base
+            // run's only partition, so no manifest of it is rewritten (two requests fewer).
+            let reference = if f.formats == "iceberg" { 1_000 } else { 10 };
+            if f.files < reference {
+                continue;
+            }
             let small = figures
                 .iter()
-                .find(|g| g.formats == f.formats && g.store == f.store && g.files == 10)
+                .find(|g| g.formats == f.formats && g.store == f.store && g.files == reference)
                 .expect("measured");
             let counts = |g: &Figure| (g.requests, g.checkpoint.map(|c| c.1));
             if counts(f) != counts(small) {
                 missed.push(format!(
-                    "{} with {} and {} files: {:?} requests, {:?} with 10 files",
+                    "{} with {} and {} files: {:?} requests, {:?} with {} files",
                     f.store,
                     f.formats,
                     f.files,
                     counts(f),
-                    counts(small)
+                    counts(small),
+                    small.files
                 ));
             }
             continue;
