@@ -1123,3 +1123,54 @@ async fn replacing_one_partition_of_a_large_backfill_rewrites_one_segment_s_mani
     let all = entries(&store, "memory:///t", 2).await;
     assert_eq!(all.len(), 599 + 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_partition_an_iceberg_table_and_small_integers_read_as_int() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+    let conf = dir.path().join("conf/times.yaml");
+    std::fs::write(
+        &conf,
+        "name: times\n\
+         table: ../lake/times\n\
+         partition_by: [at, at_utc]\n\
+         key: [id]\n\
+         formats: [iceberg]\n\
+         source:\n  format: csv\n  path: ../data/{date}/\n\
+         transform: |\n  SELECT id, CAST(id AS TINYINT) AS tiny, CAST(id * 100 AS SMALLINT) AS small, \
+         to_timestamp_micros(at) AS at, \
+         arrow_cast(to_timestamp_micros(at), 'Timestamp(Microsecond, Some(\"UTC\"))') AS at_utc, \
+         CAST(score AS FLOAT) AS score FROM source\n",
+    )
+    .unwrap();
+    crate::delta::write_rows(
+        dir.path(),
+        "2024-01-01",
+        "id,at,score",
+        &[
+            "1,2024-01-01T00:00:00,1.5",
+            "2,2024-01-01T00:00:00.000001,",
+            "3,1969-12-31T23:59:59.5,-2",
+            "4,,0",
+        ],
+    );
+    let job = open_job(&conf);
+    let run = job.run("2024-01-01", Mode::Publish).await.unwrap();
+    assert_eq!(run.status, Status::Published, "{:?}", run.message);
+    let uri = dir.path().join("lake/times").display().to_string();
+    assert_eq!(
+        assert_iceberg_readers_match(&job, &uri, &[1], None).await,
+        4 * 5
+    );
+    let meta = metadata(job.store(), 1).await;
+    let types: Vec<String> = meta["schemas"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["long", "int", "int", "timestamp", "timestamptz", "float"]
+    );
+}
