@@ -536,6 +536,18 @@ pub struct MetadataListing {
     pub objects: Vec<(Path, IcebergEntry, chrono::DateTime<chrono::Utc>, u64)>,
 }
 
+/// What every manifest written for one snapshot shares.
+struct Written<'a> {
+    spec: &'a Spec,
+    /// The schema with its field ids.
+    ids: &'a Schema,
+    entry_schema: Value,
+    /// The manifests' key-value metadata.
+    metadata: BTreeMap<String, String>,
+    snapshot: i64,
+    seq: i64,
+}
+
 /// The Iceberg view of one table.
 #[derive(Debug, Clone)]
 pub struct IcebergLog {
@@ -806,111 +818,47 @@ impl IcebergLog {
         let prev_groups = prev.map(groups).unwrap_or_default();
         let cur_groups = groups(cur);
 
-        // Runs whose manifest is rewritten, and the partitions whose files are new.
+        // Groups whose manifest is reused as it is, and groups whose manifest is written.
         let mut list = Vec::new();
         let mut rewrite = Vec::new();
-        let mut fresh: Vec<Partition> = Vec::new();
-        for (run, parts) in &cur_groups {
-            let before = prev_groups.get(run);
-            let entry = prev_entries.get(run);
-            if let (Some(b), Some(e)) = (before, entry)
-                && b == parts
-            {
-                list.push(e.clone());
-                continue;
+        for (group, parts) in &cur_groups {
+            let before = prev_groups.get(group);
+            let entry = prev_entries.get(group);
+            match (before, entry) {
+                (Some(b), Some(e)) if b == parts => list.push(e.clone()),
+                (Some(b), Some(e)) => {
+                    let kept: Vec<&Partition> =
+                        parts.iter().filter(|p| b.contains(p)).copied().collect();
+                    rewrite.push((group.as_str(), kept, Some(e)));
+                }
+                _ => rewrite.push((group.as_str(), Vec::new(), None)),
             }
-            let kept: Vec<&Partition> = match (before, entry) {
-                (Some(b), Some(_)) => parts.iter().filter(|p| b.contains(p)).copied().collect(),
-                _ => Vec::new(),
-            };
-            for p in parts.iter().filter(|p| !kept.contains(p)) {
-                fresh.push((*p).clone());
-            }
-            rewrite.push((run.as_str(), kept));
         }
-        let mut refs: Vec<&mut Partition> = fresh.iter_mut().collect();
-        versions::resolve_partitions(&self.store, &mut refs).await?;
-        let fresh: BTreeMap<&str, &Partition> =
-            fresh.iter().map(|p| (p.path.as_str(), p)).collect();
-
         let (schema_id, _) = schemas(prev_meta, &ids);
-        let manifest_meta = BTreeMap::from([
-            (
-                "schema".to_string(),
-                schema::schema_json(&ids, schema_id as i32).to_string(),
-            ),
-            ("schema-id".to_string(), schema_id.to_string()),
-            ("partition-spec".to_string(), spec.json().to_string()),
-            ("partition-spec-id".to_string(), "0".to_string()),
-            ("format-version".to_string(), "2".to_string()),
-            ("content".to_string(), "data".to_string()),
-        ]);
-        let entry_schema = manifest_schema(&spec);
-        for (run, kept) in rewrite {
-            let mut entries = Vec::new();
-            if !kept.is_empty() {
-                let keys: BTreeSet<Vec<u8>> = kept
-                    .iter()
-                    .map(|p| Ok(avro::key(&spec.tuple(&spec.values(p)?))))
-                    .collect::<Result<_, IcebergError>>()?;
-                let uri = prev_entries[run]
-                    .field(list_field::PATH)
-                    .and_then(Datum::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                for e in self.read_avro(&uri).await?.records {
-                    if entry_status(&e) != 2 && keys.contains(&entry_tuple_key(&e)) {
-                        entries.push(as_existing(&e));
-                    }
-                }
-            }
-            let parts = &cur_groups[run];
-            let mut values = Vec::new();
-            for p in parts {
-                let v = spec.values(p)?;
-                if let Some(p) = fresh.get(p.path.as_str()) {
-                    let tuple = spec.tuple(&v);
-                    for f in &p.files {
-                        entries.push(added_entry(&self.location, &ids, f, &tuple, snapshot, seq));
-                    }
-                }
-                values.push(v);
-            }
-            entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
-            let bytes = avro::write_file(&entry_schema, &manifest_meta, &entries);
-            let path = layout::iceberg_manifest(run, &short_digest(&bytes));
-            let length = bytes.len() as i64;
-            self.create(&path, bytes).await?;
-            let count = |status: i32| entries.iter().filter(|e| entry_status(e) == status).count();
-            let rows = |status: i32| -> i64 {
-                entries
-                    .iter()
-                    .filter(|e| entry_status(e) == status)
-                    .map(entry_rows)
-                    .sum()
-            };
-            let min_seq = entries
-                .iter()
-                .filter_map(|e| e.field(2).and_then(Datum::as_long))
-                .min()
-                .unwrap_or(seq);
-            list.push(Datum::Record(vec![
-                Datum::string(&self.uri(&path)),
-                Datum::Long(length),
-                Datum::Int(0),
-                Datum::Int(0),
-                Datum::Long(seq),
-                Datum::Long(min_seq),
-                Datum::Long(snapshot),
-                Datum::Int(count(ADDED) as i32),
-                Datum::Int(count(EXISTING) as i32),
-                Datum::Int(0),
-                Datum::Long(rows(ADDED)),
-                Datum::Long(rows(EXISTING)),
-                Datum::Long(0),
-                spec.summary(&values),
-                Datum::optional(None),
-            ]));
+        let written = Written {
+            spec: &spec,
+            ids: &ids,
+            entry_schema: manifest_schema(&spec),
+            metadata: BTreeMap::from([
+                (
+                    "schema".to_string(),
+                    schema::schema_json(&ids, schema_id as i32).to_string(),
+                ),
+                ("schema-id".to_string(), schema_id.to_string()),
+                ("partition-spec".to_string(), spec.json().to_string()),
+                ("partition-spec-id".to_string(), "0".to_string()),
+                ("format-version".to_string(), "2".to_string()),
+                ("content".to_string(), "data".to_string()),
+            ]),
+            snapshot,
+            seq,
+        };
+        // One group at a time: only its own file lists are in memory.
+        for (group, kept, old) in rewrite {
+            let entry = self
+                .write_group(&written, group, &cur_groups[group], &kept, old)
+                .await?;
+            list.push(entry);
         }
         list.sort_by(|a, b| {
             let p = |d: &Datum| {
@@ -956,6 +904,95 @@ impl IcebergLog {
             }
         }
         self.hint(n).await
+    }
+
+    /// Writes the manifest of `group` in the new snapshot: the entries of its `kept` partitions
+    /// from its previous manifest `old` (as `EXISTING`), and its other partitions' files as
+    /// `ADDED` (their file lists read now). Returns its manifest list entry.
+    async fn write_group(
+        &self,
+        w: &Written<'_>,
+        group: &str,
+        parts: &[&Partition],
+        kept: &[&Partition],
+        old: Option<&Datum>,
+    ) -> Result<Datum, IcebergError> {
+        let mut entries = Vec::new();
+        if let (false, Some(old)) = (kept.is_empty(), old) {
+            let keys: BTreeSet<Vec<u8>> = kept
+                .iter()
+                .map(|p| Ok(avro::key(&w.spec.tuple(&w.spec.values(p)?))))
+                .collect::<Result<_, IcebergError>>()?;
+            let uri = old
+                .field(list_field::PATH)
+                .and_then(Datum::as_str)
+                .unwrap_or("")
+                .to_string();
+            for e in self.read_avro(&uri).await?.records {
+                if entry_status(&e) != 2 && keys.contains(&entry_tuple_key(&e)) {
+                    entries.push(as_existing(&e));
+                }
+            }
+        }
+        let mut fresh: Vec<Partition> = parts
+            .iter()
+            .filter(|p| !kept.contains(p))
+            .map(|p| (*p).clone())
+            .collect();
+        let mut refs: Vec<&mut Partition> = fresh.iter_mut().collect();
+        versions::resolve_partitions(&self.store, &mut refs).await?;
+        for p in &fresh {
+            let tuple = w.spec.tuple(&w.spec.values(p)?);
+            for f in &p.files {
+                entries.push(added_entry(
+                    &self.location,
+                    w.ids,
+                    f,
+                    &tuple,
+                    w.snapshot,
+                    w.seq,
+                ));
+            }
+        }
+        let values = parts
+            .iter()
+            .map(|p| w.spec.values(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
+        let bytes = avro::write_file(&w.entry_schema, &w.metadata, &entries);
+        let path = layout::iceberg_manifest(group, &short_digest(&bytes));
+        let length = bytes.len() as i64;
+        self.create(&path, bytes).await?;
+        let count = |status: i32| entries.iter().filter(|e| entry_status(e) == status).count();
+        let rows = |status: i32| -> i64 {
+            entries
+                .iter()
+                .filter(|e| entry_status(e) == status)
+                .map(entry_rows)
+                .sum()
+        };
+        let min_seq = entries
+            .iter()
+            .filter_map(|e| e.field(2).and_then(Datum::as_long))
+            .min()
+            .unwrap_or(w.seq);
+        Ok(Datum::Record(vec![
+            Datum::string(&self.uri(&path)),
+            Datum::Long(length),
+            Datum::Int(0),
+            Datum::Int(0),
+            Datum::Long(w.seq),
+            Datum::Long(min_seq),
+            Datum::Long(w.snapshot),
+            Datum::Int(count(ADDED) as i32),
+            Datum::Int(count(EXISTING) as i32),
+            Datum::Int(0),
+            Datum::Long(rows(ADDED)),
+            Datum::Long(rows(EXISTING)),
+            Datum::Long(0),
+            w.spec.summary(&values),
+            Datum::optional(None),
+        ]))
     }
 
     /// Moves `version-hint.text` to `version`, never back past a newer one.
