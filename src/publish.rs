@@ -120,7 +120,7 @@ impl PublishError {
             PublishError::Conflict { .. }
                 | PublishError::RollbackConflict { .. }
                 | PublishError::Exhausted { .. }
-        )
+        ) || matches!(self, PublishError::Iceberg(e) if e.is_conflict())
     }
 
     /// True when the change itself is not allowed (exit code 2).
@@ -496,7 +496,7 @@ impl Publisher {
                 crate::delta::check_manifest(&next).map_err(Box::new)?;
             }
             if self.iceberg.is_some() {
-                crate::iceberg::check_manifest(&next).map_err(Box::new)?;
+                crate::iceberg::check_manifest(base.as_ref(), &next).map_err(Box::new)?;
             }
             let path = layout::manifest_path(version);
             let opts = PutOptions {

@@ -92,6 +92,12 @@ pub enum IcebergError {
          help: the Iceberg metadata can only be rebuilt from manifests gc kept"
     )]
     MissingManifest { version: u64, missing: u64 },
+    #[error(
+        "refusing to publish: {problems}; another run changed the table's columns since this \
+         run's files were written\nhelp: run it again: its files are then numbered on top of \
+         the current version"
+    )]
+    FieldIds { problems: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -105,6 +111,11 @@ impl IcebergError {
             self,
             IcebergError::Type { .. } | IcebergError::PartitionValue { .. }
         ) || matches!(self, IcebergError::Catalog(e) if e.is_config())
+    }
+
+    /// True when another run's publish got in the way (exit code 4: run again).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, IcebergError::FieldIds { .. })
     }
 
     fn storage(phase: &'static str, path: &Path, source: object_store::Error) -> Self {
@@ -788,7 +799,12 @@ impl IcebergLog {
         cur: &Manifest,
     ) -> Result<(), IcebergError> {
         let n = cur.version;
-        let ids = schema::numbered(&cur.schema);
+        // A schema without ids (a version from before Iceberg, restored by a rollback) keeps the
+        // ids its columns have in the parent.
+        let ids = match (schema::has_field_ids(&cur.schema), prev) {
+            (false, Some(p)) => schema::with_field_ids(&cur.schema, Some(&p.schema)),
+            _ => schema::numbered(&cur.schema),
+        };
         let spec = Spec::new(&ids, &cur.partition_by)?;
         let uuid = match prev_meta
             .and_then(|m| m.get("table-uuid"))
@@ -1293,9 +1309,18 @@ pub fn check_table(schema: &Schema, partition_by: &[String]) -> Vec<IcebergError
     problems
 }
 
-/// Checks that every partition of `m` has values of its column's Iceberg type, and its schema
-/// Iceberg types: the first problem.
-pub fn check_manifest(m: &Manifest) -> Result<(), IcebergError> {
+/// Checks that every partition of `m` has values of its column's Iceberg type, its schema
+/// Iceberg types, and its field ids those of `base` (the version it is published on): the first
+/// problem.
+pub fn check_manifest(base: Option<&Manifest>, m: &Manifest) -> Result<(), IcebergError> {
+    if let Some(b) = base {
+        let problems = schema::id_conflicts(&b.schema, &m.schema);
+        if !problems.is_empty() {
+            return Err(IcebergError::FieldIds {
+                problems: problems.join("; "),
+            });
+        }
+    }
     if let Some(e) = schema::check_schema(&m.schema).into_iter().next() {
         return Err(e);
     }

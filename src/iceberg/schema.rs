@@ -182,6 +182,34 @@ pub fn with_field_ids(schema: &Schema, base: Option<&Schema>) -> Schema {
     Schema::new_with_metadata(a.fields(schema.fields(), &[]), schema.metadata().clone())
 }
 
+/// Columns whose field id in `next` disagrees with `base` (both with ids): a column of both
+/// with another id, or a new column with an id `base` gives another column. Such files were
+/// numbered on top of an older version than the one they are published on (another run added
+/// columns meanwhile). Empty when either schema has no ids.
+pub fn id_conflicts(base: &Schema, next: &Schema) -> Vec<String> {
+    if !has_field_ids(base) || !has_field_ids(next) {
+        return Vec::new();
+    }
+    let (old, new) = (ids_of(base), ids_of(next));
+    let owner: BTreeMap<i32, &Vec<String>> = old.iter().map(|(p, id)| (*id, p)).collect();
+    new.iter()
+        .filter(|(path, id)| match old.get(*path) {
+            Some(o) => o != *id,
+            None => owner.contains_key(id),
+        })
+        .map(|(path, id)| {
+            format!(
+                "`{}` has field id {id} in this run's files, {} in the version it is published on",
+                path.join("."),
+                old.get(path).map_or_else(
+                    || format!("which is `{}`'s", owner[id].join(".")),
+                    |o| o.to_string()
+                )
+            )
+        })
+        .collect()
+}
+
 /// The largest field id of `schema` (0 for none).
 pub fn last_column_id(schema: &Schema) -> i32 {
     ids_of(schema).values().copied().max().unwrap_or(0)
@@ -685,6 +713,19 @@ mod tests {
         assert_eq!(last_column_id(&two), 7);
         // Based on a schema without ids: the same ids, by position.
         assert_eq!(ids_of(&with_field_ids(&second, Some(&first))), ids2);
+        assert!(id_conflicts(&one, &two).is_empty());
+        // Numbered on top of `one` while another run added `other` as 7: a conflict.
+        let third = with_field_ids(
+            &Schema::new(vec![field("other", DataType::Utf8)]),
+            Some(&one),
+        );
+        let base = Schema::new([one.fields().to_vec(), third.fields().to_vec()].concat());
+        let problems = id_conflicts(&base, &two);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("`new`") && problems[0].contains("`other`"),
+            "{problems:?}"
+        );
         let json = schema_json(&two, 1);
         assert_eq!(json["fields"][0]["id"], 7);
         assert_eq!(json["fields"][3]["type"]["element-id"], 6);

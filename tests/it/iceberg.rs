@@ -1174,3 +1174,93 @@ async fn timestamps_partition_an_iceberg_table_and_small_integers_read_as_int() 
         ["long", "int", "int", "timestamp", "timestamptz", "float"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_numbered_on_an_older_schema_are_a_conflict_not_wrong_columns() {
+    use crate::publish::{partition, proposal};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use wap::iceberg::IcebergLog;
+    use wap::iceberg::schema::with_field_ids;
+    use wap::publish::{Proposal, PublishOptions, Publisher};
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let publisher = Publisher::new(Arc::clone(&store), PublishOptions::default())
+        .with_iceberg(IcebergLog::new(Arc::clone(&store), "memory:///t"));
+    let with_schema = |mut p: Proposal, schema: Schema| {
+        if let Proposal::Replace { schema: s, .. } = &mut p {
+            *s = schema;
+        }
+        p
+    };
+    let column = |name: &str| Field::new(name, DataType::Utf8, true);
+    let v1 = with_field_ids(
+        &Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("d", DataType::Utf8, true),
+        ]),
+        None,
+    );
+    publisher
+        .publish(
+            &with_schema(
+                proposal("first", vec![partition("d=1", "first", 1)]),
+                v1.clone(),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    // Two runs on version 1 add a column each: both number it 3.
+    let add = |name: &str| {
+        let mut fields = v1.fields().to_vec();
+        fields.push(Arc::new(column(name)));
+        with_field_ids(&Schema::new(fields), Some(&v1))
+    };
+    publisher
+        .publish(
+            &with_schema(proposal("a", vec![partition("d=2", "a", 1)]), add("x")),
+            Some(1),
+        )
+        .await
+        .unwrap();
+    let b_schema = {
+        // x and y both, numbered on version 1 in the order y, x: y = 3, x = 4.
+        let mut fields = v1.fields().to_vec();
+        fields.push(Arc::new(column("y")));
+        fields.push(Arc::new(column("x")));
+        with_field_ids(&Schema::new(fields), Some(&v1))
+    };
+    let err = publisher
+        .publish(
+            &with_schema(proposal("b", vec![partition("d=3", "b", 1)]), b_schema),
+            Some(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert!(err.to_string().contains("`x` has field id 4"), "{err}");
+    assert_eq!(versions::latest_version(&store).await.unwrap(), 2);
+    // Numbered on version 2 instead, the same run publishes.
+    let mut fields = add("x").fields().to_vec();
+    fields.insert(2, Arc::new(column("y")));
+    let right = with_field_ids(&Schema::new(fields), Some(&add("x")));
+    publisher
+        .publish(
+            &with_schema(proposal("b", vec![partition("d=3", "b", 1)]), right),
+            None,
+        )
+        .await
+        .unwrap();
+    let meta = metadata(&store, 3).await;
+    let fields = meta["schemas"].as_array().unwrap().last().unwrap()["fields"].clone();
+    let id = |n: &str| {
+        fields
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!((id("x"), id("y")), (3, 4));
+}
