@@ -729,6 +729,15 @@ impl IcebergLog {
             self.write(None, None, &cur).await?;
             return Ok(1);
         };
+        // The versions in between must still have their manifests; if gc took them (Iceberg
+        // was turned off for a while), the projection starts again at `base`.
+        for v in start - 1..=base {
+            if !versions::manifest_exists(&self.store, v).await? {
+                let cur = self.manifest(base, base).await?;
+                self.write(None, None, &cur).await?;
+                return Ok(1);
+            }
+        }
         let mut prev = self.manifest(start, start - 1).await?;
         for version in start..=base {
             let cur = self.manifest(version, version).await?;

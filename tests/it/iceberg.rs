@@ -1264,3 +1264,48 @@ async fn files_numbered_on_an_older_schema_are_a_conflict_not_wrong_columns() {
     };
     assert_eq!((id("x"), id("y")), (3, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turned_off_then_on_after_gc_the_metadata_starts_again() {
+    let fx = Fixture::new();
+    enable_iceberg(&fx.conf, "");
+    let job = fx.job();
+    for d in 1..=2 {
+        let date = format!("2024-03-{d:02}");
+        fx.orders(&date, &[(d, 10, "5.50", "placed")]);
+        job.run(&date, Mode::Publish).await.unwrap();
+    }
+    let on = std::fs::read_to_string(&fx.conf).unwrap();
+    std::fs::write(&fx.conf, on.replace("formats: [iceberg]", "")).unwrap();
+    let plain = fx.job();
+    for d in 3..=6 {
+        let date = format!("2024-03-{d:02}");
+        fx.orders(&date, &[(d, 10, "5.50", "placed")]);
+        plain.run(&date, Mode::Publish).await.unwrap();
+    }
+    plain
+        .gc(&wap::gc::GcOptions {
+            older_than_seconds: 0,
+            keep_versions: Some(2),
+            dry_run: false,
+            now: chrono::Utc::now() + chrono::Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    std::fs::write(&fx.conf, on).unwrap();
+    let job = fx.job();
+    fx.orders("2024-03-07", &[(7, 10, "5.50", "placed")]);
+    assert_eq!(
+        job.run("2024-03-07", Mode::Publish).await.unwrap().version,
+        7
+    );
+    assert_eq!(metadata_versions(job.store()).await, [1, 2, 6, 7]);
+    let meta = metadata(job.store(), 7).await;
+    assert_eq!(
+        meta["snapshots"].as_array().unwrap().len(),
+        2,
+        "a new lineage from 6"
+    );
+    let uri = fx.table_dir().display().to_string();
+    assert!(assert_iceberg_readers_match(&job, &uri, &[6, 7], None).await > 0);
+}
