@@ -38,14 +38,14 @@ if [ -z "${WAP_TEST_S3_ENDPOINT:-}" ]; then
 fi
 if [ -z "${WAP_TEST_PYTHON:-}" ]; then
   readers="${WAP_READERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/wap-readers-venv}"
-  if ! "$readers/bin/python" -c "import deltalake, polars, duckdb, duckdb_extension_delta, duckdb_extension_httpfs, duckdb_extension_iceberg, duckdb_extension_avro, pyiceberg.catalog.sql, sqlalchemy" 2>/dev/null; then
-    echo "with-s3.sh: installing the Delta and Iceberg readers into $readers" >&2
+  if ! "$readers/bin/python" -c "import deltalake, polars, duckdb, duckdb_extension_delta, duckdb_extension_httpfs, duckdb_extension_iceberg, duckdb_extension_avro, pyiceberg.catalog.sql, sqlalchemy, pgserver, psycopg2" 2>/dev/null; then
+    echo "with-s3.sh: installing the Delta and Iceberg readers (and PostgreSQL, for the catalog tests) into $readers" >&2
     python3 -m venv "$readers"
     "$readers/bin/pip" install --quiet --disable-pip-version-check \
       deltalake==1.6.6 polars==2.1.0 pyarrow==26.0.1 duckdb==1.5.5 \
       duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-parquet==1.5.5 \
       duckdb-extension-iceberg==1.5.5 duckdb-extension-avro==1.5.5 \
-      "pyiceberg[sql-sqlite]==0.12.0" SQLAlchemy==2.1.9
+      "pyiceberg[sql-sqlite]==0.12.0" SQLAlchemy==2.1.9 pgserver==0.1.4 psycopg2-binary==2.9.13
   fi
   export WAP_TEST_PYTHON="$readers/bin/python"
 fi

@@ -895,11 +895,11 @@ async fn gc_keeps_every_retained_snapshot_readable_and_lists_only_those() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_settings_are_checked_with_file_and_line() {
     let fx = Fixture::new();
-    // An `iceberg:` section without `formats: [iceberg]`, and a PostgreSQL URL.
+    // An `iceberg:` section without `formats: [iceberg]`, and a PostgreSQL URL with a password.
     let text = std::fs::read_to_string(&fx.conf).unwrap();
     std::fs::write(
         &fx.conf,
-        format!("{text}\niceberg:\n  catalog: postgresql://u@db/lake\n"),
+        format!("{text}\niceberg:\n  catalog: postgresql://u:hunter2@db/lake\n"),
     )
     .unwrap();
     let err = wap::conf::JobConf::load(&fx.conf).unwrap_err();
@@ -909,7 +909,7 @@ async fn catalog_settings_are_checked_with_file_and_line() {
     let err = wap::conf::JobConf::load(&fx.conf).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("orders.yaml:") && msg.contains("PostgreSQL catalogs are not supported"),
+        msg.contains("orders.yaml:") && msg.contains("PGPASSWORD") && !msg.contains("hunter2"),
         "{msg}"
     );
     // A catalog entry of the same name for another table: refused before anything is published.
@@ -1308,4 +1308,105 @@ async fn turned_off_then_on_after_gc_the_metadata_starts_again() {
     );
     let uri = fx.table_dir().display().to_string();
     assert!(assert_iceberg_readers_match(&job, &uri, &[6, 7], None).await > 0);
+}
+
+/// A PostgreSQL server for one test (pgserver from PyPI, in the readers' virtualenv), stopped
+/// when dropped.
+struct Postgres {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let script = FsPath::new(REPO).join("tests/readers/pg_server.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .arg(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("postgresql://"),
+            "the PostgreSQL server did not start: {line:?}"
+        );
+        Postgres {
+            child,
+            url: line.trim().to_string(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_catalog_moves_forward_and_pyiceberg_reads_it() {
+    use wap::iceberg::catalog::Catalog;
+    let pg = Postgres::start();
+    // Concurrent writers on the same row: every swap lands or rolls forward, the newest wins.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::parse(&pg.url, dir.path(), "default", "lake", "race").unwrap();
+    assert_eq!(c.current().await.unwrap(), None);
+    let mut set = tokio::task::JoinSet::new();
+    for v in 1..=12 {
+        let c = c.clone();
+        set.spawn(async move { c.advance("/t", v).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(
+        c.current().await.unwrap().as_deref(),
+        Some("/t/metadata/v12.metadata.json")
+    );
+    c.advance("/t", 3).await.unwrap();
+    assert!(
+        c.current()
+            .await
+            .unwrap()
+            .unwrap()
+            .ends_with("/v12.metadata.json")
+    );
+    assert!(c.check("/elsewhere").await.unwrap_err().is_config());
+    // A job registering its versions there, read by pyiceberg's SqlCatalog on PostgreSQL.
+    let fx = iceberg_orders();
+    enable_iceberg(
+        &fx.conf,
+        &format!("iceberg:\n  catalog: \"{}\"\n  namespace: lake\n", pg.url),
+    );
+    let published = overwrite_sequence(&fx).await;
+    let job = fx.job();
+    let uri = fx.table_dir().display().to_string();
+    let sqlalchemy = pg
+        .url
+        .replacen("postgresql://", "postgresql+psycopg2://", 1);
+    assert!(
+        assert_iceberg_readers_match(
+            &job,
+            &uri,
+            &published,
+            Some((&sqlalchemy, "default", "lake.orders"))
+        )
+        .await
+            > 50
+    );
+    let catalog = job.conf().iceberg_catalog.clone().unwrap();
+    assert_eq!(
+        catalog.current().await.unwrap().unwrap(),
+        format!("{uri}/metadata/v5.metadata.json")
+    );
 }
