@@ -75,23 +75,32 @@ impl crate::job::Job {
         diagnosis
     }
 
+    /// The newest committed version and, with `repair`, how many missing projections were
+    /// written first; or why not.
+    async fn latest_repaired(&self, repair: bool) -> Result<(u64, u64), String> {
+        let latest = crate::versions::latest_version(self.store())
+            .await
+            .map_err(|e| format!("cannot read the versions: {e}"))?;
+        let repaired = match repair {
+            true => self
+                .sync_formats(latest)
+                .await
+                .map_err(|e| format!("repair failed: {e}"))?,
+            false => 0,
+        };
+        Ok((latest, repaired))
+    }
+
     async fn iceberg_check(&self, log: &crate::iceberg::IcebergLog, repair: bool) -> Check {
         let check = |verdict, detail: String| Check {
             name: "iceberg metadata",
             verdict,
             detail,
         };
-        let latest = match crate::versions::latest_version(self.store()).await {
-            Ok(v) => v,
-            Err(e) => return check(Verdict::Fail, format!("cannot read the versions: {e}")),
+        let (latest, repaired) = match self.latest_repaired(repair).await {
+            Ok(r) => r,
+            Err(detail) => return check(Verdict::Fail, detail),
         };
-        let mut repaired = 0;
-        if repair {
-            match self.sync_formats(latest).await {
-                Ok(n) => repaired = n,
-                Err(e) => return check(Verdict::Fail, format!("repair failed: {e}")),
-            }
-        }
         let listing = match log.list().await {
             Ok(l) => l,
             Err(e) => return check(Verdict::Fail, e.to_string()),
@@ -166,17 +175,10 @@ impl crate::job::Job {
             verdict,
             detail,
         };
-        let latest = match crate::versions::latest_version(self.store()).await {
-            Ok(v) => v,
-            Err(e) => return check(Verdict::Fail, format!("cannot read the versions: {e}")),
+        let (latest, repaired) = match self.latest_repaired(repair).await {
+            Ok(r) => r,
+            Err(detail) => return check(Verdict::Fail, detail),
         };
-        let mut repaired = 0;
-        if repair {
-            match self.sync_formats(latest).await {
-                Ok(n) => repaired = n,
-                Err(e) => return check(Verdict::Fail, format!("repair failed: {e}")),
-            }
-        }
         let log = crate::delta::DeltaLog::new(Arc::clone(self.store()));
         let listing = match log.list(None).await {
             Ok(l) => l,

@@ -510,14 +510,16 @@ fn groups(m: &Manifest) -> BTreeMap<String, Vec<&Partition>> {
 
 /// The current snapshot's summary field `key` of metadata `meta`.
 fn current_summary<'a>(meta: &'a Value, key: &str) -> Option<&'a str> {
+    current_snapshot(meta)?.get("summary")?.get(key)?.as_str()
+}
+
+/// The current snapshot of `meta`.
+fn current_snapshot(meta: &Value) -> Option<&Value> {
     let id = meta.get("current-snapshot-id")?.as_i64()?;
     meta.get("snapshots")?
         .as_array()?
         .iter()
-        .find(|s| s.get("snapshot-id").and_then(Value::as_i64) == Some(id))?
-        .get("summary")?
-        .get(key)?
-        .as_str()
+        .find(|s| s.get("snapshot-id").and_then(Value::as_i64) == Some(id))
 }
 
 /// What identifies metadata as ours for a version: its table uuid, version and run.
@@ -1266,11 +1268,6 @@ impl IcebergLog {
             .map(|(path, _, at, size)| (path, at, size))
             .collect())
     }
-
-    /// The newest version with metadata (None: none yet), from one listing.
-    pub async fn latest(&self) -> Result<Option<u64>, IcebergError> {
-        Ok(self.list().await?.versions.last().copied())
-    }
 }
 
 /// The schemas of the metadata after `prev_meta` for a version of schema `ids`, and the id of
@@ -1296,11 +1293,7 @@ fn schemas(prev_meta: Option<&Value>, ids: &Schema) -> (i64, Vec<Value>) {
 
 /// The manifest list of the current snapshot of `meta`.
 fn current_manifest_list(meta: &Value) -> Option<String> {
-    let id = meta.get("current-snapshot-id")?.as_i64()?;
-    meta.get("snapshots")?
-        .as_array()?
-        .iter()
-        .find(|s| s.get("snapshot-id").and_then(Value::as_i64) == Some(id))?
+    current_snapshot(meta)?
         .get("manifest-list")?
         .as_str()
         .map(str::to_string)

@@ -30,7 +30,7 @@ pub fn python() -> String {
 
 /// The rows of `batches` with every column of `schema` (by name) cast to its type there,
 /// rendered and sorted: two readers agree when these agree.
-pub fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
+fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
     let mut rows = Vec::new();
     for b in batches {
         let columns: Vec<ArrayRef> = schema
@@ -66,7 +66,7 @@ pub fn canonical(batches: &[RecordBatch], schema: &Schema) -> Vec<String> {
 }
 
 /// `wap query --version N` of the whole table, canonical, with the version's schema.
-pub async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
+async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
     let sql = format!("SELECT * FROM \"{}\"", job.conf().name);
     let df = job.query(Some(version), &sql).await.unwrap();
     let schema = df.schema().as_arrow().clone();
@@ -74,7 +74,7 @@ pub async fn wap_rows(job: &Job, version: u64) -> (Vec<String>, Schema) {
     (canonical(&batches, &schema), schema)
 }
 
-pub fn read_parquet(path: &FsPath) -> Vec<RecordBatch> {
+fn read_parquet(path: &FsPath) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).unwrap();
     ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap()
@@ -98,46 +98,67 @@ pub async fn assert_readers_match_with(
     versions: &[u64],
     readers: &[&str],
 ) -> usize {
-    let out = tempfile::tempdir().unwrap();
-    let script = FsPath::new(REPO).join("tests/readers/delta_read.py");
-    let mut args: Vec<String> = vec![
-        script.display().to_string(),
-        uri.to_string(),
-        out.path().display().to_string(),
-    ];
-    args.extend(versions.iter().map(|v| (v - 1).to_string()));
+    let mut args: Vec<String> = versions.iter().map(|v| (v - 1).to_string()).collect();
     args.push("latest".into());
-    let run = Command::new(python()).args(&args).output().unwrap();
-    assert!(
-        run.status.success(),
-        "readers failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let out = run_readers("delta_read.py", uri, &args);
     let current = versions::current(job.store())
         .await
         .unwrap()
         .unwrap()
         .version;
-    let mut compared = 0;
     let wanted = versions
         .iter()
-        .map(|&v| ((v - 1).to_string(), v))
-        .chain([("latest".to_string(), current)]);
-    for (label, version) in wanted {
+        .map(|&v| ((v - 1).to_string(), v, readers.to_vec()))
+        .chain([("latest".to_string(), current, readers.to_vec())])
+        .collect();
+    compare_readers(job, out.path(), "Delta", wanted).await
+}
+
+/// Runs the reader script `script` (in `tests/readers/`) on `uri` with `args` after the output
+/// folder, which it returns.
+pub fn run_readers(script: &str, uri: &str, args: &[String]) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let script = FsPath::new(REPO).join("tests/readers").join(script);
+    let run = Command::new(python())
+        .arg(script)
+        .arg(uri)
+        .arg(out.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "readers failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// Asserts that what each reader read of each (label, wap version, readers) in `out` equals
+/// `wap query` of that version, naming the reader and the `format`'s version label on a
+/// difference or a reader's error. Returns the number of rows compared.
+pub async fn compare_readers(
+    job: &Job,
+    out: &FsPath,
+    format: &str,
+    wanted: Vec<(String, u64, Vec<&str>)>,
+) -> usize {
+    let mut compared = 0;
+    for (label, version, readers) in wanted {
         let (expected, schema) = wap_rows(job, version).await;
         for reader in readers {
-            let error = out.path().join(format!("{reader}-{label}.error"));
+            let error = out.join(format!("{reader}-{label}.error"));
             if error.exists() {
                 panic!(
-                    "{reader} could not read Delta version {label} (wap version {version}):\n{}",
+                    "{reader} could not read {format} version {label} (wap version {version}):\n{}",
                     std::fs::read_to_string(error).unwrap()
                 );
             }
-            let batches = read_parquet(&out.path().join(format!("{reader}-{label}.parquet")));
+            let batches = read_parquet(&out.join(format!("{reader}-{label}.parquet")));
             let got = canonical(&batches, &schema);
             assert_eq!(
                 got, expected,
-                "{reader} at Delta version {label} differs from wap version {version}"
+                "{reader} at {format} version {label} differs from wap version {version}"
             );
             compared += got.len();
         }

@@ -15,8 +15,8 @@ use wap::layout::{self, IcebergEntry};
 use wap::versions;
 
 use crate::delta::{
-    awkward_batch, awkward_fixture, canonical, open_job, overwrite_sequence, python, read_parquet,
-    wap_rows,
+    awkward_batch, awkward_fixture, compare_readers, open_job, overwrite_sequence, python,
+    run_readers,
 };
 use crate::fixture::{Fixture, REPO};
 
@@ -61,13 +61,7 @@ pub async fn assert_iceberg_readers_match(
     versions: &[u64],
     catalog: CatalogRef<'_>,
 ) -> usize {
-    let out = tempfile::tempdir().unwrap();
-    let script = FsPath::new(REPO).join("tests/readers/iceberg_read.py");
-    let mut args: Vec<String> = vec![
-        script.display().to_string(),
-        uri.to_string(),
-        out.path().display().to_string(),
-    ];
+    let mut args: Vec<String> = Vec::new();
     let mut latest_readers = vec!["duckdb-hint"];
     if let Some((url, name, ident)) = catalog {
         args.extend(["--catalog".into(), url.into(), name.into(), ident.into()]);
@@ -75,18 +69,12 @@ pub async fn assert_iceberg_readers_match(
     }
     args.extend(versions.iter().map(|v| v.to_string()));
     args.push("latest".into());
-    let run = Command::new(python()).args(&args).output().unwrap();
-    assert!(
-        run.status.success(),
-        "readers failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let out = run_readers("iceberg_read.py", uri, &args);
     let current = versions::current(job.store())
         .await
         .unwrap()
         .unwrap()
         .version;
-    let mut compared = 0;
     let wanted = versions
         .iter()
         .map(|&v| {
@@ -96,27 +84,9 @@ pub async fn assert_iceberg_readers_match(
                 vec!["pyiceberg", "history", "duckdb", "polars"],
             )
         })
-        .chain([("latest".to_string(), current, latest_readers)]);
-    for (label, version, readers) in wanted {
-        let (expected, schema) = wap_rows(job, version).await;
-        for reader in readers {
-            let error = out.path().join(format!("{reader}-{label}.error"));
-            if error.exists() {
-                panic!(
-                    "{reader} could not read Iceberg version {label} (wap version {version}):\n{}",
-                    std::fs::read_to_string(error).unwrap()
-                );
-            }
-            let batches = read_parquet(&out.path().join(format!("{reader}-{label}.parquet")));
-            let got = canonical(&batches, &schema);
-            assert_eq!(
-                got, expected,
-                "{reader} at Iceberg version {label} differs from wap version {version}"
-            );
-            compared += got.len();
-        }
-    }
-    compared
+        .chain([("latest".to_string(), current, latest_readers)])
+        .collect();
+    compare_readers(job, out.path(), "Iceberg", wanted).await
 }
 
 /// The versions with Iceberg metadata, by listing.

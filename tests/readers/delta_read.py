@@ -7,15 +7,14 @@ version it writes OUT_DIR/<reader>-<version>.parquet; a reader that fails writes
 OUT_DIR/<reader>-<version>.error with the message, so the test can say which one failed.
 S3: WAP_TEST_S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment.
 """
-import glob
-import json
 import os
 import sys
 import traceback
 
-import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from common import arrow, duckdb_connection, write_table
+
 
 
 def storage_options(uri):
@@ -46,42 +45,16 @@ def read_polars(uri, version):
     return pl.scan_delta(uri, version=version, storage_options=storage_options(uri)).collect().to_arrow()
 
 
-def duckdb_connection(uri):
-    import duckdb_extension_delta
-
-    con = duckdb.connect()
-    site = os.path.dirname(os.path.dirname(duckdb_extension_delta.__file__))
-    for name in ["parquet", "httpfs", "delta"]:
-        found = glob.glob(f"{site}/duckdb_extension_{name}/**/{name}.duckdb_extension", recursive=True)
-        if found:
-            con.execute(f"INSTALL '{found[0]}'")
-        con.execute(f"LOAD {name}")
-    endpoint = os.environ.get("WAP_TEST_S3_ENDPOINT")
-    if uri.startswith("s3://"):
-        host = endpoint.split("://", 1)[1]
-        con.execute(
-            "CREATE SECRET s3 (TYPE s3, KEY_ID ?, SECRET ?, ENDPOINT ?, URL_STYLE 'path', "
-            "USE_SSL false, REGION ?)",
-            [
-                os.environ["AWS_ACCESS_KEY_ID"],
-                os.environ["AWS_SECRET_ACCESS_KEY"],
-                host,
-                os.environ.get("AWS_REGION", "us-east-1"),
-            ],
-        )
-    return con
-
-
 def main():
     uri, out = sys.argv[1], sys.argv[2]
     versions = sys.argv[3:]
     os.makedirs(out, exist_ok=True)
-    con = duckdb_connection(uri)
+    con = duckdb_connection(uri, ["parquet", "httpfs", "delta"])
 
     def read_duckdb(uri, version):
         arg = "" if version is None else f", version => {int(version)}"
         rel = con.sql(f"SELECT * FROM delta_scan('{uri}'{arg})")
-        return rel.fetch_arrow_table() if hasattr(rel, "fetch_arrow_table") else rel.arrow()
+        return arrow(rel)
 
     readers = {"deltalake": read_deltalake, "polars": read_polars, "duckdb": read_duckdb}
     for v in versions:
@@ -89,14 +62,7 @@ def main():
         for name, read in readers.items():
             try:
                 table = read(uri, version)
-                # Large and view layouts as plain ones: the test compares values, not layouts.
-                fields = []
-                for f in table.schema:
-                    t = f.type
-                    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-                        t = pa.string()
-                    fields.append(pa.field(f.name, t))
-                pq.write_table(table.cast(pa.schema(fields)), f"{out}/{name}-{v}.parquet")
+                write_table(table, f"{out}/{name}-{v}.parquet")
             except Exception:
                 with open(f"{out}/{name}-{v}.error", "w") as fh:
                     fh.write(traceback.format_exc())

@@ -12,15 +12,12 @@ Readers of `latest`: duckdb-hint (iceberg_scan of the table folder, through vers
 and with --catalog: catalog (pyiceberg SqlCatalog) and polars-catalog.
 S3: WAP_TEST_S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment.
 """
-import glob
-import json
 import os
 import sys
 import traceback
 
-import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
+from common import arrow, duckdb_connection, write_table
+
 
 
 def s3():
@@ -51,35 +48,6 @@ def polars_options(uri):
     }
 
 
-def duckdb_connection(uri):
-    import duckdb_extension_iceberg
-
-    con = duckdb.connect()
-    site = os.path.dirname(os.path.dirname(duckdb_extension_iceberg.__file__))
-    for name in ["parquet", "avro", "httpfs", "iceberg"]:
-        found = glob.glob(f"{site}/duckdb_extension_{name}/**/{name}.duckdb_extension", recursive=True)
-        if found:
-            con.execute(f"INSTALL '{found[0]}'")
-        con.execute(f"LOAD {name}")
-    if uri.startswith("s3://"):
-        host = s3().split("://", 1)[1]
-        con.execute(
-            "CREATE SECRET s3 (TYPE s3, KEY_ID ?, SECRET ?, ENDPOINT ?, URL_STYLE 'path', "
-            "USE_SSL false, REGION ?)",
-            [
-                os.environ["AWS_ACCESS_KEY_ID"],
-                os.environ["AWS_SECRET_ACCESS_KEY"],
-                host,
-                os.environ.get("AWS_REGION", "us-east-1"),
-            ],
-        )
-    return con
-
-
-def arrow(rel):
-    return rel.fetch_arrow_table() if hasattr(rel, "fetch_arrow_table") else rel.arrow()
-
-
 def main():
     args = sys.argv[1:]
     uri, out = args[0], args[1]
@@ -89,7 +57,7 @@ def main():
         catalog = rest[1:4]
         rest = rest[4:]
     os.makedirs(out, exist_ok=True)
-    con = duckdb_connection(uri)
+    con = duckdb_connection(uri, ["parquet", "avro", "httpfs", "iceberg"])
     props = pyiceberg_props(uri)
 
     def meta(v):
@@ -182,14 +150,7 @@ def main():
         for name, read in readers.items():
             try:
                 table = read(v)
-                # Large and view layouts as plain ones: the test compares values, not layouts.
-                fields = []
-                for f in table.schema:
-                    t = f.type
-                    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-                        t = pa.string()
-                    fields.append(pa.field(f.name, t))
-                pq.write_table(table.cast(pa.schema(fields)), f"{out}/{name}-{v}.parquet")
+                write_table(table, f"{out}/{name}-{v}.parquet")
             except Exception:
                 with open(f"{out}/{name}-{v}.error", "w") as fh:
                     fh.write(traceback.format_exc())
