@@ -96,6 +96,7 @@ fn proposal(run: &str, parts: Vec<Partition>) -> Proposal {
         partitions: parts,
         audits: Vec::new(),
         merge: None,
+        yield_to: Default::default(),
     }
 }
 

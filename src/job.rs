@@ -17,6 +17,7 @@
 //! job and rule file contents, logical date, and each source object's path, size and ETag. Same
 //! inputs, same run id, same staged bytes, and a re-run finds its own work already published.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -29,6 +30,7 @@ use crate::audit::{self, AuditError, AuditReport, RuleResult, StagedFiles};
 use crate::conf::{JobConf, TableFormat};
 use crate::delta::{self, DeltaLog};
 use crate::engine::{self, EngineOptions};
+use crate::hook::{Hook, HookEnv, HookOutcome};
 use crate::iceberg::IcebergLog;
 use crate::manifest::{AuditSummary, Manifest, Partition};
 use crate::publish::{
@@ -70,6 +72,18 @@ pub enum Mode {
     Publish,
     /// Write and audit only (`wap audit`).
     AuditOnly,
+    /// Write and audit, and hand what would be published to the caller
+    /// ([`RunOutcome::proposal`]): the dates of `wap backfill --atomic`. Overwrite mode only.
+    Stage,
+}
+
+/// What a caller adds to a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// Run ids of the later dates of the same backfill: a partition the table holds from one of
+    /// them stays theirs (see [`Proposal::Replace`]'s `yield_to`), and counts as this run's
+    /// own when a re-run checks whether it is already published.
+    pub later_runs: BTreeSet<String>,
 }
 
 /// How a run ended.
@@ -129,6 +143,31 @@ pub struct RunOutcome {
     pub audit_report: Option<AuditReport>,
     /// Wall time by phase.
     pub timings: Timings,
+    /// What became of the `on_publish` command (jobs that have one, runs the table holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_publish: Option<HookOutcome>,
+    /// True when the current version holds this run's output (it published now, or earlier).
+    #[serde(skip)]
+    pub in_table: bool,
+    /// [`Mode::Stage`]: what the run would publish.
+    #[serde(skip)]
+    pub proposal: Option<Proposal>,
+}
+
+impl RunOutcome {
+    /// True when the status is a success (published, unchanged, audit passed).
+    pub fn status_ok(&self) -> bool {
+        self.status.exit_code() == crate::exit_code::OK
+    }
+
+    /// The process exit code: the status's, or 1 when the run published but its
+    /// `on_publish` command failed.
+    pub fn exit_code(&self) -> i32 {
+        match &self.on_publish {
+            Some(h) if !h.ok => crate::exit_code::FAILURE,
+            _ => self.status.exit_code(),
+        }
+    }
 }
 
 /// The watermark of an incremental run: the cursor column, the table's watermark before the
@@ -300,6 +339,18 @@ impl Job {
 
     /// Runs the job for one logical date.
     pub async fn run(&self, date: &str, mode: Mode) -> Result<RunOutcome> {
+        self.run_in(date, mode, &RunContext::default()).await
+    }
+
+    /// Runs the job for one logical date as part of something larger (a backfill).
+    pub async fn run_in(&self, date: &str, mode: Mode, cx: &RunContext) -> Result<RunOutcome> {
+        if mode == Mode::Stage && self.conf.merge.is_some() {
+            return Err(Error::Usage(format!(
+                "{}: a merge run publishes on top of the version before it: it cannot be staged \
+                 for a later publish",
+                self.conf.path.display()
+            )));
+        }
         let started = std::time::Instant::now();
         parse_date(date)?;
         let conf = &self.conf;
@@ -322,10 +373,38 @@ impl Job {
             current,
             window,
         };
-        let mut outcome = self.run_phases(run, &mut timings).instrument(span).await?;
+        let mut outcome = self
+            .run_phases(run, cx, &mut timings)
+            .instrument(span)
+            .await?;
+        if mode == Mode::Publish {
+            self.after_publish(&mut outcome).await;
+        }
         timings.total_ms = ms_since(started);
         outcome.timings = timings;
         Ok(outcome)
+    }
+
+    /// The run id `wap run --date D` would have now (lists the source, reads no data). Not for
+    /// incremental jobs, whose id also covers the watermark the run starts from.
+    pub async fn run_id_for(&self, date: &str) -> Result<String> {
+        parse_date(date)?;
+        let source = write::list_source(&self.conf, date).await?;
+        Ok(run_id(RunInputs::Job {
+            conf: &self.conf,
+            date,
+            source: &source.objects,
+            watermark: None,
+        }))
+    }
+
+    /// This job with `1/n` of the memory pool, for `n` runs at once in one process: together
+    /// they stay within the limit one run has.
+    pub fn sharing_memory(&self, n: usize) -> Job {
+        let mut job = self.clone();
+        let pool = &mut job.options.engine.memory_limit;
+        *pool = (*pool / n.max(1)).max(64 << 20);
+        job
     }
 
     /// The window an incremental run reads (`None` for other jobs).
@@ -338,12 +417,17 @@ impl Job {
             .map_err(|e| Error::Usage(format!("{}: {e}", self.conf.path.display())))
     }
 
-    async fn run_phases(&self, mut run: Run<'_>, timings: &mut Timings) -> Result<RunOutcome> {
+    async fn run_phases(
+        &self,
+        mut run: Run<'_>,
+        cx: &RunContext,
+        timings: &mut Timings,
+    ) -> Result<RunOutcome> {
         let conf = &self.conf;
         let mut phase = std::time::Instant::now();
-        if run.mode == Mode::Publish
+        if run.mode != Mode::AuditOnly
             && let Some(done) = self
-                .already_published(&run.run_id, run.current.as_ref())
+                .already_published(&run.run_id, run.current.as_ref(), &cx.later_runs)
                 .await?
         {
             return Ok(done);
@@ -419,6 +503,9 @@ impl Job {
             watermark: None,
             audit_report: Some(report.clone()),
             timings: Timings::default(),
+            on_publish: None,
+            in_table: false,
+            proposal: None,
         };
         if !report.passed() {
             outcome.status = Status::AuditFailed;
@@ -437,8 +524,12 @@ impl Job {
 
         // Phase 3: the run's file lists go up as segments, then the manifest names them.
         let proposal = self
-            .proposal(&staged, date, report.summaries(), None)
+            .proposal(&staged, date, report.summaries(), None, &cx.later_runs)
             .await?;
+        if mode == Mode::Stage {
+            outcome.proposal = Some(proposal);
+            return Ok(outcome);
+        }
         let outcome = self.publish(proposal, current_version, outcome).await;
         timings.publish_ms = ms_since(phase);
         outcome
@@ -611,6 +702,9 @@ impl Job {
             watermark: watermark_move.clone(),
             audit_report: Some(report.clone()),
             timings: Timings::default(),
+            on_publish: None,
+            in_table: false,
+            proposal: None,
         };
         if !report.passed() {
             outcome.status = Status::AuditFailed;
@@ -633,7 +727,7 @@ impl Job {
             watermarks,
         };
         let proposal = self
-            .proposal(&staged, date, report.summaries(), Some(change))
+            .proposal(&staged, date, report.summaries(), Some(change), &BTreeSet::new())
             .await?;
         let outcome = self.publish(proposal, base, outcome).await;
         timings.publish_ms = ms_since(phase);
@@ -706,6 +800,9 @@ impl Job {
             watermark: None,
             audit_report: Some(report),
             timings: Timings::default(),
+            on_publish: None,
+            in_table: true,
+            proposal: None,
         }))
     }
 
@@ -862,6 +959,7 @@ impl Job {
         date: &str,
         audits: Vec<AuditSummary>,
         merge: Option<MergeChange>,
+        yield_to: &BTreeSet<String>,
     ) -> Result<Proposal> {
         let conf = &self.conf;
         let run_id = &staged.run_id;
@@ -889,6 +987,7 @@ impl Job {
             partitions,
             audits,
             merge,
+            yield_to: yield_to.clone(),
         })
     }
 
@@ -1062,6 +1161,7 @@ impl Job {
             Ok(PublishOutcome::Published { version }) => {
                 outcome.status = Status::Published;
                 outcome.version = version;
+                outcome.in_table = true;
             }
             Ok(PublishOutcome::Unchanged { version }) => {
                 outcome.status = Status::Unchanged;
@@ -1087,6 +1187,7 @@ impl Job {
         &self,
         run_id: &str,
         current: Option<&Manifest>,
+        later_runs: &BTreeSet<String>,
     ) -> Result<Option<RunOutcome>> {
         let Some(current) = current else {
             return Ok(None);
@@ -1107,11 +1208,15 @@ impl Job {
             current
                 .partitions
                 .get(p)
-                .is_some_and(|q| q.run_id == run_id)
+                .is_some_and(|q| q.run_id == run_id || later_runs.contains(&q.run_id))
         });
         if !all_ours {
             return Ok(None);
         }
+        let any_ours = report
+            .partitions
+            .iter()
+            .any(|p| current.partitions.get(p).is_some_and(|q| q.run_id == run_id));
         info!(
             version = current.version,
             "run already published; nothing to do"
@@ -1140,7 +1245,56 @@ impl Job {
             watermark: None,
             audit_report: Some(report),
             timings: Timings::default(),
+            on_publish: None,
+            in_table: any_ours,
+            proposal: None,
         }))
+    }
+
+    /// Runs the job's `on_publish` command for a run the table holds, unless it ran before (its
+    /// record under `_wap/runs/<run_id>/`). A failure is reported in the outcome (exit 1); the
+    /// version stays published and the next re-run tries again.
+    pub async fn after_publish(&self, outcome: &mut RunOutcome) {
+        let Some(argv) = &self.conf.on_publish else {
+            return;
+        };
+        if !outcome.in_table {
+            return;
+        }
+        let hook = Hook {
+            argv: argv.clone(),
+            dir: self
+                .conf
+                .path
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        let status = serde_json::to_value(outcome.status).expect("serializable");
+        let env = HookEnv {
+            run_id: &outcome.run_id,
+            version: outcome.version,
+            table: &self.conf.name,
+            logical_date: &outcome.logical_date,
+            status: status.as_str().unwrap_or_default(),
+        };
+        let stdin = serde_json::to_vec(&*outcome).expect("serializable");
+        let result = hook.ensure(&self.table, &env, &stdin).await;
+        outcome.on_publish = Some(match result {
+            Ok(ran) => HookOutcome {
+                ran,
+                ok: true,
+                error: None,
+            },
+            Err(e) => {
+                tracing::warn!(run_id = %outcome.run_id, error = %e, "on_publish failed");
+                HookOutcome {
+                    ran: !matches!(e, crate::hook::HookError::Record { phase: "check", .. }),
+                    ok: false,
+                    error: Some(e.to_string()),
+                }
+            }
+        });
     }
 
     /// `wap audit --version N` (default: current): runs the rules over a published version, as
@@ -1210,6 +1364,9 @@ impl Job {
             watermark: None,
             audit_report: Some(report),
             timings: Timings::default(),
+            on_publish: None,
+            in_table: false,
+            proposal: None,
         })
     }
 
@@ -1238,6 +1395,9 @@ impl Job {
             watermark: None,
             audit_report: None,
             timings: Timings::default(),
+            on_publish: None,
+            in_table: false,
+            proposal: None,
         };
         if current.partitions == target.partitions && current.schema == target.schema {
             self.sync_formats(latest).await?;

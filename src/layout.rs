@@ -238,6 +238,12 @@ pub fn unchanged_path(run_id: &str) -> Path {
     Path::from(format!("{RUNS}/{run_id}/unchanged.json"))
 }
 
+/// Written once a run's `on_publish` command succeeded: a re-run finding it does not run the
+/// command again.
+pub fn hook_record_path(run_id: &str) -> Path {
+    Path::from(format!("{RUNS}/{run_id}/on_publish.json"))
+}
+
 /// A failing rule's samples (Parquet), beside the report. Rule names are free text: anything
 /// but ASCII letters, digits, `_` and `-` becomes `_`.
 pub fn samples_path(run_id: &str, rule: &str) -> Path {

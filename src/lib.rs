@@ -14,11 +14,13 @@
 //! the work; the `wap` binary only parses arguments, renders results and maps errors to exit codes.
 
 pub mod audit;
+pub mod backfill;
 pub mod conf;
 pub mod delta;
 pub mod doctor;
 pub mod engine;
 pub mod gc;
+pub mod hook;
 pub mod iceberg;
 pub mod inspect;
 pub mod job;

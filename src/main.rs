@@ -33,6 +33,30 @@ struct Cli {
 enum Command {
     /// Write, audit and publish one logical date.
     Run(DateArgs),
+    /// Run every date of a range, each as `wap run --date D` would (overwrite mode: several at
+    /// once; merge mode: one at a time, in date order). Re-running resumes it.
+    Backfill {
+        #[arg(long)]
+        conf: PathBuf,
+        /// First logical date, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last logical date, inclusive.
+        #[arg(long)]
+        to: String,
+        /// Dates at once (overwrite mode; default: the number of cores).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Run every date even after one failed; exit with the worst code.
+        #[arg(long)]
+        keep_going: bool,
+        /// Write and audit every date, then publish them all as one version, or nothing.
+        #[arg(long)]
+        atomic: bool,
+        /// One JSON object per date on stdout as each finishes, then a summary line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write and audit one logical date; never publishes. Without --date: audit a published
     /// version (--version N, default current) to try rules on production data.
     Audit {
@@ -237,6 +261,40 @@ async fn execute(command: Command) -> Result<i32, Error> {
         Command::Run(a) => {
             let outcome = job(&a.conf)?.run(&a.date, Mode::Publish).await?;
             Ok(render_outcome(&outcome, a.json))
+        }
+        Command::Backfill {
+            conf,
+            from,
+            to,
+            parallel,
+            keep_going,
+            atomic,
+            json,
+        } => {
+            let job = job(&conf)?;
+            let options = wap::backfill::BackfillOptions {
+                from,
+                to,
+                parallel,
+                keep_going,
+                atomic,
+            };
+            let done = wap::backfill::backfill(&job, &options, |event| {
+                if let wap::backfill::Event::Done(r) = event {
+                    if json {
+                        println!("{}", r.to_json());
+                    } else if !matches!(r.result, wap::backfill::DateResult::Skipped) {
+                        eprintln!("{}", date_line(r));
+                    }
+                }
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::json!({"summary": done.summary}));
+            } else {
+                render_backfill(&done);
+            }
+            Ok(done.exit_code())
         }
         Command::Audit {
             conf,
@@ -477,14 +535,106 @@ fn render_outcome(outcome: &RunOutcome, json: bool) -> i32 {
                 out.push_str(&format!("  report: {path}\n"));
             }
         }
-        let stream = if outcome.status.exit_code() == 0 {
+        if let Some(e) = outcome.on_publish.as_ref().and_then(|h| h.error.as_ref()) {
+            out.push_str(&format!(
+                "published, but {e}\n  the version stays published; the next re-run of this date runs the command again\n"
+            ));
+        }
+        let stream = if outcome.exit_code() == 0 {
             &mut std::io::stdout() as &mut dyn Write
         } else {
             &mut std::io::stderr() as &mut dyn Write
         };
         let _ = stream.write_all(out.as_bytes());
     }
-    outcome.status.exit_code()
+    outcome.exit_code()
+}
+
+/// One finished date of a backfill, as a line on stderr.
+fn date_line(r: &wap::backfill::DateReport) -> String {
+    use wap::backfill::DateResult;
+    match &r.result {
+        DateResult::Done(o) => {
+            let mut line = format!(
+                "{}  {:<12} version {}  {} rows  {} partition(s)  {:.1} s",
+                r.date,
+                r.status(),
+                o.version,
+                o.rows,
+                o.partitions.len(),
+                r.elapsed_ms as f64 / 1000.0
+            );
+            if let Some(h) = o.on_publish.as_ref().and_then(|h| h.error.as_ref()) {
+                line.push_str(&format!("\n  published, but {h}"));
+            }
+            if let Some(report) = o.audit_report.as_ref().filter(|_| !o.status_ok()) {
+                for rule in report.rules.iter().filter(|r| !r.passed && r.blocks()) {
+                    line.push_str(&format!("\n  [FAIL] {:<28} {}", rule.name, rule.message));
+                }
+            }
+            if let (Some(m), false) = (&o.message, o.status_ok()) {
+                line.push_str(&format!("\n  {m}"));
+            }
+            line
+        }
+        DateResult::Failed { exit_code, message } => {
+            format!("{}  error (exit {exit_code})\n  {}", r.date, message.replace('\n', "\n  "))
+        }
+        DateResult::Skipped => format!("{}  skipped", r.date),
+    }
+}
+
+/// The table that ends a backfill's human output.
+fn render_backfill(done: &wap::backfill::Backfill) {
+    use wap::backfill::DateResult;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<10}  {:<12}  {:>7}  {:>12}  {:>10}  {:>8}  {}\n",
+        "date", "outcome", "version", "rows", "partitions", "seconds", "run"
+    ));
+    for r in &done.dates {
+        let (version, rows, parts, run) = match &r.result {
+            DateResult::Done(o) => (
+                o.version.to_string(),
+                o.rows.to_string(),
+                o.partitions.len().to_string(),
+                o.run_id.clone(),
+            ),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let mut outcome = r.status();
+        if let DateResult::Done(o) = &r.result
+            && o.on_publish.as_ref().is_some_and(|h| !h.ok)
+        {
+            outcome = "hook_failed".into();
+        }
+        out.push_str(&format!(
+            "{:<10}  {:<12}  {:>7}  {:>12}  {:>10}  {:>8.1}  {}\n",
+            r.date,
+            outcome,
+            version,
+            rows,
+            parts,
+            r.elapsed_ms as f64 / 1000.0,
+            run
+        ));
+    }
+    let s = &done.summary;
+    out.push_str(&format!(
+        "{} date(s): {} published, {} unchanged, {} failed, {} skipped; current version {}{}; {:.1} s\n",
+        s.dates,
+        s.published,
+        s.unchanged,
+        s.failed,
+        s.skipped,
+        s.version,
+        match s.atomic_version {
+            Some(v) => format!(" (every date in version {v})"),
+            None => String::new(),
+        },
+        s.elapsed_ms as f64 / 1000.0
+    ));
+    print!("{out}");
 }
 
 #[derive(serde::Serialize)]

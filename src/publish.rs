@@ -148,6 +148,10 @@ pub enum Proposal {
         audits: Vec<AuditSummary>,
         /// Merge runs: what else the run changes and depends on.
         merge: Option<MergeChange>,
+        /// Runs this one gives way to (the later dates of a backfill): a partition the base
+        /// holds from one of them is not replaced, and a version of theirs since the base is
+        /// rebased onto, never a conflict. Dates that publish out of order end as in date order.
+        yield_to: BTreeSet<String>,
     },
     /// Make the content of an older version current again.
     Restore { run_id: String, target: Manifest },
@@ -255,7 +259,8 @@ pub fn same_column_type(a: &DataType, b: &DataType) -> bool {
     logical(a) == logical(b)
 }
 
-fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
+/// Whether a table of schema `old` may take files of schema `new`: the reason when not.
+pub fn compatible(old: &Schema, new: &Schema) -> Result<(), String> {
     for f in old.fields() {
         match new.field_with_name(f.name()) {
             Err(_) => return Err(format!("column `{}` would be dropped", f.name())),
@@ -357,7 +362,19 @@ impl Publisher {
                 partitions,
                 audits,
                 merge,
+                yield_to,
             } => {
+                // Partitions a later run already published stay theirs.
+                let partitions: Vec<&Partition> = partitions
+                    .iter()
+                    .filter(|p| {
+                        !base.is_some_and(|b| {
+                            b.partitions
+                                .get(&p.path)
+                                .is_some_and(|q| yield_to.contains(&q.run_id))
+                        })
+                    })
+                    .collect();
                 let empty = MergeChange::default();
                 let merge = merge.as_ref().unwrap_or(&empty);
                 let base_marks = base.map(|b| b.watermarks.clone()).unwrap_or_default();
@@ -365,7 +382,7 @@ impl Publisher {
                 let same_partitions = base.map_or(partitions.is_empty(), |b| {
                     partitions
                         .iter()
-                        .all(|p| b.partitions.get(&p.path).is_some_and(|q| q == p))
+                        .all(|p| b.partitions.get(&p.path).is_some_and(|q| q == *p))
                         && merge.removed.iter().all(|r| !b.partitions.contains_key(r))
                 });
                 if same_partitions && marks.is_empty() {
@@ -386,7 +403,7 @@ impl Publisher {
                         .map_err(|message| PublishError::SchemaChange { message })?;
                 }
                 for p in partitions {
-                    all.insert(p.path.clone(), p.clone());
+                    all.insert(p.path.clone(), (*p).clone());
                 }
                 let mut watermarks = base_marks;
                 watermarks.extend(marks);
@@ -530,6 +547,8 @@ impl Publisher {
                                 other_run: other.change.run_id,
                             });
                         }
+                        Proposal::Replace { yield_to, .. }
+                            if yield_to.contains(&other.change.run_id) => {}
                         Proposal::Replace {
                             partitions, merge, ..
                         } => {

@@ -13,6 +13,10 @@
 //! |                          | then for an incremental job the watermark it reads from       |                       |
 //! | `wap audit --version N`  | the version, each rule file's text                            | `audit-vN-` + 12 hex  |
 //! | `wap rollback --to N`    | the target version, the version it rolls back from            | `rollback-` + 16 hex  |
+//! | `wap backfill --atomic`  | the run ids of the dates it publishes, in date order          | `backfill-` + 16 hex  |
+//!
+//! The job file's text is hashed without its top-level `on_publish:` entry
+//! ([`crate::conf::run_text`]): a notification is not an input of the data.
 //!
 //! The ids of existing tables depend on these exact bytes: changing what is hashed makes every
 //! re-run of an old run look new (it would publish again instead of finding its own work).
@@ -28,6 +32,8 @@ use crate::manifest::hex;
 const VERSION_AUDIT_PREFIX: &str = "audit-v";
 /// Run ids of rollbacks start with this.
 const ROLLBACK_PREFIX: &str = "rollback-";
+/// Run ids of atomic backfills start with this.
+const BACKFILL_PREFIX: &str = "backfill-";
 
 /// Everything a run id is derived from, by kind of run.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +55,8 @@ pub enum RunInputs<'a> {
     },
     /// A rollback publishing the content of version `to` on top of version `from`.
     Rollback { to: u64, from: u64 },
+    /// An atomic backfill publishing the runs of several dates as one version.
+    Backfill { runs: &'a [String] },
 }
 
 /// The run id of `inputs`.
@@ -68,7 +76,7 @@ pub fn run_id(inputs: RunInputs<'_>) -> String {
             };
             field("wap-run", b"1");
             field("name", conf.name.as_bytes());
-            field("conf", conf.text.as_bytes());
+            field("conf", crate::conf::run_text(&conf.text).as_bytes());
             for f in conf.rules.files() {
                 field("rules", f.text.as_bytes());
             }
@@ -107,6 +115,14 @@ pub fn run_id(inputs: RunInputs<'_>) -> String {
             let mut h = Sha256::new();
             h.update(format!("wap-rollback/1 to={to} from={from}"));
             format!("{ROLLBACK_PREFIX}{}", hex(&h.finalize()[..8]))
+        }
+        RunInputs::Backfill { runs } => {
+            let mut h = Sha256::new();
+            h.update("wap-backfill/1\n");
+            for r in runs {
+                h.update(format!("{r}\n"));
+            }
+            format!("{BACKFILL_PREFIX}{}", hex(&h.finalize()[..8]))
         }
     }
 }
@@ -170,6 +186,30 @@ mod tests {
             run_id(RunInputs::Rollback { to: 2, from: 5 }),
             "rollback-e294588ec902b7c1"
         );
+    }
+
+    #[test]
+    fn on_publish_is_not_an_input_of_the_data() {
+        let source = [object("src/d/a.csv", 10, Some("e1"), 0)];
+        let base = job_id(&conf(JOB), "2024-01-02", &source);
+        for hook in [
+            "on_publish: [notify, --to, data]\n",
+            "on_publish:\n  - notify\n  - --to\n",
+            "on_publish:\n- notify\n\n- x\n",
+        ] {
+            let at_end = conf(&format!("{JOB}{hook}"));
+            assert_eq!(job_id(&at_end, "2024-01-02", &source), base, "{hook}");
+            assert!(at_end.on_publish.is_some());
+            let first = conf(&format!("{hook}{JOB}"));
+            assert_eq!(job_id(&first, "2024-01-02", &source), base, "{hook}");
+        }
+        // Everything else still counts.
+        let other = conf(&format!("{JOB}on_publish: [notify]\naudit_samples: 3\n"));
+        assert_ne!(job_id(&other, "2024-01-02", &source), base);
+        let runs = ["a".to_string(), "b".to_string()];
+        let id = run_id(RunInputs::Backfill { runs: &runs });
+        assert!(id.starts_with("backfill-") && id.len() == 25, "{id}");
+        assert_ne!(id, run_id(RunInputs::Backfill { runs: &runs[..1] }));
     }
 
     #[test]

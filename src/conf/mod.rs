@@ -182,6 +182,9 @@ pub struct RawJobConf {
     /// Iceberg options (`formats: [iceberg]`).
     #[serde(default)]
     pub iceberg: Option<RawIceberg>,
+    /// A command (argv) run once per published run.
+    #[serde(default)]
+    pub on_publish: Option<Vec<String>>,
 }
 
 /// The `iceberg:` section as written.
@@ -290,6 +293,9 @@ pub struct JobConf {
     pub formats: Vec<TableFormat>,
     /// The catalog each Iceberg version is registered in (`iceberg.catalog`).
     pub iceberg_catalog: Option<crate::iceberg::catalog::Catalog>,
+    /// `on_publish:` the command (program, then arguments) run once per published run, in the
+    /// job file's folder.
+    pub on_publish: Option<Vec<String>>,
 }
 
 /// Per-job object-store settings (`storage:`). Credentials never come from job files: they come
@@ -576,6 +582,16 @@ impl JobConf {
                 }
             },
         };
+        if let Some(argv) = &raw.on_publish
+            && argv.first().is_none_or(|p| p.trim().is_empty())
+        {
+            problems.push(ConfError::at(
+                path,
+                line("on_publish"),
+                "on_publish: expected a command as a list, program first, e.g. \
+                 [/usr/local/bin/notify, --channel, data]",
+            ));
+        }
         let job_valid = job_valid && problems.len() == before;
         let conf = job_valid.then(|| JobConf {
             name: raw.name,
@@ -597,6 +613,7 @@ impl JobConf {
             incremental,
             formats,
             iceberg_catalog,
+            on_publish: raw.on_publish,
         });
         Checked { conf, problems }
     }
@@ -676,6 +693,7 @@ const JOB_KEYS: &[&str] = &[
     "incremental",
     "formats",
     "iceberg",
+    "on_publish",
 ];
 
 /// An unknown key at `line`, with the known key probably meant.
@@ -846,6 +864,36 @@ pub fn line_of_key(text: &str, key: &str) -> usize {
             })
         })
         .map_or(1, |i| i + 1)
+}
+
+/// The job file's text as run ids hash it: without its top-level `on_publish:` entry, so that
+/// adding or changing a notification does not make every run look new (and publish again).
+/// Files without one hash as written.
+pub fn run_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut lines = text.split_inclusive('\n').peekable();
+    let mut out = String::with_capacity(text.len());
+    let mut found = false;
+    while let Some(l) = lines.next() {
+        if !l.starts_with("on_publish:") {
+            out.push_str(l);
+            continue;
+        }
+        found = true;
+        // The entry goes on while lines are indented, blank, comments or top-level list items.
+        while let Some(next) = lines.peek() {
+            let t = next.trim_end();
+            if t.is_empty() || next.starts_with([' ', '\t', '#']) || t == "-" || t.starts_with("- ") {
+                lines.next();
+            } else {
+                break;
+            }
+        }
+    }
+    if found {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// The 1-based line where `value` appears as a YAML value.

@@ -56,6 +56,7 @@ pub(crate) fn proposal(run_id: &str, partitions: Vec<Partition>) -> Proposal {
         partitions,
         audits: vec![],
         merge: None,
+        yield_to: Default::default(),
     }
 }
 
@@ -400,6 +401,7 @@ fn merge_proposal(
             any_partition,
             watermarks: [("incremental.ts".to_string(), watermark.to_string())].into(),
         }),
+        yield_to: Default::default(),
     }
 }
 
