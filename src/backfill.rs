@@ -278,7 +278,8 @@ pub async fn backfill(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (i, report) = joined.map_err(|e| Error::Usage(format!("a date's run panicked: {e}")))?;
+        let (i, report) =
+            joined.map_err(|e| Error::Usage(format!("a date's run panicked: {e}")))?;
         if report.exit_code() != exit_code::OK && !options.keep_going {
             stop = true;
         }
@@ -500,7 +501,12 @@ async fn publish_atomic(
         }
         Err(e) => {
             let e = Error::from(e);
-            (Status::Conflict, 0, None, Some((e.exit_code(), e.to_string())))
+            (
+                Status::Conflict,
+                0,
+                None,
+                Some((e.exit_code(), e.to_string())),
+            )
         }
     };
     for &i in &staged {

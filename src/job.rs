@@ -727,7 +727,13 @@ impl Job {
             watermarks,
         };
         let proposal = self
-            .proposal(&staged, date, report.summaries(), Some(change), &BTreeSet::new())
+            .proposal(
+                &staged,
+                date,
+                report.summaries(),
+                Some(change),
+                &BTreeSet::new(),
+            )
             .await?;
         let outcome = self.publish(proposal, base, outcome).await;
         timings.publish_ms = ms_since(phase);
@@ -1213,10 +1219,12 @@ impl Job {
         if !all_ours {
             return Ok(None);
         }
-        let any_ours = report
-            .partitions
-            .iter()
-            .any(|p| current.partitions.get(p).is_some_and(|q| q.run_id == run_id));
+        let any_ours = report.partitions.iter().any(|p| {
+            current
+                .partitions
+                .get(p)
+                .is_some_and(|q| q.run_id == run_id)
+        });
         info!(
             version = current.version,
             "run already published; nothing to do"

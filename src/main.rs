@@ -578,7 +578,11 @@ fn date_line(r: &wap::backfill::DateReport) -> String {
             line
         }
         DateResult::Failed { exit_code, message } => {
-            format!("{}  error (exit {exit_code})\n  {}", r.date, message.replace('\n', "\n  "))
+            format!(
+                "{}  error (exit {exit_code})\n  {}",
+                r.date,
+                message.replace('\n', "\n  ")
+            )
         }
         DateResult::Skipped => format!("{}  skipped", r.date),
     }

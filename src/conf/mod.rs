@@ -882,7 +882,8 @@ pub fn run_text(text: &str) -> std::borrow::Cow<'_, str> {
         // The entry goes on while lines are indented, blank, comments or top-level list items.
         while let Some(next) = lines.peek() {
             let t = next.trim_end();
-            if t.is_empty() || next.starts_with([' ', '\t', '#']) || t == "-" || t.starts_with("- ") {
+            if t.is_empty() || next.starts_with([' ', '\t', '#']) || t == "-" || t.starts_with("- ")
+            {
                 lines.next();
             } else {
                 break;
