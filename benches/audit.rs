@@ -165,6 +165,7 @@ async fn main() {
         staged: &[],
         files: Some(&staged),
         published: None,
+        progress: None,
     };
 
     let bare_sql = format!(

@@ -261,6 +261,7 @@ pub async fn backfill(
     } else {
         Mode::Publish
     };
+    let commit_turn = Arc::new(tokio::sync::Mutex::new(()));
     let mut reports: Vec<Option<DateReport>> = vec![None; dates.len()];
     let mut tasks = JoinSet::new();
     let mut next = 0;
@@ -269,6 +270,7 @@ pub async fn backfill(
         while !stop && next < dates.len() && tasks.len() < parallel {
             let cx = RunContext {
                 later_runs: runs[next + 1..].iter().flatten().cloned().collect(),
+                commit_turn: Some(Arc::clone(&commit_turn)),
             };
             observe(Event::Started(&dates[next]));
             let (job, date, i) = (Arc::clone(&worker), dates[next].clone(), next);

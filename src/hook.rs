@@ -145,10 +145,8 @@ impl Hook {
             drop(input);
         }
         let output = child.wait_with_output().await.map_err(spawn_err)?;
-        let mut err = std::io::stderr().lock();
-        use std::io::Write;
-        let _ = err.write_all(&output.stdout);
-        let _ = err.write_all(&output.stderr);
+        crate::progress::write_above(&output.stdout);
+        crate::progress::write_above(&output.stderr);
         if output.status.success() {
             Ok(())
         } else {

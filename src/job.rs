@@ -33,6 +33,7 @@ use crate::engine::{self, EngineOptions};
 use crate::hook::{Hook, HookEnv, HookOutcome};
 use crate::iceberg::IcebergLog;
 use crate::manifest::{AuditSummary, Manifest, Partition};
+use crate::progress::{CountingStore, Phase, Progress};
 use crate::publish::{
     MergeChange, Proposal, PublishError, PublishOptions, PublishOutcome, Publisher,
 };
@@ -52,6 +53,8 @@ pub struct JobOptions {
     pub publish: PublishOptions,
     /// Failing rows kept per failing rule.
     pub sample_limit: usize,
+    /// Counters the run bumps as it goes, for a display (`None`: nobody watches).
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for JobOptions {
@@ -61,6 +64,7 @@ impl Default for JobOptions {
             write: WriteOptions::default(),
             publish: PublishOptions::default(),
             sample_limit: 10,
+            progress: None,
         }
     }
 }
@@ -84,6 +88,10 @@ pub struct RunContext {
     /// them stays theirs (see [`Proposal::Replace`]'s `yield_to`), and counts as this run's
     /// own when a re-run checks whether it is already published.
     pub later_runs: BTreeSet<String>,
+    /// Taken for the commit by the runs of one process (a backfill's dates): they write and
+    /// audit at once but commit one after the other, so they never race each other for the
+    /// pointer (other processes still do, through compare-and-swap).
+    pub commit_turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// How a run ended.
@@ -333,6 +341,13 @@ impl Job {
             .map_err(|source| Error::Table(table::TableError::Engine { source }))
     }
 
+    /// Tells the display (if any) the run is in `phase`.
+    fn phase(&self, phase: Phase) {
+        if let Some(p) = &self.options.progress {
+            p.set_phase(phase);
+        }
+    }
+
     fn sample_limit(&self) -> usize {
         self.conf.audit_samples.unwrap_or(self.options.sample_limit)
     }
@@ -353,6 +368,7 @@ impl Job {
         }
         let started = std::time::Instant::now();
         parse_date(date)?;
+        self.phase(Phase::Plan);
         let conf = &self.conf;
         let source = write::list_source(conf, date).await?;
         let current = versions::current(&self.table).await?;
@@ -380,6 +396,7 @@ impl Job {
         if mode == Mode::Publish {
             self.after_publish(&mut outcome).await;
         }
+        self.phase(Phase::Done);
         timings.total_ms = ms_since(started);
         outcome.timings = timings;
         Ok(outcome)
@@ -442,6 +459,7 @@ impl Job {
                 run.window.as_ref(),
             )
             .await?;
+        self.phase(Phase::Write);
         if let Some(merge_conf) = &conf.merge {
             return self
                 .run_merge(run, planned, merge_conf, timings, phase)
@@ -530,6 +548,10 @@ impl Job {
             outcome.proposal = Some(proposal);
             return Ok(outcome);
         }
+        let _turn = match &cx.commit_turn {
+            Some(t) => Some(t.lock().await),
+            None => None,
+        };
         let outcome = self.publish(proposal, current_version, outcome).await;
         timings.publish_ms = ms_since(phase);
         outcome
@@ -874,6 +896,7 @@ impl Job {
         source: &str,
         merged: Option<(&Merged, BatchQuarantine)>,
     ) -> Result<(StagedRun, AuditReport)> {
+        self.phase(Phase::Audit);
         let conf = &self.conf;
         let batch_rules = self.batch_rules();
         let mut rules = conf.rules.rules();
@@ -952,6 +975,7 @@ impl Job {
             staged: &rows,
             files: Some(files),
             published,
+            progress: self.options.progress.as_deref(),
         };
         let key = &self.conf.key;
         Ok(audit::run::run(ctx, rules, key, self.sample_limit(), &baseline).await?)
@@ -1006,7 +1030,11 @@ impl Job {
         current: Option<Manifest>,
         window: Option<&Window>,
     ) -> Result<Planned> {
-        let ctx = self.session(Some(Arc::clone(&source.store)))?;
+        let source_store = match &self.options.progress {
+            Some(p) => CountingStore::wrap(Arc::clone(&source.store), Arc::clone(p)),
+            None => Arc::clone(&source.store),
+        };
+        let ctx = self.session(Some(source_store))?;
         let watermark = window.map(|w| w.from.as_str());
         let transform = write::plan_transform(&ctx, &self.conf, date, watermark, source).await?;
         let out = transform.schema().inner();
@@ -1089,6 +1117,7 @@ impl Job {
     /// carry the field ids of `current`'s columns (and new ids for new columns).
     fn write_options(&self, current: Option<&Manifest>) -> write::WriteOptions {
         let mut o = self.options.write.clone();
+        o.progress = self.options.progress.clone();
         if self.conf.formats.contains(&TableFormat::Iceberg) {
             o.field_ids = Some(current.map(|m| m.schema_ref()));
         }
@@ -1157,6 +1186,7 @@ impl Job {
         base: u64,
         mut outcome: RunOutcome,
     ) -> Result<RunOutcome> {
+        self.phase(Phase::Publish);
         let publisher = self.publisher();
         let span = tracing::info_span!("publish", base);
         match publisher
@@ -1309,6 +1339,7 @@ impl Job {
     /// table `staged` (and `result`), with its parent as `published`, so that a new rule can be
     /// tried on production data before it gates anything. Writes only the report.
     pub async fn audit_version(&self, version: Option<u64>) -> Result<RunOutcome> {
+        self.phase(Phase::Audit);
         let mut target = self.show(version).await?;
         versions::resolve_files(&self.table, [&mut target]).await?;
         let parent = match target.parent {
@@ -1341,6 +1372,7 @@ impl Job {
             staged: &partitions,
             files: Some(&files),
             published: parent.as_ref(),
+            progress: self.options.progress.as_deref(),
         };
         let results =
             audit::run::run(&ctx, &rules, &self.conf.key, self.sample_limit(), &baseline).await?;

@@ -26,6 +26,7 @@ pub mod inspect;
 pub mod job;
 pub mod layout;
 pub mod manifest;
+pub mod progress;
 pub mod publish;
 pub mod quarantine;
 pub mod run_id;

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use wap::conf::JobConf;
 use wap::job::{Job, JobOptions, Mode, RunOutcome, Status};
 use wap::manifest::Manifest;
+use wap::progress::{Display, Style, When};
 use wap::{Error, exit_code};
 
 /// mimalloc instead of the system allocator: DataFusion and manifest decoding make many small,
@@ -56,6 +57,8 @@ enum Command {
         /// One JSON object per date on stdout as each finishes, then a summary line.
         #[arg(long)]
         json: bool,
+        #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+        progress: ProgressArg,
     },
     /// Write and audit one logical date; never publishes. Without --date: audit a published
     /// version (--version N, default current) to try rules on production data.
@@ -68,6 +71,8 @@ enum Command {
         version: Option<u64>,
         #[arg(long)]
         json: bool,
+        #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+        progress: ProgressArg,
     },
     /// List versions (newest first) and runs (oldest first) with what became of each.
     Log {
@@ -169,6 +174,28 @@ struct DateArgs {
     /// Print the outcome as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+}
+
+/// Progress on stderr: `auto` on a terminal unless `--json`; `always` also off a terminal (as
+/// plain lines); `never`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ProgressArg {
+    fn style(self, json: bool) -> Style {
+        let when = match self {
+            ProgressArg::Auto => When::Auto,
+            ProgressArg::Always => When::Always,
+            ProgressArg::Never => When::Never,
+        };
+        Style::for_stderr(when, json)
+    }
 }
 
 fn parse_retention(s: &str) -> Result<i64, String> {
@@ -199,9 +226,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: logs in CI and orchestrators get no control characters.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(wap::progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -243,6 +272,21 @@ fn job(conf: &PathBuf) -> Result<Job, Error> {
     Job::open(JobConf::load(conf)?, options()?)
 }
 
+/// The job with its progress shown on stderr in `style` (counters only when shown).
+fn watched_job(
+    conf: &PathBuf,
+    style: Style,
+    command: &'static str,
+) -> Result<(Job, Display), Error> {
+    let mut options = options()?;
+    let progress = std::sync::Arc::new(wap::progress::Progress::default());
+    if style != Style::Hidden {
+        options.progress = Some(std::sync::Arc::clone(&progress));
+    }
+    let job = Job::open(JobConf::load(conf)?, options)?;
+    Ok((job, Display::start(style, command, progress)))
+}
+
 /// Job options, with the memory limit from `WAP_MEMORY_LIMIT`.
 fn options() -> Result<JobOptions, Error> {
     let mut options = JobOptions::default();
@@ -259,8 +303,10 @@ fn options() -> Result<JobOptions, Error> {
 async fn execute(command: Command) -> Result<i32, Error> {
     match command {
         Command::Run(a) => {
-            let outcome = job(&a.conf)?.run(&a.date, Mode::Publish).await?;
-            Ok(render_outcome(&outcome, a.json))
+            let (job, display) = watched_job(&a.conf, a.progress.style(a.json), "run")?;
+            let outcome = job.run(&a.date, Mode::Publish).await;
+            display.finish().await;
+            Ok(render_outcome(&outcome?, a.json))
         }
         Command::Backfill {
             conf,
@@ -270,8 +316,10 @@ async fn execute(command: Command) -> Result<i32, Error> {
             keep_going,
             atomic,
             json,
+            progress,
         } => {
-            let job = job(&conf)?;
+            use wap::backfill::{DateResult, Event};
+            let (job, display) = watched_job(&conf, progress.style(json), "backfill")?;
             let options = wap::backfill::BackfillOptions {
                 from,
                 to,
@@ -279,16 +327,22 @@ async fn execute(command: Command) -> Result<i32, Error> {
                 keep_going,
                 atomic,
             };
-            let done = wap::backfill::backfill(&job, &options, |event| {
-                if let wap::backfill::Event::Done(r) = event {
+            let done = wap::backfill::backfill(&job, &options, |event| match event {
+                Event::Planned { dates, .. } => display.dates(dates),
+                Event::Started(date) => display.date_started(date),
+                Event::Staged(r) => display.date_done(&r.date),
+                Event::Done(r) => {
+                    display.date_done(&r.date);
                     if json {
                         println!("{}", r.to_json());
-                    } else if !matches!(r.result, wap::backfill::DateResult::Skipped) {
-                        eprintln!("{}", date_line(r));
+                    } else if !matches!(r.result, DateResult::Skipped) {
+                        wap::progress::eprintln_above(&date_line(r));
                     }
                 }
             })
-            .await?;
+            .await;
+            display.finish().await;
+            let done = done?;
             if json {
                 println!("{}", serde_json::json!({"summary": done.summary}));
             } else {
@@ -301,13 +355,15 @@ async fn execute(command: Command) -> Result<i32, Error> {
             date,
             version,
             json,
+            progress,
         } => {
-            let job = job(&conf)?;
+            let (job, display) = watched_job(&conf, progress.style(json), "audit")?;
             let outcome = match date {
-                Some(d) => job.run(&d, Mode::AuditOnly).await?,
-                None => job.audit_version(version).await?,
+                Some(d) => job.run(&d, Mode::AuditOnly).await,
+                None => job.audit_version(version).await,
             };
-            Ok(render_outcome(&outcome, json))
+            display.finish().await;
+            Ok(render_outcome(&outcome?, json))
         }
         Command::Gc {
             conf,

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use arrow::datatypes::{DataType, Schema};
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::delta::{DeltaError, DeltaLog};
 use crate::iceberg::{IcebergError, IcebergLog};
@@ -496,8 +496,12 @@ impl Publisher {
             0 => None,
             v => Some(versions::read_manifest(&self.store, v).await?),
         };
+        // Versions up to the pointer were committed before this publish began: walking past
+        // them is catching up, not a race, so it neither waits nor counts as an attempt.
+        let committed = pointer.as_ref().map_or(0, |p| p.pointer.version);
         let mut backoff = self.options.backoff;
-        for attempt in 1..=self.options.max_attempts {
+        let mut attempt = 1;
+        while attempt <= self.options.max_attempts {
             self.prepare(base_version).await?;
             let Some(next) = self.next(base.as_ref(), proposal)? else {
                 info!(
@@ -576,9 +580,17 @@ impl Publisher {
                             }
                         }
                     }
-                    info!(version, other_run = %other.change.run_id, "lost the race; rebasing");
+                    if version <= committed {
+                        debug!(version, other_run = %other.change.run_id, "catching up; rebasing");
+                    } else {
+                        info!(version, other_run = %other.change.run_id, "lost the race; rebasing");
+                    }
                     base_version = version;
                     base = Some(other);
+                    if version <= committed {
+                        continue;
+                    }
+                    attempt += 1;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }

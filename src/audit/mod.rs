@@ -97,6 +97,8 @@ pub struct Baseline<'a> {
     /// (metadata proofs, `unique` strategies). `None`: everything goes through SQL.
     pub files: Option<&'a StagedFiles>,
     pub published: Option<&'a Manifest>,
+    /// Counters of rules done, for a display.
+    pub progress: Option<&'a crate::progress::Progress>,
 }
 
 impl Baseline<'_> {

@@ -12,6 +12,7 @@ use super::plan::{Evaluation, ScanCheck, evaluation};
 use super::report::RuleResult;
 use super::{AuditError, StagedFiles, files, history, proof, sql, unique};
 use crate::conf::rules::{LogicalType, Rule, RuleKind, Scope};
+use crate::progress::Progress;
 use crate::table;
 
 use super::exec::{int_at, query, text_at};
@@ -120,14 +121,18 @@ type OwnEvaluation<'a> = std::pin::Pin<
 
 /// The results of an audit as it fills in, and the sample queries of failing rules.
 #[derive(Default)]
-struct Results {
+struct Results<'a> {
+    progress: Option<&'a Progress>,
     by_name: HashMap<String, RuleResult>,
     /// (rule, query) of each failing rule's samples.
     samples: Vec<(String, String)>,
 }
 
-impl Results {
+impl Results<'_> {
     fn add(&mut self, result: RuleResult, sample: Option<String>) {
+        if let Some(p) = self.progress {
+            Progress::add(&p.rules_done, 1);
+        }
         if let Some(q) = sample {
             self.samples.push((result.name.clone(), q));
         }
@@ -166,7 +171,14 @@ pub async fn run(
         }
         None => HashSet::new(),
     };
-    let mut results = Results::default();
+    if let Some(p) = base.progress {
+        Progress::add(&p.rules_total, rules.len() as u64);
+    }
+    let mut results = Results {
+        progress: base.progress,
+        by_name: HashMap::new(),
+        samples: Vec::new(),
+    };
     let mut rows_in = HashMap::new();
     for scope in [Scope::Staged, Scope::Result] {
         if let Some(rows) = scan(
@@ -212,7 +224,7 @@ async fn judge_without_scan(
     planned: &[(&Rule, Evaluation<'_>)],
     rows: u64,
     base: &Baseline<'_>,
-    results: &mut Results,
+    results: &mut Results<'_>,
 ) -> Result<(), AuditError> {
     let staged_schema = ctx
         .table_provider(STAGED)
@@ -340,7 +352,7 @@ async fn scan(
     key: &[String],
     sample_limit: usize,
     base: &Baseline<'_>,
-    results: &mut Results,
+    results: &mut Results<'_>,
 ) -> Result<Option<u64>, AuditError> {
     let checks: Vec<(&Rule, &ScanCheck)> = planned
         .iter()
@@ -432,7 +444,7 @@ async fn scan(
 }
 
 /// Runs the sample queries of the failing rules, concurrently, into their results.
-async fn fetch_samples(ctx: &SessionContext, results: &mut Results) -> Result<(), AuditError> {
+async fn fetch_samples(ctx: &SessionContext, results: &mut Results<'_>) -> Result<(), AuditError> {
     let fetched = try_join_all(results.samples.iter().map(|(name, q)| async move {
         Ok::<_, AuditError>((name.clone(), query(ctx, name, q).await?))
     }))

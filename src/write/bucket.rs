@@ -218,6 +218,7 @@ pub(super) fn sort_partitions(
     key: &[String],
     task: Arc<TaskContext>,
     outputs: usize,
+    progress: Option<Arc<crate::progress::Progress>>,
 ) -> DfResult<(Vec<SendableRecordBatchStream>, Arc<Stats>)> {
     let layout = Arc::new(Layout::new(schema, partition_by, key, task)?);
     let stats = Arc::clone(&layout.stats);
@@ -255,6 +256,13 @@ pub(super) fn sort_partitions(
             "inputs bucketed"
         );
         let emitter = Arc::new(Emitter::new(Arc::clone(&layout), parts));
+        if let Some(p) = &progress {
+            let buckets = layout
+                .stats
+                .buckets
+                .load(std::sync::atomic::Ordering::Relaxed);
+            crate::progress::Progress::add(&p.partitions_total, buckets as u64);
+        }
         let mut emitting = tokio::task::JoinSet::new();
         for (w, tx) in senders.into_iter().enumerate() {
             emitting.spawn(Arc::clone(&emitter).emit(w, tx));
@@ -1377,6 +1385,7 @@ mod tests {
             &[key.to_string()],
             ctx.task_ctx(),
             outputs,
+            None,
         )
         .unwrap()
     }

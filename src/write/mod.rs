@@ -57,6 +57,7 @@ use crate::conf::{JobConf, SourceFormat};
 use crate::engine::{self, FilesTable};
 use crate::layout;
 use crate::manifest::DataFile;
+use crate::progress::Progress;
 use crate::store::{Location, StoreError, object_path};
 
 /// Rows per batch handed to the Parquet writer (fixed, so that page boundaries are too), and
@@ -643,6 +644,8 @@ pub struct WriteOptions {
     /// [`crate::iceberg::schema::with_field_ids`] does on top of the base version's schema
     /// (`Some(None)`: a first version). `None`: no field ids.
     pub field_ids: Option<Option<SchemaRef>>,
+    /// Counters the writer bumps as it goes (rows in and out, bytes out, partitions).
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for WriteOptions {
@@ -651,6 +654,7 @@ impl Default for WriteOptions {
             max_rows_per_file: 10_000_000,
             upload_part_size: 10 << 20,
             field_ids: None,
+            progress: None,
         }
     }
 }
@@ -767,7 +771,11 @@ pub async fn write_partitions(
     };
     let task_ctx = ctx.task_ctx();
     let sorted_streams: Vec<SendableRecordBatchStream> = if conf.partition_by.is_empty() {
-        vec![sort_unpartitioned(ctx, df, conf).await.map_err(exec_err)?]
+        if let Some(p) = &options.progress {
+            Progress::add(&p.partitions_total, 1);
+        }
+        let sorted = sort_unpartitioned(ctx, df, conf).await.map_err(exec_err)?;
+        vec![counting_rows(sorted, options.progress.clone())]
     } else {
         // One input per core (the scan's own split, no exchange): each is bucketed by
         // partition on its own; then one task per core sorts whole partitions, the largest first.
@@ -785,8 +793,11 @@ pub async fn write_partitions(
             plan
         };
         let inputs = (0..plan.output_partitioning().partition_count())
-            .map(|i| plan.execute(i, Arc::clone(&task_ctx)))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|i| {
+                let stream = plan.execute(i, Arc::clone(&task_ctx))?;
+                Ok(counting_rows(stream, options.progress.clone()))
+            })
+            .collect::<Result<Vec<_>, DataFusionError>>()
             .map_err(exec_err)?;
         bucket::sort_partitions(
             inputs,
@@ -795,6 +806,7 @@ pub async fn write_partitions(
             &conf.key,
             Arc::clone(&task_ctx),
             streams,
+            options.progress.clone(),
         )
         .map_err(exec_err)?
         .0
@@ -872,6 +884,23 @@ pub async fn write_partitions(
     })
 }
 
+/// `stream`, adding the rows of each batch to [`Progress::rows_in`].
+fn counting_rows(
+    stream: SendableRecordBatchStream,
+    progress: Option<Arc<Progress>>,
+) -> SendableRecordBatchStream {
+    let Some(progress) = progress else {
+        return stream;
+    };
+    let schema = stream.schema();
+    let counted = stream.inspect(move |b| {
+        if let Ok(b) = b {
+            Progress::add(&progress.rows_in, b.num_rows() as u64);
+        }
+    });
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, counted))
+}
+
 fn value_at(array: &ArrayRef, idx: usize) -> Option<String> {
     if array.is_null(idx) {
         None
@@ -928,6 +957,7 @@ impl OpenFile {
                     .with_max_concurrency(UPLOAD_CONCURRENCY),
                     hasher: Sha256::new(),
                     size: 0,
+                    progress: options.progress.clone(),
                 };
                 let writer = AsyncArrowWriter::try_new(
                     sink,
@@ -938,7 +968,11 @@ impl OpenFile {
                 self.writer.insert(writer)
             }
         };
-        writer.write(batch).await.map_err(upload_err)
+        writer.write(batch).await.map_err(upload_err)?;
+        if let Some(p) = &options.progress {
+            Progress::add(&p.rows_out, batch.num_rows() as u64);
+        }
+        Ok(())
     }
 }
 
@@ -1273,6 +1307,11 @@ impl PartitionWriter {
 
     async fn finish_partition(&mut self) -> Result<(), WriteError> {
         self.finish_file().await?;
+        if let Some(p) = &self.options.progress
+            && self.current.is_some()
+        {
+            Progress::add(&p.partitions_done, 1);
+        }
         if let Some(open) = self.current.take()
             && open.rows > 0
         {
@@ -1292,12 +1331,16 @@ struct HashingWriter {
     inner: BufWriter,
     hasher: Sha256,
     size: u64,
+    progress: Option<Arc<Progress>>,
 }
 
 impl AsyncFileWriter for HashingWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
         self.hasher.update(&bs);
         self.size += bs.len() as u64;
+        if let Some(p) = &self.progress {
+            Progress::add(&p.bytes_out, bs.len() as u64);
+        }
         Box::pin(async move {
             self.inner
                 .put(bs)

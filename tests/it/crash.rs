@@ -173,7 +173,7 @@ fn sigkill_at_random_moments_with_a_delta_log_on_s3() {
 }
 
 /// The example with its table under a fresh S3 prefix named `name`, and that table's URL.
-fn example_on_s3(name: &str) -> (Example, String) {
+pub(crate) fn example_on_s3(name: &str) -> (Example, String) {
     let s3 = crate::s3::s3();
     let ex = Example::new();
     let table = s3.prefix(name) + "/orders";

@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so the crate links once.
 
 mod audit;
+mod backfill;
 mod cli;
 mod crash;
 mod delta;
@@ -11,6 +12,7 @@ mod iceberg;
 mod job;
 mod merge;
 mod merge_processes;
+mod progress;
 mod props;
 mod publish;
 mod s3;
