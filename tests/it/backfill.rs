@@ -352,7 +352,7 @@ fn the_rerun_of_a_complete_backfill_reads_no_data() {
         garble_keeping_metadata(&source_file(&ex, &d));
     }
 
-    let conf = JobConf::load(&ex.dir.path().join(CONF)).unwrap();
+    let conf = JobConf::load(ex.dir.path().join(CONF)).unwrap();
     let table = Job::open(conf.clone(), JobOptions::default())
         .unwrap()
         .store()
