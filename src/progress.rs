@@ -484,13 +484,36 @@ const TICK: Duration = Duration::from_millis(100);
 /// Between two plain lines when nothing changes phase.
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
+/// A display's clock: a tick every [`TICK`] until [`Display::finish`] (or a drop) stops it.
+struct Ticks {
+    interval: tokio::time::Interval,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Ticks {
+    fn new(stopped: tokio::sync::oneshot::Receiver<()>) -> Self {
+        Ticks {
+            interval: tokio::time::interval(TICK),
+            stopped,
+        }
+    }
+
+    /// Waits for the next tick; true when it is the last (draw once more, then stop).
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.interval.tick() => false,
+            _ = &mut self.stopped => true,
+        }
+    }
+}
+
 /// The bars: one for the run (phase, a bar over partitions or rules, the counters) and, for a
 /// backfill, one above it over dates with the time left.
 async fn bars(
     command: &'static str,
     progress: Arc<Progress>,
     dates: Arc<Mutex<Dates>>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(multi.clone());
@@ -517,12 +540,9 @@ async fn bars(
             .with_prefix(format!("wap {command}")),
     );
     let mut with_bar = false;
-    let mut ticks = tokio::time::interval(TICK);
+    let mut ticks = Ticks::new(stopped);
     loop {
-        let stop = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = &mut stopped => true,
-        };
+        let stop = ticks.next().await;
         let s = progress.snapshot();
         let (pos, len) = match s.phase {
             Phase::Audit | Phase::Publish | Phase::Done if s.rules_total > 0 => {
@@ -585,17 +605,14 @@ async fn lines(
     command: &'static str,
     progress: Arc<Progress>,
     dates: Arc<Mutex<Dates>>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let started = Instant::now();
     let mut last: Option<(Phase, u64)> = None;
     let mut printed = Instant::now();
-    let mut ticks = tokio::time::interval(TICK);
+    let mut ticks = Ticks::new(stopped);
     loop {
-        let stop = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = &mut stopped => true,
-        };
+        let stop = ticks.next().await;
         let s = progress.snapshot();
         let (total, done) = {
             let d = dates.lock().unwrap_or_else(|e| e.into_inner());
