@@ -399,7 +399,8 @@ fn the_rerun_of_a_complete_backfill_reads_no_data() {
     let mut ms: Vec<u64> = done.dates.iter().map(|r| r.elapsed_ms).collect();
     ms.sort();
     println!(
-        "re-run of a complete 20-date backfill: {} ms in all, per date median {} ms (min {}, max {})",
+        "re-run of a complete 20-date backfill: {} table requests, {} ms in all, per date median {} ms (min {}, max {})",
+        rec.requests().len(),
         done.summary.elapsed_ms,
         ms[ms.len() / 2],
         ms[0],
