@@ -334,7 +334,8 @@ async fn execute(command: Command) -> Result<i32, Error> {
                 Event::Done(r) => {
                     display.date_done(&r.date);
                     if json {
-                        println!("{}", r.to_json());
+                        // `--progress always` may draw on the same terminal.
+                        wap::progress::above(|| println!("{}", r.to_json()));
                     } else if !matches!(r.result, DateResult::Skipped) {
                         wap::progress::eprintln_above(&date_line(r));
                     }

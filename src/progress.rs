@@ -327,13 +327,19 @@ impl Style {
 /// The bars on screen, where [`LogWriter`] and [`eprintln_above`] find them.
 static ACTIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
-/// Writes `line` to stderr above the bars (or plainly when there are none).
-pub fn eprintln_above(line: &str) {
+/// Runs `f` (which prints) with the bars taken off the screen, then draws them again below
+/// what it printed; just runs it when there are none.
+pub fn above<R>(f: impl FnOnce() -> R) -> R {
     let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match active {
-        Some(m) => m.suspend(|| eprintln!("{line}")),
-        None => eprintln!("{line}"),
+        Some(m) => m.suspend(f),
+        None => f(),
     }
+}
+
+/// Writes `line` to stderr above the bars.
+pub fn eprintln_above(line: &str) {
+    above(|| eprintln!("{line}"));
 }
 
 /// Writes `bytes` (another program's output) to stderr above the bars.
@@ -341,16 +347,11 @@ pub fn write_above(bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let write = || {
+    above(|| {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(bytes);
         let _ = err.flush();
-    };
-    match active {
-        Some(m) => m.suspend(write),
-        None => write(),
-    }
+    });
 }
 
 /// A `tracing_subscriber` writer for stderr that suspends the bars while it writes, so a log
@@ -360,11 +361,7 @@ pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match active {
-            Some(m) => m.suspend(|| std::io::stderr().write_all(buf))?,
-            None => std::io::stderr().write_all(buf)?,
-        }
+        above(|| std::io::stderr().write_all(buf))?;
         Ok(buf.len())
     }
 
