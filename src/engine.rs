@@ -1,6 +1,7 @@
 //! The DataFusion side of `wap`: one way to build a session, and a table made of an explicit list
 //! of files (staged files, a published version, the source objects). Sessions write dates cast to
-//! text without chrono's formatter (see [`DateCastRewrite`]).
+//! text, and dates through `to_char`, without chrono's formatter (see [`DateCastRewrite`] and
+//! [`ToChar`]).
 //!
 //! Stores are registered under fixed `wap://` URLs so that DataFusion reads through the very
 //! `Arc<dyn ObjectStore>` the job was given (wrapped or not):
@@ -25,8 +26,10 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::{ObjectMeta, ObjectStore};
 
+mod date_format;
 mod date_text;
 mod key;
+pub use date_format::ToChar;
 pub use date_text::{DateCastRewrite, DateText};
 pub use key::{WAP_KEY, WapKey};
 
@@ -94,6 +97,9 @@ pub fn session(
     ));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(RowHash::default()));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(WapKey::default()));
+    // In place of the built-in `to_char` (and `date_format`), which it calls for all it does
+    // not write itself.
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(ToChar::default()));
     datafusion::execution::FunctionRegistry::register_function_rewrite(
         &mut ctx,
         Arc::new(DateCastRewrite),
@@ -424,6 +430,31 @@ mod tests {
         );
         assert!(
             text.contains("| 2000-02-29 | 2000-02 | 2000-02-29 | 11016 | 1999-12-31 |"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn to_char_and_date_format_are_ours_and_give_the_same_text() {
+        let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();
+        for name in ["to_char", "date_format"] {
+            let udf = datafusion::execution::FunctionRegistry::udf(&ctx, name).unwrap();
+            assert!(format!("{:?}", udf.inner()).starts_with("ToChar"), "{name}");
+        }
+        let sql = "SELECT to_char(d, '%Y-%m') AS month, date_format(d, '%d %B %Y') AS long, \
+                   to_char(d, '%Y-%m-%d %H:%M') AS with_time \
+                   FROM (VALUES (DATE '1992-01-02'), (NULL), (DATE '2000-02-29')) AS t(d)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        // The time fields are DataFusion's own (a date at midnight).
+        assert!(
+            text.contains("| 1992-01 | 02 January 1992  | 1992-01-02 00:00 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 2000-02 | 29 February 2000 | 2000-02-29 00:00 |"),
             "{text}"
         );
     }

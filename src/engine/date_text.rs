@@ -32,8 +32,8 @@ use datafusion::logical_expr::{
 };
 
 /// Days from 1970-01-01 to 0000-01-01 and to 9999-12-31: the dates written as `YYYY-MM-DD`.
-const FIRST: i32 = -719_528;
-const LAST: i32 = 2_932_896;
+pub(super) const FIRST: i32 = -719_528;
+pub(super) const LAST: i32 = 2_932_896;
 
 /// Bytes of `YYYY-MM-DD`.
 const WIDTH: usize = 10;
@@ -193,10 +193,21 @@ fn inline_view(text: [u8; WIDTH]) -> u128 {
     u128::from_le_bytes(view)
 }
 
-/// `YYYY-MM-DD` of `days` since 1970-01-01, for days in `FIRST..=LAST` (proleptic Gregorian
-/// calendar; H. Hinnant's `civil_from_days`, counted from 0000-03-01 minus five 400-year eras so
-/// that it stays in unsigned 32-bit arithmetic).
+/// `YYYY-MM-DD` of `days` since 1970-01-01, for days in `FIRST..=LAST`.
 fn ymd(days: i32) -> [u8; WIDTH] {
+    let (year, month, day) = civil(days);
+    let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+    let [y0, y1] = two(year / 100);
+    let [y2, y3] = two(year % 100);
+    let [m0, m1] = two(month);
+    let [d0, d1] = two(day);
+    [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1]
+}
+
+/// (year, month, day) of `days` since 1970-01-01, for days in `FIRST..=LAST` (proleptic
+/// Gregorian calendar; H. Hinnant's `civil_from_days`, counted from 0000-03-01 minus five
+/// 400-year eras so that it stays in unsigned 32-bit arithmetic).
+pub(super) fn civil(days: i32) -> (u32, u32, u32) {
     const ERAS: u32 = 5;
     let z = (i64::from(days) + 719_468 + 146_097 * i64::from(ERAS)) as u32;
     let era = z / 146_097;
@@ -207,12 +218,7 @@ fn ymd(days: i32) -> [u8; WIDTH] {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u32::from(month <= 2) - ERAS * 400;
-    let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
-    let [y0, y1] = two(year / 100);
-    let [y2, y3] = two(year % 100);
-    let [m0, m1] = two(month);
-    let [d0, d1] = two(day);
-    [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1]
+    (year, month, day)
 }
 
 #[cfg(test)]
