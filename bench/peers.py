@@ -1,6 +1,6 @@
 """One peer of the benchmark, run in its own process by bench/compare.py.
 
-    python bench/peers.py TOOL SOURCE_GLOB OUT_DIR
+    python bench/peers.py TOOL SOURCE_GLOB OUT_DIR [--transform NAME] [--format parquet|csv]
 
 TOOL is one of:
   duckdb_copy    DuckDB COPY ... (FORMAT parquet, PARTITION_BY (ship_month)), nothing else
@@ -13,13 +13,18 @@ and, for the merge benchmark (bench/merge.py):
   delta_base     the base Delta table: write_deltalake(..., partition_by=["ship_month"])
   delta_merge    delta-rs merge of the batch file SOURCE_GLOB into the Delta table OUT_DIR
 
-Every tool derives ship_month = 'YYYY-MM' of l_shipdate, as bench/lineitem.yaml does. The audits
+The write tools derive the partition columns of variant NAME of bench/variants.py (default
+to_char: ship_month = 'YYYY-MM' of l_shipdate) from a Parquet or CSV source. The audits
 are bench/lineitem-audits.yaml's rules: the column rules in one aggregate query, uniqueness in a
 second. Exit 3 if an audit fails (it never should on TPC-H data).
 """
 
 import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from variants import VARIANTS  # noqa: E402
 
 SHIP_MODES = ["AIR", "FOB", "MAIL", "RAIL", "REG AIR", "SHIP", "TRUCK"]
 
@@ -68,15 +73,16 @@ def audits(con, files_sql):
     return failed, row[-1]
 
 
-def duckdb_write(src, out):
+def duckdb_write(src, out, variant="to_char", fmt="parquet"):
     import duckdb
 
+    v = VARIANTS[variant]
+    read = f"read_csv('{src}', header = true)" if fmt == "csv" else f"read_parquet('{src}')"
     con = duckdb.connect()
     con.execute(
         f"""
-        COPY (SELECT *, strftime(l_shipdate, '%Y-%m') AS ship_month
-              FROM read_parquet('{src}'))
-        TO '{out}' (FORMAT parquet, PARTITION_BY (ship_month))
+        COPY (SELECT *, {v['duckdb']} FROM {read})
+        TO '{out}' (FORMAT parquet, PARTITION_BY ({', '.join(v['partition_by'])}))
         """
     )
     return con
@@ -187,11 +193,14 @@ def delta_merge(batch, out):
 
 def main():
     tool, src, out = sys.argv[1:4]
-    result = {"tool": tool}
+    flags = dict(zip(sys.argv[4::2], sys.argv[5::2]))
+    variant = flags.get("--transform", "to_char")
+    fmt = flags.get("--format", "parquet")
+    result = {"tool": tool, "transform": variant, "format": fmt}
     if tool == "duckdb_copy":
-        duckdb_write(src, out)
+        duckdb_write(src, out, variant, fmt)
     elif tool == "duckdb_audit":
-        con = duckdb_write(src, out)
+        con = duckdb_write(src, out, variant, fmt)
         failed, rows = audits(
             con, f"read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
         )
@@ -220,10 +229,14 @@ def main():
     elif tool == "polars_sink":
         import polars as pl
 
+        v = VARIANTS[variant]
+        scan = (
+            pl.scan_csv(src, try_parse_dates=True) if fmt == "csv" else pl.scan_parquet(src)
+        )
         (
-            pl.scan_parquet(src)
-            .with_columns(ship_month=pl.col("l_shipdate").dt.strftime("%Y-%m"))
-            .sink_parquet(pl.PartitionBy(out, key="ship_month"), mkdir=True)
+            scan.with_columns(v["polars"](pl)).sink_parquet(
+                pl.PartitionBy(out, key=v["partition_by"]), mkdir=True
+            )
         )
     elif tool == "merge_batch":
         result.update(merge_batch(src, out))

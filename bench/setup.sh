@@ -4,6 +4,7 @@
 #   bench_data SF   generates lineitem at scale factor SF as Parquet with tpchgen-cli
 #                   (installed with `cargo install` if missing) into $cache/tpch-sf<SF>
 #   bench_venv      creates $cache/venv with duckdb, deltalake, polars and pyarrow (pinned)
+#   bench_csv SF    the same lineitem rows as CSV (with a header) into $cache/tpch-sf<SF>-csv
 cache="${WAP_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wap-bench}"
 venv="$cache/venv"
 mkdir -p "$cache"
@@ -28,5 +29,17 @@ bench_venv() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       duckdb==2.0.0 deltalake==1.6.6 polars==2.1.0 pyarrow==26.0.1
+  fi
+}
+
+bench_csv() {
+  local sf="$1" csv="$cache/tpch-sf$1-csv"
+  if [ ! -f "$csv/.done" ]; then
+    echo "bench: writing lineitem SF$sf as CSV into $csv" >&2
+    rm -rf "$csv" && mkdir -p "$csv"
+    "$venv/bin/python" -c "import duckdb, sys; duckdb.connect().execute(
+        f\"COPY (SELECT * FROM read_parquet('{sys.argv[1]}/lineitem*.parquet')) TO '{sys.argv[2]}/lineitem.csv' (HEADER)\")" \
+      "$cache/tpch-sf$sf" "$csv"
+    touch "$csv/.done"
   fi
 }
