@@ -389,8 +389,6 @@ struct Dates {
 /// Progress on stderr while a command runs: [`Display::start`], then [`Display::finish`]
 /// before printing the result (the bars leave nothing on screen).
 pub struct Display {
-    style: Style,
-    progress: Arc<Progress>,
     dates: Arc<Mutex<Dates>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     ticker: Option<tokio::task::JoinHandle<()>>,
@@ -412,26 +410,16 @@ impl Display {
             ))),
             Style::Lines => Some(tokio::spawn(lines(
                 command,
-                Arc::clone(&progress),
+                progress,
                 Arc::clone(&dates),
                 stopped,
             ))),
         };
         Display {
-            style,
-            progress,
             dates,
             stop: Some(stop),
             ticker,
         }
-    }
-
-    pub fn style(&self) -> Style {
-        self.style
-    }
-
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
     }
 
     /// A backfill of `total` dates.

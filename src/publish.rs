@@ -580,14 +580,15 @@ impl Publisher {
                             }
                         }
                     }
-                    if version <= committed {
+                    let catching_up = version <= committed;
+                    if catching_up {
                         debug!(version, other_run = %other.change.run_id, "catching up; rebasing");
                     } else {
                         info!(version, other_run = %other.change.run_id, "lost the race; rebasing");
                     }
                     base_version = version;
                     base = Some(other);
-                    if version <= committed {
+                    if catching_up {
                         continue;
                     }
                     attempt += 1;

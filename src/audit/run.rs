@@ -120,7 +120,6 @@ type OwnEvaluation<'a> = std::pin::Pin<
 >;
 
 /// The results of an audit as it fills in, and the sample queries of failing rules.
-#[derive(Default)]
 struct Results<'a> {
     progress: Option<&'a Progress>,
     by_name: HashMap<String, RuleResult>,

@@ -135,26 +135,10 @@ fn parse(format: &str) -> Option<Vec<Item>> {
             'A' => Item::WeekdayName,
             'u' => Item::WeekdayFromMonday,
             'w' => Item::WeekdayFromSunday,
-            'F' => {
+            // Shorthands, as chrono spells them out.
+            'F' | 'D' => {
                 flush(&mut literal, &mut items);
-                items.extend([
-                    Item::Year,
-                    Item::Literal(b"-".to_vec()),
-                    Item::Month,
-                    Item::Literal(b"-".to_vec()),
-                    Item::Day,
-                ]);
-                continue;
-            }
-            'D' => {
-                flush(&mut literal, &mut items);
-                items.extend([
-                    Item::Month,
-                    Item::Literal(b"/".to_vec()),
-                    Item::Day,
-                    Item::Literal(b"/".to_vec()),
-                    Item::YearOfCentury,
-                ]);
+                items.extend(parse(if spec == 'F' { "%Y-%m-%d" } else { "%m/%d/%y" })?);
                 continue;
             }
             _ => return None,
