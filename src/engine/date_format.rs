@@ -346,31 +346,10 @@ mod tests {
             days.extend(range.map(Some));
         }
         days.extend((FIRST..=LAST).step_by(997).map(Some));
-        let with_nulls: Vec<Option<i32>> = (0..2000)
-            .map(|i| (i % 3 != 0).then_some(FIRST + i * 1463))
-            .collect();
-        // Batches spanning fewer days than rows (formatted through a table of their days).
-        let narrow = |from: i32| -> Vec<Option<i32>> {
-            (0..3000)
-                .map(|i| (i % 7 != 0).then_some(from + (i * 13) % 900))
-                .collect()
-        };
-        let sliced: ArrayRef = Arc::new(
+        let mut cases = super::super::date_text::columns_around(days);
+        cases.push(Arc::new(
             Date32Array::from((0..3000).map(|d| Some(d * 3)).collect::<Vec<_>>()).slice(37, 2000),
-        );
-        let mut cases: Vec<ArrayRef> = [
-            days,
-            with_nulls,
-            narrow(FIRST),
-            narrow(10_600),
-            narrow(LAST - 899),
-            vec![None, None],
-            Vec::new(),
-        ]
-        .into_iter()
-        .map(|c| Arc::new(Date32Array::from(c)) as ArrayRef)
-        .collect();
-        cases.push(sliced);
+        ));
         for dates in &cases {
             for f in FORMATS {
                 assert!(parse(f).is_some(), "{f} takes the fast path");

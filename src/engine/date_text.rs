@@ -221,6 +221,33 @@ pub(super) fn civil(days: i32) -> (u32, u32, u32) {
     (year, month, day)
 }
 
+/// Date columns for the tests of the date functions: `spread`, then a spread over the
+/// years 0000-9999 with NULLs, batches spanning fewer days than rows around 0000-01-01,
+/// 2000-02-29 and 9999-12-31 (NULLs holding other dates), only NULLs, and none.
+#[cfg(test)]
+pub(super) fn columns_around(spread: Vec<Option<i32>>) -> Vec<ArrayRef> {
+    let with_nulls: Vec<Option<i32>> = (0..2000)
+        .map(|i| (i % 3 != 0).then_some(FIRST + i * 1463))
+        .collect();
+    let narrow = |from: i32| -> Vec<Option<i32>> {
+        (0..3000)
+            .map(|i| (i % 7 != 0).then_some(from + (i * 13) % 900))
+            .collect()
+    };
+    [
+        spread,
+        with_nulls,
+        narrow(FIRST),
+        narrow(10_600),
+        narrow(LAST - 899),
+        vec![None, None],
+        Vec::new(),
+    ]
+    .into_iter()
+    .map(|c| Arc::new(datafusion::arrow::array::Date32Array::from(c)) as ArrayRef)
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,30 +276,11 @@ mod tests {
             days.extend(range.map(Some));
         }
         days.extend((FIRST..=LAST).step_by(997).map(Some));
-        let with_nulls: Vec<Option<i32>> = (0..2000)
-            .map(|i| (i % 3 != 0).then_some(FIRST + i * 1463))
-            .collect();
-        // Batches spanning fewer days than rows (written through a table of their days):
-        // around 0000-01-01, 2000-02-29 and 9999-12-31, with NULLs holding other dates.
-        let narrow = |from: i32| -> Vec<Option<i32>> {
-            (0..3000)
-                .map(|i| (i % 7 != 0).then_some(from + (i * 13) % 900))
-                .collect()
-        };
-        for case in [
-            days.clone(),
-            with_nulls,
-            narrow(FIRST),
-            narrow(10_600),
-            narrow(LAST - 899),
-            vec![None, None],
-            Vec::new(),
-        ] {
-            let dates: ArrayRef = Arc::new(Date32Array::from(case));
+        for dates in &columns_around(days) {
             for to in &TEXT {
-                let fast = date_text(&dates, to).unwrap();
+                let fast = date_text(dates, to).unwrap();
                 assert_eq!(fast.data_type(), to);
-                assert_eq!(&fast, &arrow_cast(&dates, to).unwrap(), "to {to}");
+                assert_eq!(&fast, &arrow_cast(dates, to).unwrap(), "to {to}");
             }
         }
         // Only years 0000 to 9999 take the fast path (the others checked above are Arrow's own).
