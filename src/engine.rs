@@ -28,9 +28,11 @@ use object_store::{ObjectMeta, ObjectStore};
 
 mod date_format;
 mod date_text;
+mod date_trunc;
 mod key;
 pub use date_format::ToChar;
 pub use date_text::{DateCastRewrite, DateText};
+pub use date_trunc::{DateTrunc, TimestampDate, TimestampDateRewrite};
 pub use key::{WAP_KEY, WapKey};
 
 /// URL under which the table store is registered.
@@ -100,9 +102,17 @@ pub fn session(
     // In place of the built-in `to_char` (and `date_format`), which it calls for all it does
     // not write itself.
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(ToChar::default()));
+    // In place of the built-in `date_trunc`, likewise.
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+        DateTrunc::default(),
+    ));
     datafusion::execution::FunctionRegistry::register_function_rewrite(
         &mut ctx,
         Arc::new(DateCastRewrite),
+    )?;
+    datafusion::execution::FunctionRegistry::register_function_rewrite(
+        &mut ctx,
+        Arc::new(TimestampDateRewrite),
     )?;
     ctx.register_object_store(&url::Url::parse(TABLE_URL).expect("static url"), table);
     if let Some(source) = source {
@@ -432,6 +442,70 @@ mod tests {
             text.contains("| 2000-02-29 | 2000-02 | 2000-02-29 | 11016 | 1999-12-31 |"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn date_trunc_and_timestamp_casts_to_dates_are_ours_and_give_the_same_values() {
+        let ctx = session(&EngineOptions::default(), Arc::new(InMemory::new()), None).unwrap();
+        for name in ["date_trunc", "datetrunc"] {
+            let udf = datafusion::execution::FunctionRegistry::udf(&ctx, name).unwrap();
+            assert!(
+                format!("{:?}", udf.inner()).starts_with("DateTrunc"),
+                "{name}"
+            );
+        }
+        let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS month, \
+                   date_trunc('quarter', d) AS quarter, CAST(ts AS DATE) AS day, \
+                   CAST(date_trunc('week', ts) AS DATE) AS week, \
+                   CAST(date_trunc('YEAR', arrow_cast(ts, 'Timestamp(Second, None)')) AS DATE) AS year \
+                   FROM (VALUES (DATE '1992-01-02', TIMESTAMP '2000-02-29 23:59:59.999'), \
+                   (NULL, NULL), (DATE '2000-12-31', TIMESTAMP '1969-12-31 00:00:01')) AS t(d, ts)";
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        assert!(plan.contains("wap_timestamp_ns_date"), "{plan}");
+        assert!(plan.contains("wap_timestamp_s_date"), "{plan}");
+        let batches = df.collect().await.unwrap();
+        let names: Vec<String> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["month", "quarter", "day", "week", "year"]);
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains(
+                "| 1992-01-01 | 1992-01-01T00:00:00 | 2000-02-29 | 2000-02-28 | 2000-01-01 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| 2000-12-01 | 2000-10-01T00:00:00 | 1969-12-31 | 1969-12-29 | 1969-01-01 |"
+            ),
+            "{text}"
+        );
+        // A time zone is DataFusion's and Arrow's business: not rewritten.
+        let df = ctx
+            .sql("SELECT CAST(z AS DATE) AS d FROM (VALUES (arrow_cast(TIMESTAMP '2000-01-01 01:00:00', \
+                  'Timestamp(Nanosecond, Some(\"+05:00\"))'))) AS t(z)")
+            .await
+            .unwrap();
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        assert!(!plan.contains("wap_timestamp"), "{plan}");
+        assert!(plan.contains("CAST(t.z AS Date32)"), "{plan}");
     }
 
     #[tokio::test]

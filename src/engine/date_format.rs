@@ -219,7 +219,7 @@ fn write_day(days: i32, items: &[Item], out: &mut Vec<u8>) {
 }
 
 /// Days from 1970-01-01 to `year-month-day` (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: u32, month: u32, day: u32) -> i32 {
+pub(super) fn days_from_civil(year: u32, month: u32, day: u32) -> i32 {
     let y = i64::from(year) - i64::from(month <= 2);
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -997,8 +997,9 @@ struct PartitionWriter {
 /// smaller with a dictionary are written without one (see [`plain_columns`]). `first` is the
 /// file's first `WRITE_BATCH_ROWS` rows (or all of them), so the choice, like the bytes, is a
 /// function of the file's rows. The `sorted` column, if an integer (or date) column, is
-/// delta-encoded: ascending values take a few bits each.
-fn writer_properties(first: &RecordBatch, sorted: Option<usize>) -> WriterProperties {
+/// delta-encoded: ascending values take a few bits each. Public for `benches/floor.rs`, which
+/// encodes a run's output again with the same settings.
+pub fn writer_properties(first: &RecordBatch, sorted: Option<usize>) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
