@@ -300,6 +300,11 @@ impl ScalarUDFImpl for TimestampDate {
         Ok(DataType::Date32)
     }
 
+    /// A day is a floor division: the dates keep the timestamps' order, as the cast does.
+    fn output_ordering(&self, input: &[ExprProperties]) -> DfResult<SortProperties> {
+        Ok(input[0].sort_properties)
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let out = timestamp_date(&arrays[0])?;

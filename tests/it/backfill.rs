@@ -291,14 +291,26 @@ fn a_backfill_killed_at_random_moments_ends_as_the_single_runs() {
             "--parallel",
             "4",
         ]);
-        // Within the first quarter of a clean backfill's time: each restart resumes with at
-        // least half of the work left, so the three kills land at different stages of it.
-        let delay = Duration::from_micros(rng.next() % (clean.as_micros() as u64 / 4 + 1));
+        // Once this attempt has published a version of its own (a kill before that, while
+        // the process starts, tests nothing), then within the next eighth of a clean
+        // backfill's time: each restart resumes with most of the work left, so the three
+        // kills land at different stages of it whatever the machine's speed.
+        let before = latest_version(&ex);
+        let waiting = Instant::now();
+        while child.try_wait().unwrap().is_none()
+            && latest_version(&ex) == before
+            && waiting.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let delay = Duration::from_micros(rng.next() % (clean.as_micros() as u64 / 8 + 1));
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
-            println!("kill {kills} after {delay:?} (a clean backfill takes {clean:?})");
+            println!(
+                "kill {kills} {delay:?} after its first version (a clean backfill takes {clean:?})"
+            );
         }
         child.wait().unwrap();
         every_version_reads(
