@@ -54,24 +54,36 @@ impl FunctionRewrite for DateCastRewrite {
         schema: &DFSchema,
         _config: &ConfigOptions,
     ) -> DfResult<Transformed<Expr>> {
-        let Expr::Cast(Cast { expr: inner, field }) = &expr else {
+        let Some((inner, from, to)) = arrow_cast(&expr, schema) else {
             return Ok(Transformed::no(expr));
         };
-        let to = field.data_type();
         let is_text = matches!(
             to,
             DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
         );
-        // A field with metadata may name an extension type, whose cast is not Arrow's.
-        if !is_text
-            || !field.metadata().is_empty()
-            || !matches!(inner.get_type(schema), Ok(DataType::Date32))
-        {
+        if !is_text || from != DataType::Date32 {
             return Ok(Transformed::no(expr));
         }
         let udf = ScalarUDF::from(DateText::new(to.clone()));
-        Ok(Transformed::yes(udf.call(vec![inner.as_ref().clone()])))
+        Ok(Transformed::yes(udf.call(vec![inner.clone()])))
     }
+}
+
+/// `(e, type of e, target type)` of `expr` if it is a plain `CAST(e AS target)` done by Arrow's
+/// cast: not `TRY_CAST`, and not to a field with metadata (which may name an extension type,
+/// whose cast is not Arrow's). Shared by the rewrites of casts into faster functions.
+pub(super) fn arrow_cast<'a>(
+    expr: &'a Expr,
+    schema: &DFSchema,
+) -> Option<(&'a Expr, DataType, &'a DataType)> {
+    let Expr::Cast(Cast { expr: inner, field }) = expr else {
+        return None;
+    };
+    if !field.metadata().is_empty() {
+        return None;
+    }
+    let from = inner.get_type(schema).ok()?;
+    Some((inner.as_ref(), from, field.data_type()))
 }
 
 /// `Date32` to text (`Utf8`, `Utf8View` or `LargeUtf8`, fixed per instance), exactly as

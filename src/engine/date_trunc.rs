@@ -30,16 +30,15 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
-use datafusion::logical_expr::expr::Cast;
 use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExprSchemable, ReturnFieldArgs, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::date_format::days_from_civil;
-use super::date_text::{FIRST, LAST, civil};
+use super::date_text::{FIRST, LAST, arrow_cast, civil};
 
 /// The truncations done here: to a day that the civil calendar gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,18 +246,13 @@ impl FunctionRewrite for TimestampDateRewrite {
         schema: &DFSchema,
         _config: &ConfigOptions,
     ) -> DfResult<Transformed<Expr>> {
-        let Expr::Cast(Cast { expr: inner, field }) = &expr else {
-            return Ok(Transformed::no(expr));
-        };
-        // A field with metadata may name an extension type, whose cast is not Arrow's.
-        if field.data_type() != &DataType::Date32 || !field.metadata().is_empty() {
-            return Ok(Transformed::no(expr));
-        }
-        let Ok(DataType::Timestamp(unit, None)) = inner.get_type(schema) else {
+        let Some((inner, DataType::Timestamp(unit, None), DataType::Date32)) =
+            arrow_cast(&expr, schema)
+        else {
             return Ok(Transformed::no(expr));
         };
         let udf = ScalarUDF::from(TimestampDate::new(unit));
-        Ok(Transformed::yes(udf.call(vec![inner.as_ref().clone()])))
+        Ok(Transformed::yes(udf.call(vec![inner.clone()])))
     }
 }
 
