@@ -380,7 +380,33 @@ impl datafusion::logical_expr::Accumulator for CountTrueAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::prelude::DataFrame;
     use object_store::memory::InMemory;
+
+    /// The optimized logical plan of `df`, as text.
+    fn optimized_plan(df: &DataFrame) -> String {
+        df.clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string()
+    }
+
+    fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+        batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    fn pretty(batches: &[RecordBatch]) -> String {
+        arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+    }
 
     #[test]
     fn sizes_parse_with_units() {
@@ -402,9 +428,7 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = pretty(&batches);
         assert!(text.contains("| 2 | 0    |"), "{text}");
     }
 
@@ -416,24 +440,12 @@ mod tests {
                    CAST(DATE '1999-12-31' AS VARCHAR) AS constant \
                    FROM (VALUES (DATE '1992-01-02'), (NULL), (DATE '2000-02-29')) AS t(d)";
         let df = ctx.sql(sql).await.unwrap();
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string();
+        let plan = optimized_plan(&df);
         assert!(plan.contains("wap_date_text_view"), "{plan}");
         let batches = df.collect().await.unwrap();
-        let names: Vec<String> = batches[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let names = column_names(&batches);
         assert_eq!(names, ["t.d", "month", "large", "n", "constant"]);
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = pretty(&batches);
         assert!(
             text.contains("| 1992-01-02 | 1992-01 | 1992-01-02 | 8036  | 1999-12-31 |"),
             "{text}"
@@ -461,25 +473,13 @@ mod tests {
                    FROM (VALUES (DATE '1992-01-02', TIMESTAMP '2000-02-29 23:59:59.999'), \
                    (NULL, NULL), (DATE '2000-12-31', TIMESTAMP '1969-12-31 00:00:01')) AS t(d, ts)";
         let df = ctx.sql(sql).await.unwrap();
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string();
+        let plan = optimized_plan(&df);
         assert!(plan.contains("wap_timestamp_ns_date"), "{plan}");
         assert!(plan.contains("wap_timestamp_s_date"), "{plan}");
         let batches = df.collect().await.unwrap();
-        let names: Vec<String> = batches[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let names = column_names(&batches);
         assert_eq!(names, ["month", "quarter", "day", "week", "year"]);
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = pretty(&batches);
         assert!(
             text.contains(
                 "| 1992-01-01 | 1992-01-01T00:00:00 | 2000-02-29 | 2000-02-28 | 2000-01-01 |"
@@ -498,12 +498,7 @@ mod tests {
                   'Timestamp(Nanosecond, Some(\"+05:00\"))'))) AS t(z)")
             .await
             .unwrap();
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string();
+        let plan = optimized_plan(&df);
         assert!(!plan.contains("wap_timestamp"), "{plan}");
         assert!(plan.contains("CAST(t.z AS Date32)"), "{plan}");
     }
@@ -519,9 +514,7 @@ mod tests {
                    to_char(d, '%Y-%m-%d %H:%M') AS with_time \
                    FROM (VALUES (DATE '1992-01-02'), (NULL), (DATE '2000-02-29')) AS t(d)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = pretty(&batches);
         // The time fields are DataFusion's own (a date at midnight).
         assert!(
             text.contains("| 1992-01 | 02 January 1992  | 1992-01-02 00:00 |"),
