@@ -188,6 +188,8 @@ struct Layout {
     /// The key columns in the row format, when a key takes at most 16 bytes there: keys are
     /// then sorted as integers.
     key_converter: Option<RowConverter>,
+    /// Reads spills for DataFusion's spilling sort (see [`super::spill`] for how they are
+    /// written, and read otherwise).
     spills: SpillManager,
     task: Arc<TaskContext>,
     stats: Arc<Stats>,
@@ -544,15 +546,12 @@ impl Layout {
         if batches.is_empty() {
             return Ok(0);
         }
-        if let Some(file) = self
+        let env = self.task.runtime_env();
+        let file = super::spill::write(&env, &self.schema, &batches, "wap bucket sort")?;
+        bucket.spills.push(file);
+        self.stats
             .spills
-            .spill_record_batch_and_finish(&batches, "wap bucket sort")?
-        {
-            bucket.spills.push(file);
-            self.stats
-                .spills
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(batches);
         let bytes = std::mem::take(&mut bucket.bytes);
         self.stats
@@ -1044,10 +1043,7 @@ impl Emitter {
         let layout = &self.layout;
         let mut all = Vec::new();
         for file in std::mem::take(&mut bucket.spills) {
-            let mut read = layout.spills.read_spill_as_stream(file, None)?;
-            while let Some(batch) = read.next().await {
-                all.push(batch?);
-            }
+            all.extend(super::spill::read(file).await?);
         }
         all.extend(std::mem::take(&mut bucket.batches));
         // Sort the sort columns alone; the rows are gathered batch by batch when sent: the

@@ -51,6 +51,7 @@ use tokio::io::AsyncWriteExt;
 mod bucket;
 mod builder;
 pub mod merge;
+mod spill;
 pub mod stats;
 
 use crate::conf::{JobConf, SourceFormat};
