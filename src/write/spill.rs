@@ -1,15 +1,15 @@
 //! The bucket sort's spill files: Arrow IPC streams in DataFusion's temporary files (its disk
 //! manager: the configured folders, the disk limit and any other backend), written through one
-//! large buffer and read back whole.
+//! large buffer and mapped back whole.
 //!
 //! DataFusion's own spill writer hands the file every piece of a batch as it is encoded (a
 //! marker, the header, then each buffer and its padding: about a hundred writes for a batch of
 //! lineitem), and its reader copies the file through an async stream of 128 KiB chunks into a
-//! growing buffer. Here a spill is written in 1 MiB writes and read in one, the batches then
-//! slices of that one buffer. The format is the same IPC stream, so DataFusion's spilling sort
+//! growing buffer. Here a spill is written in 1 MiB writes and mapped back whole, the batches then
+//! slices of the mapped file. The format is the same IPC stream, so DataFusion's spilling sort
 //! reads these files as its own.
 
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -52,15 +52,9 @@ pub(super) async fn read(file: Arc<dyn SpillFile>) -> DfResult<Vec<RecordBatch>>
     let bytes = match file.path() {
         Some(path) => {
             let path = path.to_owned();
-            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let mut f = std::fs::File::open(&path)?;
-                let len = f.metadata()?.len() as usize;
-                let mut bytes = Vec::with_capacity(len);
-                f.read_to_end(&mut bytes)?;
-                Ok(bytes)
-            })
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))??
+            tokio::task::spawn_blocking(move || map(&path))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??
         }
         None => {
             let mut bytes = Vec::with_capacity(file.size().unwrap_or(0) as usize);
@@ -68,7 +62,7 @@ pub(super) async fn read(file: Arc<dyn SpillFile>) -> DfResult<Vec<RecordBatch>>
             while let Some(chunk) = chunks.next().await {
                 bytes.extend_from_slice(&chunk?);
             }
-            bytes
+            Buffer::from_vec(bytes)
         }
     };
     // A stream cut at a batch's end would decode without error, its last batches missing.
@@ -81,7 +75,24 @@ pub(super) async fn read(file: Arc<dyn SpillFile>) -> DfResult<Vec<RecordBatch>>
             bytes.len()
         )));
     }
-    decode(Buffer::from_vec(bytes))
+    decode(bytes)
+}
+
+/// The bytes of the spill file at `path`, mapped into memory rather than read: its pages are
+/// in the page cache (it was just written), and a read copies them into fresh memory, whose
+/// page faults and zeroing cost about three times the mapping (SF10 lineitem's 8.4 GB of spills:
+/// 7.2 s read, 2.2 s mapped; see bench/HISTORY.md). The batches decoded from it are slices of the mapping, which lives until
+/// the last of them is dropped; the file may be deleted meanwhile (the mapping keeps its pages).
+fn map(path: &std::path::Path) -> std::io::Result<Buffer> {
+    let f = std::fs::File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(Buffer::from_vec(Vec::<u8>::new()));
+    }
+    // SAFETY: a spill file is this process's own temporary file, written whole before it is
+    // read and never written again: the mapped bytes do not change under the batches. (A file cut by someone else after the end marker is checked would fault on
+    // access rather than read garbage.)
+    let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
+    Ok(Buffer::from(bytes::Bytes::from_owner(mapped)))
 }
 
 /// How an IPC stream ends: the continuation marker and a zero length.
@@ -151,6 +162,19 @@ mod tests {
             read_by_them.push(batch.unwrap());
         }
         assert_eq!(read_by_them, batches);
+    }
+
+    #[tokio::test]
+    async fn batches_read_back_outlive_their_deleted_file() {
+        let env = Arc::new(RuntimeEnvBuilder::new().build().unwrap());
+        let (schema, batches) = batches();
+        let file = write(&env, &schema, &batches, "test").unwrap();
+        let path = file.path().unwrap().to_owned();
+        let got = read(Arc::clone(&file)).await.unwrap();
+        // The last reference to the temporary file: it is deleted, the mapping stays.
+        drop(file);
+        assert!(!path.exists());
+        assert_eq!(got, batches);
     }
 
     #[tokio::test]
