@@ -164,12 +164,18 @@ mod tests {
         assert_eq!(read_by_them, batches);
     }
 
-    #[tokio::test]
-    async fn batches_read_back_outlive_their_deleted_file() {
+    /// The test batches written to a new spill file, with the file's path.
+    fn spilled() -> (Vec<RecordBatch>, Arc<dyn SpillFile>, std::path::PathBuf) {
         let env = Arc::new(RuntimeEnvBuilder::new().build().unwrap());
         let (schema, batches) = batches();
         let file = write(&env, &schema, &batches, "test").unwrap();
         let path = file.path().unwrap().to_owned();
+        (batches, file, path)
+    }
+
+    #[tokio::test]
+    async fn batches_read_back_outlive_their_deleted_file() {
+        let (batches, file, path) = spilled();
         let got = read(Arc::clone(&file)).await.unwrap();
         // The last reference to the temporary file: it is deleted, the mapping stays.
         drop(file);
@@ -179,10 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_spill_file_is_an_error() {
-        let env = Arc::new(RuntimeEnvBuilder::new().build().unwrap());
-        let (schema, batches) = batches();
-        let file = write(&env, &schema, &batches, "test").unwrap();
-        let path = file.path().unwrap().to_owned();
+        let (_, file, path) = spilled();
         let len = std::fs::metadata(&path).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // Without its end marker only (the end of the last batch: the IPC reader would take
