@@ -85,6 +85,100 @@ struct Bucket {
     spilled_bytes: usize,
 }
 
+/// Each row of `batches` (taken as one) with its key packed into one integer, or `None` unless
+/// every key column is of an integer type (dates, times, timestamps and durations are) and they
+/// fit 128 bits together. The integer orders like the key (ascending, NULLs first) and is equal
+/// only for equal keys: each column's value as an unsigned integer of its width (a signed one
+/// with its sign bit flipped), after a bit that is 0 for NULL in a column that has NULLs here,
+/// the columns side by side in key order. Read straight from the columns: no row format, no
+/// copy of the keys.
+fn packed_keys(batches: &[RecordBatch], key_idx: &[usize]) -> Option<Vec<(u128, u32)>> {
+    let first = batches.first()?;
+    let mut columns = Vec::with_capacity(key_idx.len());
+    let mut bits = 0;
+    for &c in key_idx {
+        let (width, signed) = match first.schema().field(c).data_type() {
+            DataType::Int8 => (1, true),
+            DataType::UInt8 => (1, false),
+            DataType::Int16 => (2, true),
+            DataType::UInt16 => (2, false),
+            DataType::Int32 | DataType::Date32 | DataType::Time32(_) => (4, true),
+            DataType::UInt32 => (4, false),
+            DataType::Int64
+            | DataType::Date64
+            | DataType::Time64(_)
+            | DataType::Timestamp(..)
+            | DataType::Duration(_) => (8, true),
+            DataType::UInt64 => (8, false),
+            _ => return None,
+        };
+        let nullable = batches.iter().any(|b| b.column(c).null_count() > 0);
+        bits += 8 * width + u32::from(nullable);
+        columns.push((c, width, signed, nullable));
+    }
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if key_idx.is_empty() || bits > 128 || u32::try_from(total).is_err() {
+        return None;
+    }
+    let mut packed: Vec<(u128, u32)> = (0..total as u32).map(|g| (0, g)).collect();
+    let mut at = 0;
+    for batch in batches {
+        let rows = &mut packed[at..at + batch.num_rows()];
+        at += batch.num_rows();
+        for &(c, width, signed, nullable) in &columns {
+            let data = batch.column(c).to_data();
+            let shift = 8 * width + u32::from(nullable);
+            let marker = if nullable { 1u128 << (8 * width) } else { 0 };
+            match (width, signed) {
+                (1, true) => {
+                    fold_key::<i8>(rows, &data, shift, marker, |v| u64::from(v as u8 ^ 0x80))
+                }
+                (1, false) => fold_key::<u8>(rows, &data, shift, marker, u64::from),
+                (2, true) => {
+                    fold_key::<i16>(rows, &data, shift, marker, |v| u64::from(v as u16 ^ 0x8000))
+                }
+                (2, false) => fold_key::<u16>(rows, &data, shift, marker, u64::from),
+                (4, true) => fold_key::<i32>(rows, &data, shift, marker, |v| {
+                    u64::from(v as u32 ^ 0x8000_0000)
+                }),
+                (4, false) => fold_key::<u32>(rows, &data, shift, marker, u64::from),
+                (8, true) => fold_key::<i64>(rows, &data, shift, marker, |v| v as u64 ^ (1 << 63)),
+                _ => fold_key::<u64>(rows, &data, shift, marker, |v| v),
+            }
+        }
+    }
+    Some(packed)
+}
+
+/// Shifts each row's packed key left by `shift` bits and adds the column's value in `data`:
+/// `marker` plus its code, or 0 if NULL.
+fn fold_key<T: arrow::datatypes::ArrowNativeType>(
+    rows: &mut [(u128, u32)],
+    data: &arrow::array::ArrayData,
+    shift: u32,
+    marker: u128,
+    code: impl Fn(T) -> u64,
+) {
+    let values = &data.buffers()[0].typed_data::<T>()[data.offset()..][..data.len()];
+    match data.nulls() {
+        None => {
+            for ((p, _), &v) in rows.iter_mut().zip(values) {
+                *p = (*p << shift) | marker | u128::from(code(v));
+            }
+        }
+        Some(nulls) => {
+            for (((p, _), &v), valid) in rows.iter_mut().zip(values).zip(nulls.iter()) {
+                let field = if valid {
+                    marker | u128::from(code(v))
+                } else {
+                    0
+                };
+                *p = (*p << shift) | field;
+            }
+        }
+    }
+}
+
 /// How a column is held in a bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Held {
@@ -447,29 +541,38 @@ impl Layout {
                 batches.iter().map(|b| b.column(c).as_ref()).collect();
             Ok(arrow::compute::concat(&refs)?)
         };
-        let keys = self
-            .key_idx
-            .iter()
-            .map(|&c| concat(c))
-            .collect::<DfResult<Vec<_>>>()?;
-        let (mut indices, ties) = if keys.is_empty() {
+        let keys = || {
+            self.key_idx
+                .iter()
+                .map(|&c| concat(c))
+                .collect::<DfResult<Vec<_>>>()
+        };
+        let packed = match packed_keys(batches, &self.key_idx) {
+            Some(packed) => Some(packed),
+            None => match &self.key_converter {
+                // Keys as integers (the row format's bytes, big-endian), sorted with their row.
+                Some(converter) if !self.key_idx.is_empty() => {
+                    let rows = converter.convert_columns(&keys()?)?;
+                    Some(
+                        rows.iter()
+                            .enumerate()
+                            .map(|(g, r)| {
+                                let mut b = [0u8; 16];
+                                b[..r.as_ref().len()].copy_from_slice(r.as_ref());
+                                (u128::from_be_bytes(b), g as u32)
+                            })
+                            .collect(),
+                    )
+                }
+                _ => None,
+            },
+        };
+        let (mut indices, ties) = if self.key_idx.is_empty() {
             (
                 (0..total as u32).collect::<Vec<_>>(),
                 std::iter::once(0..total).collect(),
             )
-        } else if let Some(converter) = &self.key_converter {
-            // Keys as integers (the row format's bytes, big-endian), sorted with their row.
-            let rows = converter.convert_columns(&keys)?;
-            let mut packed: Vec<(u128, u32)> = rows
-                .iter()
-                .enumerate()
-                .map(|(g, r)| {
-                    let mut b = [0u8; 16];
-                    b[..r.as_ref().len()].copy_from_slice(r.as_ref());
-                    (u128::from_be_bytes(b), g as u32)
-                })
-                .collect();
-            drop(rows);
+        } else if let Some(mut packed) = packed {
             // Rows often come in a few ascending runs (sources sorted by the key, as many are,
             // bucketed input by input): the stable sort merges runs it finds in linear time per
             // level, where the unstable one would partition them. Every (key, row) is distinct,
@@ -492,6 +595,7 @@ impl Layout {
             }
             (packed.into_iter().map(|(_, g)| g).collect(), ties)
         } else {
+            let keys = keys()?;
             let columns: Vec<arrow::compute::SortColumn> = keys
                 .iter()
                 .map(|k| arrow::compute::SortColumn {
@@ -1113,8 +1217,7 @@ impl Emitter {
             let locate = Locator::new(&ready.all);
             let refs: Vec<&RecordBatch> = ready.all.iter().collect();
             for chunk in ready.indices.chunks(EMIT_ROWS) {
-                let rows: Vec<(usize, usize)> = chunk.iter().map(|&g| locate.at(g)).collect();
-                let batch = gather(&layout.schema, &refs, &rows)?;
+                let batch = gather(&layout.schema, &refs, &locate, chunk)?;
                 if tx.send(layout.output(&ready.bucket, &batch)).await.is_err() {
                     return Err(gone());
                 }
@@ -1153,26 +1256,35 @@ impl Drop for Prefetch {
 /// copied run by run rather than row by row.
 const RUN_ROWS: usize = 16;
 
-/// Rows `rows` (batch, row) of `batches`, in that order, as one batch. Sources sorted by the
-/// key, as many are, leave a bucket's batches sorted, so that sorted rows come in long runs of
-/// consecutive rows of one batch: those are copied as slices (a copy per run and column), other
-/// rows one by one.
+/// Rows `rows` of `batches` taken as one (see [`Locator`]), in that order, as one batch. Sources
+/// sorted by the key, as many are, leave a bucket's batches sorted, so that sorted rows come in
+/// long runs of consecutive rows of one batch: those are found from the row numbers alone and
+/// copied as slices (a copy per run and column), other rows one by one.
 fn gather(
     schema: &SchemaRef,
     batches: &[&RecordBatch],
-    rows: &[(usize, usize)],
+    locate: &Locator,
+    rows: &[u32],
 ) -> DfResult<RecordBatch> {
     let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    for &(b, r) in rows {
-        match runs.last_mut() {
-            Some((rb, start, len)) if *rb == b && *start + *len == r => *len += 1,
-            _ => {
-                if runs.len() * RUN_ROWS > rows.len() {
-                    return Ok(arrow::compute::interleave_record_batch(batches, rows)?);
-                }
-                runs.push((b, r, 1));
-            }
+    let mut at = 0;
+    while at < rows.len() {
+        if runs.len() * RUN_ROWS > rows.len() {
+            let scattered: Vec<(usize, usize)> = rows.iter().map(|&g| locate.at(g)).collect();
+            return Ok(arrow::compute::interleave_record_batch(
+                batches, &scattered,
+            )?);
         }
+        let first = rows[at];
+        let (b, r) = locate.at(first);
+        // The run ends where the row numbers stop counting up or the batch ends.
+        let room = batches[b].num_rows() - r;
+        let mut len = 1;
+        while len < room && at + len < rows.len() && rows[at + len] == first + len as u32 {
+            len += 1;
+        }
+        runs.push((b, r, len));
+        at += len;
     }
     let slices: Vec<RecordBatch> = runs
         .iter()
@@ -1747,6 +1859,166 @@ mod tests {
         }
     }
 
+    /// Key columns of `types` (NULLs in those marked), over three batches, with the types'
+    /// extremes, zero and repeats among their values.
+    fn keys_of(types: &[(DataType, bool)], seed: u64) -> Vec<RecordBatch> {
+        use arrow::datatypes::{
+            Int8Type, Int16Type, Int32Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+        };
+        let mut s = seed;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        };
+        let fields: Vec<Field> = types
+            .iter()
+            .enumerate()
+            .map(|(i, (t, nulls))| Field::new(format!("k{i}"), t.clone(), *nulls))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        (0..3)
+            .map(|_| {
+                let columns = types
+                    .iter()
+                    .map(|(t, nulls)| {
+                        let (lo, hi): (i128, i128) = match t {
+                            DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+                            DataType::UInt8 => (0, u8::MAX.into()),
+                            DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+                            DataType::UInt16 => (0, u16::MAX.into()),
+                            DataType::Int32 | DataType::Date32 => {
+                                (i32::MIN.into(), i32::MAX.into())
+                            }
+                            DataType::UInt32 => (0, u32::MAX.into()),
+                            DataType::UInt64 => (0, u64::MAX.into()),
+                            _ => (i64::MIN.into(), i64::MAX.into()),
+                        };
+                        let values: Vec<Option<i128>> = (0..200)
+                            .map(|_| match next() % 8 {
+                                0 if *nulls => None,
+                                1 => Some(lo),
+                                2 => Some(hi),
+                                3 => Some(0),
+                                4 => Some((lo + 1).max(-1)),
+                                _ => Some((next() % 9) as i128 - if lo < 0 { 4 } else { 0 }),
+                            })
+                            .collect();
+                        let of = |v: &Option<i128>| v.map(|v| v as i64);
+                        let array: ArrayRef = match t {
+                            DataType::Int8 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as i8))
+                                    .collect::<arrow::array::PrimitiveArray<Int8Type>>(),
+                            ),
+                            DataType::UInt8 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as u8))
+                                    .collect::<arrow::array::PrimitiveArray<UInt8Type>>(),
+                            ),
+                            DataType::Int16 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as i16))
+                                    .collect::<arrow::array::PrimitiveArray<Int16Type>>(),
+                            ),
+                            DataType::UInt16 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as u16))
+                                    .collect::<arrow::array::PrimitiveArray<UInt16Type>>(),
+                            ),
+                            DataType::Int32 | DataType::Date32 => {
+                                let a: ArrayRef = Arc::new(
+                                    values
+                                        .iter()
+                                        .map(|v| v.map(|v| v as i32))
+                                        .collect::<arrow::array::PrimitiveArray<Int32Type>>(),
+                                );
+                                arrow::compute::cast(&a, t).unwrap()
+                            }
+                            DataType::UInt32 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as u32))
+                                    .collect::<arrow::array::PrimitiveArray<UInt32Type>>(),
+                            ),
+                            DataType::UInt64 => Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as u64))
+                                    .collect::<arrow::array::PrimitiveArray<UInt64Type>>(),
+                            ),
+                            _ => {
+                                let a: ArrayRef =
+                                    Arc::new(values.iter().map(of).collect::<Int64Array>());
+                                arrow::compute::cast(&a, t).unwrap()
+                            }
+                        };
+                        array
+                    })
+                    .collect();
+                RecordBatch::try_new(Arc::clone(&schema), columns).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_keys_order_and_repeat_like_the_row_format() {
+        use arrow::datatypes::TimeUnit;
+        let cases: Vec<Vec<(DataType, bool)>> = vec![
+            vec![(DataType::Int64, true), (DataType::Int32, false)],
+            vec![
+                (DataType::Int8, false),
+                (DataType::UInt16, true),
+                (DataType::Int16, true),
+            ],
+            vec![(DataType::UInt64, false), (DataType::Int64, false)],
+            vec![(DataType::UInt32, true), (DataType::UInt8, false)],
+            vec![
+                (DataType::Date32, true),
+                (DataType::Timestamp(TimeUnit::Microsecond, None), false),
+            ],
+        ];
+        for (n, types) in cases.iter().enumerate() {
+            let batches = keys_of(types, n as u64 + 1);
+            let idx: Vec<usize> = (0..types.len()).collect();
+            let packed = packed_keys(&batches, &idx).expect("integer keys that fit pack");
+            let converter = RowConverter::new(
+                types
+                    .iter()
+                    .map(|(t, _)| SortField::new_with_options(t.clone(), ASCENDING))
+                    .collect(),
+            )
+            .unwrap();
+            let mut rows = converter.empty_rows(0, 0);
+            for b in &batches {
+                converter.append(&mut rows, b.columns()).unwrap();
+            }
+            assert_eq!(packed.len(), rows.num_rows());
+            assert!(batches.iter().any(|b| b.column(0).null_count() > 0) == types[0].1);
+            for i in 0..packed.len() {
+                assert_eq!(packed[i].1 as usize, i);
+                for j in 0..packed.len() {
+                    assert_eq!(
+                        packed[i].0.cmp(&packed[j].0),
+                        rows.row(i).cmp(&rows.row(j)),
+                        "types {types:?}, rows {i} and {j}"
+                    );
+                }
+            }
+        }
+        // Past 128 bits, or not integers: not packed.
+        let wide = keys_of(&[(DataType::Int64, true), (DataType::Int64, false)], 9);
+        assert!(packed_keys(&wide, &[0, 1]).is_none());
+        let float: ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0, 0.5]));
+        let float = RecordBatch::try_from_iter([("f", float)]).unwrap();
+        assert!(packed_keys(&[float], &[0]).is_none());
+    }
+
     #[test]
     fn gathered_rows_equal_interleaved_ones_in_runs_or_scattered() {
         let (_, batches) = input(7, true);
@@ -1756,6 +2028,12 @@ mod tests {
         let cases: Vec<Vec<(usize, usize)>> = vec![
             // Long runs of consecutive rows, over batch boundaries (copied by slices).
             long(1, 40).chain(long(0, 30)).chain(long(2, 25)).collect(),
+            // Rows numbered consecutively across a batch's end: two runs.
+            (990..1000)
+                .map(|r| (0, r))
+                .chain(long(1, 10))
+                .chain(long(2, 30))
+                .collect(),
             // Scattered rows (copied one by one).
             (0..60).map(|i| (i % 3, (i * 7) % 20)).collect(),
             // Runs, then a scattered tail that tips the balance.
@@ -1764,8 +2042,12 @@ mod tests {
                 .collect(),
             vec![(2, 5)],
         ];
+        let owned: Vec<RecordBatch> = refs.iter().map(|b| (*b).clone()).collect();
+        let locate = Locator::new(&owned);
+        let start = |b: usize| owned[..b].iter().map(|b| b.num_rows()).sum::<usize>();
         for rows in cases {
-            let got = gather(&schema, &refs, &rows).unwrap();
+            let global: Vec<u32> = rows.iter().map(|&(b, r)| (start(b) + r) as u32).collect();
+            let got = gather(&schema, &refs, &locate, &global).unwrap();
             let expected = arrow::compute::interleave_record_batch(&refs, &rows).unwrap();
             assert_eq!(got, expected, "rows {rows:?}");
         }
