@@ -551,7 +551,7 @@ impl Layout {
             Some(packed) => Some(packed),
             None => match &self.key_converter {
                 // Keys as integers (the row format's bytes, big-endian), sorted with their row.
-                Some(converter) if !self.key_idx.is_empty() => {
+                Some(converter) => {
                     let rows = converter.convert_columns(&keys()?)?;
                     Some(
                         rows.iter()
@@ -564,7 +564,7 @@ impl Layout {
                             .collect(),
                     )
                 }
-                _ => None,
+                None => None,
             },
         };
         let (mut indices, ties) = if self.key_idx.is_empty() {
@@ -1862,9 +1862,7 @@ mod tests {
     /// Key columns of `types` (NULLs in those marked), over three batches, with the types'
     /// extremes, zero and repeats among their values.
     fn keys_of(types: &[(DataType, bool)], seed: u64) -> Vec<RecordBatch> {
-        use arrow::datatypes::{
-            Int8Type, Int16Type, Int32Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
-        };
+        use arrow::array::UInt64Array;
         let mut s = seed;
         let mut next = move || {
             s = s
@@ -1905,58 +1903,29 @@ mod tests {
                                 _ => Some((next() % 9) as i128 - if lo < 0 { 4 } else { 0 }),
                             })
                             .collect();
-                        let of = |v: &Option<i128>| v.map(|v| v as i64);
-                        let array: ArrayRef = match t {
-                            DataType::Int8 => Arc::new(
-                                values
-                                    .iter()
-                                    .map(|v| v.map(|v| v as i8))
-                                    .collect::<arrow::array::PrimitiveArray<Int8Type>>(),
-                            ),
-                            DataType::UInt8 => Arc::new(
-                                values
-                                    .iter()
-                                    .map(|v| v.map(|v| v as u8))
-                                    .collect::<arrow::array::PrimitiveArray<UInt8Type>>(),
-                            ),
-                            DataType::Int16 => Arc::new(
-                                values
-                                    .iter()
-                                    .map(|v| v.map(|v| v as i16))
-                                    .collect::<arrow::array::PrimitiveArray<Int16Type>>(),
-                            ),
-                            DataType::UInt16 => Arc::new(
-                                values
-                                    .iter()
-                                    .map(|v| v.map(|v| v as u16))
-                                    .collect::<arrow::array::PrimitiveArray<UInt16Type>>(),
-                            ),
-                            DataType::Int32 | DataType::Date32 => {
-                                let a: ArrayRef = Arc::new(
-                                    values
-                                        .iter()
-                                        .map(|v| v.map(|v| v as i32))
-                                        .collect::<arrow::array::PrimitiveArray<Int32Type>>(),
-                                );
-                                arrow::compute::cast(&a, t).unwrap()
-                            }
-                            DataType::UInt32 => Arc::new(
-                                values
-                                    .iter()
-                                    .map(|v| v.map(|v| v as u32))
-                                    .collect::<arrow::array::PrimitiveArray<UInt32Type>>(),
-                            ),
-                            DataType::UInt64 => Arc::new(
+                        // Every value is within its type's range: a safe cast from 64 bits (or
+                        // to 64 unsigned ones) keeps it exactly, and NULL as NULL.
+                        let array: ArrayRef = if *t == DataType::UInt64 {
+                            Arc::new(
                                 values
                                     .iter()
                                     .map(|v| v.map(|v| v as u64))
-                                    .collect::<arrow::array::PrimitiveArray<UInt64Type>>(),
-                            ),
-                            _ => {
-                                let a: ArrayRef =
-                                    Arc::new(values.iter().map(of).collect::<Int64Array>());
-                                arrow::compute::cast(&a, t).unwrap()
-                            }
+                                    .collect::<UInt64Array>(),
+                            )
+                        } else {
+                            let wide: ArrayRef = Arc::new(
+                                values
+                                    .iter()
+                                    .map(|v| v.map(|v| v as i64))
+                                    .collect::<Int64Array>(),
+                            );
+                            let narrow = arrow::compute::cast(&wide, t).unwrap();
+                            assert_eq!(
+                                narrow.null_count(),
+                                wide.null_count(),
+                                "{t}: a value out of range"
+                            );
+                            narrow
                         };
                         array
                     })
