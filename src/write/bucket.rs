@@ -59,9 +59,11 @@ pub(super) struct Stats {
     /// Partitions, and the bytes of rows held in buckets (in memory or spilled).
     pub buckets: std::sync::atomic::AtomicUsize,
     pub held_bytes: std::sync::atomic::AtomicUsize,
-    /// Spill files written, and the bytes they held (in memory).
+    /// Spills (a bucket's batches written out), the bytes they held (in memory), and the
+    /// files they went to.
     pub spills: std::sync::atomic::AtomicUsize,
     pub spilled_bytes: std::sync::atomic::AtomicUsize,
+    pub spill_files: std::sync::atomic::AtomicUsize,
     /// Buckets sorted by DataFusion's spilling sort (too large for memory).
     pub external: std::sync::atomic::AtomicUsize,
     /// Buckets read back and sorted while the one before them was sent (sorted ahead).
@@ -80,8 +82,12 @@ struct Bucket {
     /// Completed batches held in memory, and their size.
     batches: Vec<RecordBatch>,
     bytes: usize,
-    /// Spill files, one per time the bucket was spilled, in order.
+    /// Spill files, in order: one per input that spilled the bucket (each of its spills
+    /// appended to the file, the file open until the input ends) and one per spill made while
+    /// the buckets are sorted.
     spills: Vec<Arc<dyn SpillFile>>,
+    /// The spill file this bucket's next spill is appended to.
+    open: Option<super::spill::Appending>,
     spilled_bytes: usize,
 }
 
@@ -345,9 +351,13 @@ pub(super) fn sort_partitions(
             parts.push(read.map_err(|e| stopped("reading", &e))??);
         }
         tracing::debug!(
-            spill_files = layout
+            spills = layout
                 .stats
                 .spills
+                .load(std::sync::atomic::Ordering::Relaxed),
+            spill_files = layout
+                .stats
+                .spill_files
                 .load(std::sync::atomic::Ordering::Relaxed),
             "inputs bucketed"
         );
@@ -370,7 +380,8 @@ pub(super) fn sort_partitions(
             |a: &std::sync::atomic::AtomicUsize| a.load(std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             buckets = load(&layout.stats.buckets),
-            spill_files = load(&layout.stats.spills),
+            spills = load(&layout.stats.spills),
+            spill_files = load(&layout.stats.spill_files),
             held_bytes = load(&layout.stats.held_bytes),
             spilled_bytes = load(&layout.stats.spilled_bytes),
             external_sorts = load(&layout.stats.external),
@@ -644,15 +655,28 @@ impl Layout {
         Ok(indices)
     }
 
-    /// Writes `bucket`'s batches to a spill file; returns the bytes freed.
+    /// Appends `bucket`'s batches to its open spill file (a new one if none is open); returns
+    /// the bytes freed.
     fn spill(&self, bucket: &mut Bucket) -> DfResult<usize> {
         let batches = std::mem::take(&mut bucket.batches);
         if batches.is_empty() {
             return Ok(0);
         }
-        let env = self.task.runtime_env();
-        let file = super::spill::write(&env, &self.schema, &batches, "wap bucket sort")?;
-        bucket.spills.push(file);
+        let file = match &mut bucket.open {
+            Some(file) => file,
+            None => {
+                let env = self.task.runtime_env();
+                self.stats
+                    .spill_files
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bucket.open.insert(super::spill::Appending::new(
+                    &env,
+                    &self.schema,
+                    "wap bucket sort",
+                )?)
+            }
+        };
+        file.append(&batches)?;
         self.stats
             .spills
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -828,6 +852,7 @@ impl BucketSorter {
             batches: Vec::new(),
             bytes: 0,
             spills: Vec::new(),
+            open: None,
             spilled_bytes: 0,
         });
         Ok(b)
@@ -966,6 +991,7 @@ impl BucketSorter {
     fn finish(mut self) -> DfResult<Part> {
         for bucket in &mut self.buckets {
             bucket.close()?;
+            bucket.seal()?;
         }
         let held: usize = self.buckets.iter().map(Bucket::total).sum();
         self.layout
@@ -1002,6 +1028,14 @@ impl Bucket {
         Ok(())
     }
 
+    /// Ends the open spill file, if any: readable, and no more is appended to it.
+    fn seal(&mut self) -> DfResult<()> {
+        if let Some(file) = self.open.take() {
+            self.spills.push(file.finish()?);
+        }
+        Ok(())
+    }
+
     /// Bytes in memory and spilled.
     fn total(&self) -> usize {
         self.bytes + self.spilled_bytes
@@ -1031,6 +1065,7 @@ impl Emitter {
         for part in parts {
             reservations.push(part.reservation);
             for bucket in part.buckets {
+                debug_assert!(bucket.open.is_none(), "inputs seal their spill files");
                 match index.get(&bucket.values) {
                     Some(&b) => {
                         let joined = &mut buckets[b];
@@ -1092,7 +1127,9 @@ impl Emitter {
             else {
                 break false;
             };
-            let freed = self.layout.spill(&mut queue.buckets[largest])?;
+            let spilled = &mut queue.buckets[largest];
+            let freed = self.layout.spill(spilled)?;
+            spilled.seal()?;
             queue.held.shrink(freed.min(queue.held.size()));
         };
         if !in_memory {
@@ -1728,6 +1765,13 @@ mod tests {
             for order in [Order::Given, Order::Reversed, Order::ByKey] {
                 let (tight, stats) = sorted(limit, order, string_key, shape).await;
                 let (spills, external) = (load(&stats.spills), load(&stats.external));
+                // An input's spills of a bucket go to one file: here every case that spills,
+                // spills some bucket more than once from one input.
+                let files = load(&stats.spill_files);
+                assert!(
+                    spills == 0 || files < spills,
+                    "limit {limit}, shape {shape:?}: {spills} spills in {files} files"
+                );
                 if limit == 1 << 30 {
                     // Each sorting task sorts its first bucket after taking it, the others
                     // ahead (a task may find nothing left to take).

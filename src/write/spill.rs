@@ -6,48 +6,119 @@
 //! marker, the header, then each buffer and its padding: about a hundred writes for a batch of
 //! lineitem), and its reader copies the file through an async stream of 128 KiB chunks into a
 //! growing buffer. Here a spill is written in 1 MiB writes and mapped back whole, the batches then
-//! slices of the mapped file. The format is the same IPC stream, so DataFusion's spilling sort
+//! slices of the mapped file. One file takes all the spills of a bucket from one input, one after
+//! another ([`Appending`]): creating and deleting a file costs the file system more than the
+//! writes of a small spill. The format is the same IPC stream, so DataFusion's spilling sort
 //! reads these files as its own.
 
-use std::io::BufWriter;
+use std::io::Write;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamDecoder;
+use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::StreamWriter;
+use arrow::ipc::{Block, MessageHeader};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::SpillFile;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SpillFile, SpillWriter};
 use futures::StreamExt;
 
 /// Bytes per write to a spill file.
 const WRITE_BYTES: usize = 1 << 20;
 
+/// A spill file open for more batches: one IPC stream, appended to spill after spill and ended
+/// by [`Appending::finish`]. Between spills it holds no buffer, only the stream's state.
+pub(super) struct Appending {
+    file: Arc<dyn SpillFile>,
+    writer: StreamWriter<Chunked>,
+}
+
+impl Appending {
+    /// A new spill file for batches of `schema`; `what` names it in errors.
+    pub(super) fn new(env: &RuntimeEnv, schema: &SchemaRef, what: &str) -> DfResult<Self> {
+        let file = env.disk_manager.create_tmp_file(what)?;
+        let sink = Chunked {
+            file: file.open_writer()?,
+            buffer: Vec::new(),
+        };
+        let writer = StreamWriter::try_new(sink, schema)?;
+        Ok(Appending { file, writer })
+    }
+
+    /// Writes `batches` to the file, then lets the write buffer go.
+    pub(super) fn append(&mut self, batches: &[RecordBatch]) -> DfResult<()> {
+        for batch in batches {
+            self.writer.write(batch)?;
+        }
+        self.writer.flush()?;
+        self.writer.get_mut().buffer = Vec::new();
+        Ok(())
+    }
+
+    /// Ends the stream: the file, readable by [`read`].
+    pub(super) fn finish(mut self) -> DfResult<Arc<dyn SpillFile>> {
+        self.writer.finish()?;
+        let mut sink = self.writer.into_inner()?;
+        sink.flush()?;
+        sink.file.finish()?;
+        Ok(self.file)
+    }
+}
+
+/// Writes to a spill file in writes of [`WRITE_BYTES`] (larger pieces go straight through).
+struct Chunked {
+    file: Box<dyn SpillWriter>,
+    buffer: Vec<u8>,
+}
+
+impl Chunked {
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for Chunked {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() + data.len() > WRITE_BYTES {
+            self.write_buffer()?;
+        }
+        if data.len() >= WRITE_BYTES {
+            self.file.write_all(data)?;
+        } else {
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve_exact(WRITE_BYTES);
+            }
+            self.buffer.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buffer()?;
+        self.file.flush()
+    }
+}
+
 /// Writes `batches` (of `schema`) to a new spill file; `what` names it in errors.
-pub(super) fn write(
+#[cfg(test)]
+fn write(
     env: &RuntimeEnv,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     what: &str,
 ) -> DfResult<Arc<dyn SpillFile>> {
-    let file = env.disk_manager.create_tmp_file(what)?;
-    let buffered = BufWriter::with_capacity(WRITE_BYTES, file.open_writer()?);
-    let mut writer = StreamWriter::try_new(buffered, schema)?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-    let mut inner = writer
-        .into_inner()?
-        .into_inner()
-        .map_err(|e| DataFusionError::IoError(e.into_error()))?;
-    inner.finish()?;
-    Ok(file)
+    let mut file = Appending::new(env, schema, what)?;
+    file.append(batches)?;
+    file.finish()
 }
 
-/// The batches of a spill file written by [`write`], in order.
+/// The batches of a spill file written by [`write`] or [`Appending`], in order.
 pub(super) async fn read(file: Arc<dyn SpillFile>) -> DfResult<Vec<RecordBatch>> {
     let bytes = match file.path() {
         Some(path) => {
@@ -99,19 +170,71 @@ fn map(path: &std::path::Path) -> std::io::Result<Buffer> {
 const END: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
 
 /// The batches of a whole IPC stream: slices of `buffer`, not copies.
-fn decode(mut buffer: Buffer) -> DfResult<Vec<RecordBatch>> {
-    // SAFETY: a spill file holds what [`write`] encoded of valid batches, in this process, and
-    // ends with its end marker (checked): its arrays need no second validation (offsets one by
-    // one, UTF-8), which would cost a pass over every byte spilled. DataFusion reads its own
-    // spill files the same way.
-    let mut decoder = unsafe { StreamDecoder::new().with_skip_validation(true) };
+///
+/// Walked message by message here and decoded by arrow's file decoder, not its stream decoder:
+/// the stream decoder (arrow-ipc 59 and 60) validates every array it decodes whatever
+/// `with_skip_validation` says (it passes the flag on for dictionaries only), a pass over every
+/// byte spilled (offsets one by one, UTF-8) for arrays this process wrote.
+fn decode(buffer: Buffer) -> DfResult<Vec<RecordBatch>> {
+    let bad = |what: String| DataFusionError::Execution(format!("spill file: {what}"));
+    let mut decoder: Option<FileDecoder> = None;
     let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        if let Some(batch) = decoder.decode(&mut buffer)? {
-            batches.push(batch);
+    let mut at = 0usize;
+    loop {
+        let prefix = buffer
+            .get(at..at + 8)
+            .ok_or_else(|| bad(format!("no message at byte {at}")))?;
+        if prefix[..4] != END[..4] {
+            return Err(bad(format!("no continuation marker at byte {at}")));
         }
+        let meta = i32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes"));
+        let meta = usize::try_from(meta).map_err(|_| bad(format!("length {meta} at byte {at}")))?;
+        if meta == 0 {
+            if at + 8 != buffer.len() {
+                return Err(bad(format!("end marker at byte {at}, before the end")));
+            }
+            break;
+        }
+        let header = buffer
+            .get(at + 8..at + 8 + meta)
+            .ok_or_else(|| bad(format!("message at byte {at} cut short")))?;
+        let message = arrow::ipc::root_as_message(header)
+            .map_err(|e| bad(format!("message at byte {at}: {e}")))?;
+        let body = usize::try_from(message.bodyLength())
+            .map_err(|_| bad(format!("body length at byte {at}")))?;
+        let len = 8 + meta + body;
+        if at + len > buffer.len() {
+            return Err(bad(format!("message at byte {at} cut short")));
+        }
+        let block = Block::new(at as i64, (8 + meta) as i32, body as i64);
+        let data = buffer.slice_with_length(at, len);
+        match (message.header_type(), &mut decoder) {
+            (MessageHeader::Schema, None) => {
+                let schema = message
+                    .header_as_schema()
+                    .ok_or_else(|| bad(format!("schema at byte {at}")))?;
+                let schema = Arc::new(arrow::ipc::convert::fb_to_schema(schema));
+                // SAFETY: a spill file holds what [`Appending`] encoded of valid batches, in
+                // this process, and ends with its end marker (checked): its arrays need no
+                // second validation. DataFusion reads its own spill files the same way.
+                decoder = Some(unsafe {
+                    FileDecoder::new(schema, message.version()).with_skip_validation(true)
+                });
+            }
+            (MessageHeader::RecordBatch, Some(decoder)) => {
+                if let Some(batch) = decoder.read_record_batch(&block, &data)? {
+                    batches.push(batch);
+                }
+            }
+            (MessageHeader::DictionaryBatch, Some(decoder)) => {
+                decoder.read_dictionary(&block, &data)?;
+            }
+            (header, _) => {
+                return Err(bad(format!("unexpected {header:?} message at byte {at}")));
+            }
+        }
+        at += len;
     }
-    decoder.finish()?;
     Ok(batches)
 }
 
@@ -120,6 +243,7 @@ mod tests {
     use super::*;
     use arrow::array::{ArrayRef, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::ipc::reader::StreamDecoder;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
     fn batches() -> (SchemaRef, Vec<RecordBatch>) {
@@ -166,6 +290,70 @@ mod tests {
             read_by_them.push(batch.unwrap());
         }
         assert_eq!(read_by_them, batches);
+    }
+
+    #[tokio::test]
+    async fn spills_appended_to_one_file_read_back_in_order_by_both_readers() {
+        let env = Arc::new(RuntimeEnvBuilder::new().build().unwrap());
+        let (schema, batches) = batches();
+        let mut file = Appending::new(&env, &schema, "test").unwrap();
+        // Three spills: two batches, none, the rest (one larger than a write).
+        let big = arrow::compute::concat_batches(&schema, &batches).unwrap();
+        let big = arrow::compute::concat_batches(&schema, [&big, &big, &big, &big]).unwrap();
+        assert!(big.get_array_memory_size() > WRITE_BYTES);
+        file.append(&batches[..2]).unwrap();
+        file.append(&[]).unwrap();
+        file.append(&batches[2..]).unwrap();
+        file.append(std::slice::from_ref(&big)).unwrap();
+        let file = file.finish().unwrap();
+        let mut expected = batches.clone();
+        expected.push(big);
+        assert_eq!(read(Arc::clone(&file)).await.unwrap(), expected);
+        let metrics = datafusion::physical_plan::metrics::SpillMetrics::new(
+            &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet::new(),
+            0,
+        );
+        let manager = datafusion::physical_plan::spill::SpillManager::new(
+            Arc::clone(&env),
+            metrics,
+            Arc::clone(&schema),
+        );
+        let mut theirs = manager.read_spill_as_stream(file, None).unwrap();
+        let mut read_by_them = Vec::new();
+        while let Some(batch) = theirs.next().await {
+            read_by_them.push(batch.unwrap());
+        }
+        assert_eq!(read_by_them, expected);
+    }
+
+    /// Decoding takes a spill's arrays as written: a string that is not UTF-8 (which no spill
+    /// holds: a stand-in for any check) comes back as it went in, where a validating decoder
+    /// (arrow's stream decoder, flag or not) refuses it.
+    #[tokio::test]
+    async fn spilled_arrays_are_not_validated_again() {
+        let env = Arc::new(RuntimeEnvBuilder::new().build().unwrap());
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        // SAFETY: the test's point is an array the decoder would refuse; it is only compared
+        // by its bytes.
+        let invalid = unsafe {
+            StringArray::new_unchecked(
+                arrow::buffer::OffsetBuffer::new(vec![0i32, 2, 3].into()),
+                Buffer::from(vec![0xffu8, 0xfe, b'a']),
+                None,
+            )
+        };
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(invalid)]).unwrap();
+        let file = write(&env, &schema, std::slice::from_ref(&batch), "test").unwrap();
+        let got = read(Arc::clone(&file)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].column(0).to_data(), batch.column(0).to_data());
+        let bytes = std::fs::read(file.path().unwrap()).unwrap();
+        let mut buffer = Buffer::from_vec(bytes);
+        let mut validating = unsafe { StreamDecoder::new().with_skip_validation(true) };
+        let refused =
+            std::iter::from_fn(|| (!buffer.is_empty()).then(|| validating.decode(&mut buffer)))
+                .find_map(Result::err);
+        assert!(refused.is_some(), "the stream decoder validates");
     }
 
     /// The test batches written to a new spill file, with the file's path.
