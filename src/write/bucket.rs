@@ -91,6 +91,95 @@ struct Bucket {
     spilled_bytes: usize,
 }
 
+/// Each row's key packed into an integer, with the row's number in `batches` taken as one.
+#[derive(Debug)]
+enum Packed {
+    /// Keys of at most 96 bits: the key in the high bits, the row in the low 32. One integer
+    /// per row: half the bytes of [`Packed::Wide`] to move while sorting, one comparison.
+    Narrow(Vec<u128>),
+    /// Keys of 97 to 128 bits: the key and the row side by side.
+    Wide(Vec<(u128, u32)>),
+}
+
+/// An entry of [`Packed`]: its order is the key's, then the row's.
+trait PackedRow: Ord + Copy {
+    fn key(self) -> u128;
+    fn row(self) -> u32;
+}
+
+impl PackedRow for u128 {
+    fn key(self) -> u128 {
+        self >> 32
+    }
+    fn row(self) -> u32 {
+        self as u32
+    }
+}
+
+impl PackedRow for (u128, u32) {
+    fn key(self) -> u128 {
+        self.0
+    }
+    fn row(self) -> u32 {
+        self.1
+    }
+}
+
+impl Packed {
+    /// `keys` (row `g` at `g`, the key in the low `bits` bits) with their rows.
+    fn of(mut keys: Vec<u128>, bits: u32) -> Packed {
+        if bits <= 96 {
+            for (g, k) in keys.iter_mut().enumerate() {
+                *k = (*k << 32) | g as u128;
+            }
+            Packed::Narrow(keys)
+        } else {
+            Packed::Wide(keys.into_iter().zip(0u32..).collect())
+        }
+    }
+
+    /// The rows in key order (then row order), and the ranges of it where keys repeat.
+    fn order(self) -> (Vec<u32>, Vec<std::ops::Range<usize>>) {
+        match self {
+            Packed::Narrow(rows) => order_packed(rows),
+            Packed::Wide(rows) => order_packed(rows),
+        }
+    }
+
+    #[cfg(test)]
+    fn rows(&self) -> Vec<(u128, u32)> {
+        match self {
+            Packed::Narrow(rows) => rows.iter().map(|&r| (r.key(), r.row())).collect(),
+            Packed::Wide(rows) => rows.clone(),
+        }
+    }
+}
+
+/// See [`Packed::order`].
+fn order_packed<R: PackedRow>(mut rows: Vec<R>) -> (Vec<u32>, Vec<std::ops::Range<usize>>) {
+    // Rows often come in a few ascending runs (sources sorted by the key, as many are, bucketed
+    // input by input): the stable sort merges runs it finds in linear time per level, where
+    // the unstable one would partition them. Every (key, row) is distinct, so both give the
+    // same order.
+    let descents = rows.windows(2).filter(|w| w[1] < w[0]).count();
+    if descents < rows.len() / 64 {
+        rows.sort();
+    } else {
+        rows.sort_unstable();
+    }
+    let mut ties = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        if i == rows.len() || rows[i].key() != rows[start].key() {
+            if i - start > 1 {
+                ties.push(start..i);
+            }
+            start = i;
+        }
+    }
+    (rows.into_iter().map(PackedRow::row).collect(), ties)
+}
+
 /// Each row of `batches` (taken as one) with its key packed into one integer, or `None` unless
 /// every key column is of an integer type (dates, times, timestamps and durations are) and they
 /// fit 128 bits together. The integer orders like the key (ascending, NULLs first) and is equal
@@ -98,7 +187,7 @@ struct Bucket {
 /// with its sign bit flipped), after a bit that is 0 for NULL in a column that has NULLs here,
 /// the columns side by side in key order. Read straight from the columns: no row format, no
 /// copy of the keys.
-fn packed_keys(batches: &[RecordBatch], key_idx: &[usize]) -> Option<Vec<(u128, u32)>> {
+fn packed_keys(batches: &[RecordBatch], key_idx: &[usize]) -> Option<Packed> {
     let first = batches.first()?;
     let mut columns = Vec::with_capacity(key_idx.len());
     let mut bits = 0;
@@ -126,7 +215,7 @@ fn packed_keys(batches: &[RecordBatch], key_idx: &[usize]) -> Option<Vec<(u128, 
     if key_idx.is_empty() || bits > 128 || u32::try_from(total).is_err() {
         return None;
     }
-    let mut packed: Vec<(u128, u32)> = (0..total as u32).map(|g| (0, g)).collect();
+    let mut packed = vec![0u128; total];
     let mut at = 0;
     for batch in batches {
         let rows = &mut packed[at..at + batch.num_rows()];
@@ -153,13 +242,13 @@ fn packed_keys(batches: &[RecordBatch], key_idx: &[usize]) -> Option<Vec<(u128, 
             }
         }
     }
-    Some(packed)
+    Some(Packed::of(packed, bits))
 }
 
 /// Shifts each row's packed key left by `shift` bits and adds the column's value in `data`:
 /// `marker` plus its code, or 0 if NULL.
 fn fold_key<T: arrow::datatypes::ArrowNativeType>(
-    rows: &mut [(u128, u32)],
+    rows: &mut [u128],
     data: &arrow::array::ArrayData,
     shift: u32,
     marker: u128,
@@ -168,12 +257,12 @@ fn fold_key<T: arrow::datatypes::ArrowNativeType>(
     let values = &data.buffers()[0].typed_data::<T>()[data.offset()..][..data.len()];
     match data.nulls() {
         None => {
-            for ((p, _), &v) in rows.iter_mut().zip(values) {
+            for (p, &v) in rows.iter_mut().zip(values) {
                 *p = (*p << shift) | marker | u128::from(code(v));
             }
         }
         Some(nulls) => {
-            for (((p, _), &v), valid) in rows.iter_mut().zip(values).zip(nulls.iter()) {
+            for ((p, &v), valid) in rows.iter_mut().zip(values).zip(nulls.iter()) {
                 let field = if valid {
                     marker | u128::from(code(v))
                 } else {
@@ -561,19 +650,21 @@ impl Layout {
         let packed = match packed_keys(batches, &self.key_idx) {
             Some(packed) => Some(packed),
             None => match &self.key_converter {
-                // Keys as integers (the row format's bytes, big-endian), sorted with their row.
+                // Keys as integers: the row format's bytes, big-endian (every row of a key of
+                // primitive types has the same length, at most 16 bytes).
                 Some(converter) => {
                     let rows = converter.convert_columns(&keys()?)?;
-                    Some(
-                        rows.iter()
-                            .enumerate()
-                            .map(|(g, r)| {
-                                let mut b = [0u8; 16];
-                                b[..r.as_ref().len()].copy_from_slice(r.as_ref());
-                                (u128::from_be_bytes(b), g as u32)
-                            })
-                            .collect(),
-                    )
+                    let bytes = rows.iter().next().map_or(0, |r| r.as_ref().len());
+                    let keys = rows
+                        .iter()
+                        .map(|r| {
+                            debug_assert_eq!(r.as_ref().len(), bytes);
+                            let mut b = [0u8; 16];
+                            b[16 - bytes..].copy_from_slice(r.as_ref());
+                            u128::from_be_bytes(b)
+                        })
+                        .collect();
+                    Some(Packed::of(keys, 8 * bytes as u32))
                 }
                 None => None,
             },
@@ -583,28 +674,8 @@ impl Layout {
                 (0..total as u32).collect::<Vec<_>>(),
                 std::iter::once(0..total).collect(),
             )
-        } else if let Some(mut packed) = packed {
-            // Rows often come in a few ascending runs (sources sorted by the key, as many are,
-            // bucketed input by input): the stable sort merges runs it finds in linear time per
-            // level, where the unstable one would partition them. Every (key, row) is distinct,
-            // so both give the same order.
-            let descents = packed.windows(2).filter(|w| w[1] < w[0]).count();
-            if descents < packed.len() / 64 {
-                packed.sort();
-            } else {
-                packed.sort_unstable();
-            }
-            let mut ties = Vec::new();
-            let mut start = 0;
-            for i in 1..=packed.len() {
-                if i == packed.len() || packed[i].0 != packed[start].0 {
-                    if i - start > 1 {
-                        ties.push(start..i);
-                    }
-                    start = i;
-                }
-            }
-            (packed.into_iter().map(|(_, g)| g).collect(), ties)
+        } else if let Some(packed) = packed {
+            packed.order()
         } else {
             let keys = keys()?;
             let columns: Vec<arrow::compute::SortColumn> = keys
@@ -1424,13 +1495,21 @@ mod tests {
     use object_store::memory::InMemory;
 
     /// Rows of partition `p`, key `k` (an integer, or with `string_key` the same numbers as
-    /// zero-padded strings, sorted another way), and payload `t`, `v`.
+    /// zero-padded strings), and two other columns (see [`input_keyed`]).
     fn input(seed: u64, string_key: bool) -> (SchemaRef, Vec<RecordBatch>) {
         let key_type = if string_key {
             DataType::Utf8
         } else {
             DataType::Int64
         };
+        input_keyed(seed, &key_type)
+    }
+
+    /// [`input`] with key `k` of `key_type`: the same numbers (zero-padded strings for Utf8),
+    /// so that every key type orders the rows alike.
+    fn input_keyed(seed: u64, key_type: &DataType) -> (SchemaRef, Vec<RecordBatch>) {
+        let key_type = key_type.clone();
+        let string_key = key_type == DataType::Utf8;
         let schema = Arc::new(Schema::new(vec![
             Field::new("p", DataType::Utf8View, true),
             Field::new("k", key_type.clone(), true),
@@ -1569,10 +1648,10 @@ mod tests {
     async fn sorted(
         limit: usize,
         order: Order,
-        string_key: bool,
+        key_type: &DataType,
         shape: (usize, usize),
     ) -> (RecordBatch, Arc<Stats>) {
-        let (schema, mut batches) = input(7, string_key);
+        let (schema, mut batches) = input_keyed(7, key_type);
         match order {
             Order::Given => {}
             Order::Reversed => {
@@ -1715,25 +1794,25 @@ mod tests {
 
     #[tokio::test]
     async fn spilling_sorting_outside_memory_and_input_order_change_nothing() {
-        // Integer keys (sorted as packed integers in memory) and string keys (sorted column by
-        // column).
-        for string_key in [false, true] {
-            same_order_whatever_the_memory(string_key).await;
+        // Integer keys (sorted as packed integers in memory), float keys (sorted as integers of
+        // the row format's bytes) and string keys (sorted column by column).
+        for key_type in [DataType::Int64, DataType::Float64, DataType::Utf8] {
+            same_order_whatever_the_memory(&key_type).await;
         }
     }
 
-    async fn same_order_whatever_the_memory(string_key: bool) {
+    async fn same_order_whatever_the_memory(key_type: &DataType) {
         // Everything in memory; spilled buckets sorted in memory; the big bucket larger than the
         // pool (sorted by DataFusion's spilling sort). Each with the input in reverse order, and
         // sorted by the key, too.
-        let (roomy, stats) = sorted(1 << 30, Order::Given, string_key, (1, 1)).await;
+        let (roomy, stats) = sorted(1 << 30, Order::Given, key_type, (1, 1)).await;
         assert_eq!((load(&stats.spills), load(&stats.external)), (0, 0));
         // With room, every bucket but the first is sorted while the one before it is sent.
         assert_eq!(load(&stats.ahead), load(&stats.buckets) - 1);
         assert_eq!(roomy.num_rows(), 40_000);
         assert_eq!(
             roomy.schema(),
-            input(7, string_key).0,
+            input_keyed(7, key_type).0,
             "the input's types come back"
         );
         check_grouped_and_sorted(&roomy);
@@ -1763,7 +1842,7 @@ mod tests {
         ];
         for (limit, shape, spilled, big_outside) in cases {
             for order in [Order::Given, Order::Reversed, Order::ByKey] {
-                let (tight, stats) = sorted(limit, order, string_key, shape).await;
+                let (tight, stats) = sorted(limit, order, key_type, shape).await;
                 let (spills, external) = (load(&stats.spills), load(&stats.external));
                 // An input's spills of a bucket go to one file: here every case that spills,
                 // spills some bucket more than once from one input.
@@ -1797,7 +1876,7 @@ mod tests {
                 assert_eq!(
                     by_partition(&tight),
                     expected,
-                    "limit {limit}, shape {shape:?}, {order:?}, string key {string_key}"
+                    "limit {limit}, shape {shape:?}, {order:?}, key {key_type}"
                 );
             }
         }
@@ -1995,11 +2074,20 @@ mod tests {
                 (DataType::Date32, true),
                 (DataType::Timestamp(TimeUnit::Microsecond, None), false),
             ],
+            vec![(DataType::Int64, false), (DataType::Int32, false)],
         ];
+        // Keys of at most 96 bits share one integer with their row.
+        let narrow = [false, true, false, true, false, true];
         for (n, types) in cases.iter().enumerate() {
             let batches = keys_of(types, n as u64 + 1);
             let idx: Vec<usize> = (0..types.len()).collect();
             let packed = packed_keys(&batches, &idx).expect("integer keys that fit pack");
+            assert_eq!(
+                matches!(packed, Packed::Narrow(_)),
+                narrow[n],
+                "types {types:?}"
+            );
+            let packed = packed.rows();
             let converter = RowConverter::new(
                 types
                     .iter()
@@ -2030,6 +2118,46 @@ mod tests {
         let float: ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0, 0.5]));
         let float = RecordBatch::try_from_iter([("f", float)]).unwrap();
         assert!(packed_keys(&[float], &[0]).is_none());
+    }
+
+    #[test]
+    fn packed_rows_order_by_key_then_row_and_name_their_repeats() {
+        // Keys with repeats, in a few ascending runs (the stable sort) or scattered (the
+        // unstable one), up to the widest of each form.
+        let mut s = 11u64;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        };
+        let scattered: Vec<u128> = (0..5000).map(|_| u128::from(next() % 700)).collect();
+        let runs: Vec<u128> = (0..5000u128).map(|g| (g % 1700) / 3).collect();
+        for keys in [scattered, runs] {
+            for bits in [96, 128] {
+                let top = (u128::MAX >> (128 - bits)) - 800;
+                let keys: Vec<u128> = keys.iter().map(|k| top + k).collect();
+                let packed = Packed::of(keys.clone(), bits);
+                assert_eq!(matches!(packed, Packed::Narrow(_)), bits <= 96);
+                let mut expected: Vec<(u128, u32)> = keys.iter().copied().zip(0u32..).collect();
+                expected.sort();
+                let (rows, ties) = packed.order();
+                let got: Vec<(u128, u32)> = rows.iter().map(|&g| (keys[g as usize], g)).collect();
+                assert_eq!(got, expected, "{bits} bits");
+                let sorted_keys: ArrayRef = Arc::new(arrow::array::UInt64Array::from_iter_values(
+                    got.iter().map(|&(k, _)| (k - top) as u64),
+                ));
+                let repeats: Vec<std::ops::Range<usize>> =
+                    arrow::compute::partition(&[sorted_keys])
+                        .unwrap()
+                        .ranges()
+                        .into_iter()
+                        .filter(|r| r.len() > 1)
+                        .collect();
+                assert!(!repeats.is_empty());
+                assert_eq!(ties, repeats, "{bits} bits");
+            }
+        }
     }
 
     #[test]
